@@ -86,14 +86,14 @@ def check_kind(kind: str, value: Any) -> str | None:
     if kind == "path":
         return None if isinstance(value, str) and value.strip() else "must be a path"
     if kind == "size":
-        ok = (isinstance(value, str) and _SIZE.match(value)) or (is_int and value >= 0)
+        ok = bool(isinstance(value, str) and _SIZE.match(value)) or (is_int and value >= 0)
         return None if ok else "is not a size; use a number with an optional k, M or G (200M)"
     if kind == "duration":
         ok = (is_int and value >= 0) or (isinstance(value, str) and (
-            value == "0" or _GO_DURATION.match(value)))
+            value == "0" or bool(_GO_DURATION.match(value))))
         return None if ok else "is not a duration; use Go units such as 5m, 1h30m, 5m0s or 0"
     if kind == "nginx_time":
-        ok = isinstance(value, str) and _NGINX_TIME.match(value) or (is_int and value >= 0)
+        ok = bool(isinstance(value, str) and _NGINX_TIME.match(value)) or (is_int and value >= 0)
         return None if ok else "is not an nginx time; use units such as 60m, 12h, 7d"
     if kind == "hours":
         return None if isinstance(value, str) and _HOURS.match(value) else (

@@ -8,6 +8,7 @@ message and its exit code. Sub-command modules are imported lazily so that
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from typing import Any
 
@@ -102,3 +103,7 @@ def main(argv: list[str] | None = None) -> Any:
         click.echo(f"harborctl: unexpected error: {type(exc).__name__}: {exc} "
                    "(run with --debug for a traceback)", err=True)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

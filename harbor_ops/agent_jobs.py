@@ -1,0 +1,153 @@
+"""The agent's jobs: each takes the site, calls a core function, returns numbers to record.
+
+A job raises a HarborctlError on failure; the agent records the message and counts it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from harbor_ops.checks import size_bytes
+from harbor_ops.errors import BackupError, HarborctlError, HealthError
+from harbor_ops.site_model import Site
+
+HEALTH_TIMEOUT = 10.0
+BACKUP_ATTEMPTS = 3
+BACKUP_RETRY_SECONDS = (30.0, 120.0)
+# Set by the agent on SIGTERM: retry waits end at once and the job gives up cleanly.
+STOP = threading.Event()
+
+
+def health(site: Site) -> dict[str, Any]:
+    """Ask Harbor's /api/v2.0/health; unhealthy components are named in the error."""
+    port = (site.harbor.get("http") or {}).get("port", 80)
+    url = f"http://127.0.0.1:{port}/api/v2.0/health"
+    try:
+        with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT) as resp:  # noqa: S310
+            doc = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, json.JSONDecodeError) as exc:
+        raise HealthError(f"Harbor health endpoint {url} did not answer: {exc}") from None
+    bad = [c["name"] for c in doc.get("components", []) if c.get("status") != "healthy"]
+    if doc.get("status") != "healthy" or bad:
+        raise HealthError(f"Harbor is unhealthy: {', '.join(bad) or doc.get('status')}")
+    return {"components": len(doc.get("components", []))}
+
+
+def certificates(site: Site) -> dict[str, Any]:
+    """Days left on every certificate the site names (Harbor's own and the front's)."""
+    from cryptography import x509
+
+    paths = []
+    https = site.harbor.get("https") or {}
+    if https.get("certificate"):
+        paths.append(Path(https["certificate"]))
+    if site.front is not None and site.front.tls is not None:
+        paths.append(site.front.tls.certificate)
+    if not paths:
+        return {}
+    now = datetime.now(UTC)
+    least = None
+    for path in paths:
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise HarborctlError(f"certificate {path} cannot be read: {exc}") from None
+        days = (cert.not_valid_after_utc - now).days
+        least = days if least is None else min(least, days)
+    assert least is not None
+    if least < 0:
+        raise HarborctlError(f"a certificate has expired ({-least} days ago)")
+    return {"cert_days_left": least}
+
+
+def disk_and_logs(site: Site) -> dict[str, Any]:
+    """Data disk usage against the threshold; log files beyond twice the rotate size."""
+    data = Path(str(site.harbor.get("data_volume", "/data")))
+    probe = data
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    usage = shutil.disk_usage(probe)
+    percent = round(100 * usage.used / usage.total, 1) if usage.total else 0.0
+    local = ((site.harbor.get("log") or {}).get("local") or {})
+    location = Path(str(local.get("location", "/var/log/harbor")))
+    limit = 2 * size_bytes(str(local.get("rotate_size", "200M")))
+    big = sorted(p.name for p in location.glob("*.log") if p.is_file() and
+                 p.stat().st_size > limit) if location.is_dir() else []
+    detail = {"data_disk_used_percent": percent, "oversized_logs": len(big)}
+    problems = []
+    if percent >= site.agent.disk_threshold_percent:
+        problems.append(f"data disk {probe} is {percent}% full "
+                        f"(threshold {site.agent.disk_threshold_percent}%)")
+    if big:
+        problems.append(f"log files above twice the rotate size in {location}: {', '.join(big)}")
+    if problems:
+        raise HarborctlError("; ".join(problems))
+    return detail
+
+
+def upgrade_check(site: Site) -> dict[str, Any]:
+    """Is this release still supported; which bundles on disk are reachable, by which path."""
+    from harbor_ops import planner, versions
+
+    current = site.release
+    supported = current.minor in versions.supported_minors()
+    detail: dict[str, Any] = {"supported": int(supported), "upgrade_path_hops": 0}
+    bundle_dir = site.agent.bundle_dir or site.install.bundle_dir
+    names = [p.name for p in bundle_dir.glob("harbor-offline-installer-v*.tgz")] if (
+        bundle_dir.is_dir()) else []
+    newer = sorted(v for v in planner.bundle_versions(names) if v > current.version)
+    if newer:
+        p = planner.plan(current=str(current.version), target=str(newer[-1]), bundles=names)
+        detail["upgrade_path_hops"] = len(p.stops)
+        detail["upgrade_missing_bundles"] = len(p.missing_bundles)
+    if not supported:
+        raise HarborctlError(f"Harbor {current.version} is outside Harbor's support window "
+                             f"({', '.join(versions.supported_minors())}); run "
+                             "`harborctl upgrade plan`")
+    return detail
+
+
+def backup(site: Site) -> dict[str, Any]:
+    """The nightly backup, retried within bounds when the database refuses connections."""
+    from harbor_ops.backup.site_ops import create_for_site, prune_for_site
+
+    last: HarborctlError | None = None
+    for attempt in range(BACKUP_ATTEMPTS):
+        try:
+            result = create_for_site(site)
+            break
+        except BackupError as exc:
+            last = exc
+            pause = BACKUP_RETRY_SECONDS[min(attempt, len(BACKUP_RETRY_SECONDS) - 1)]
+            if attempt + 1 < BACKUP_ATTEMPTS and STOP.wait(pause):
+                break
+    else:
+        assert last is not None
+        raise last
+    pruned = prune_for_site(site)
+    return {"backup_size_bytes": result.size, "backup_duration_seconds": result.seconds,
+            "backups_pruned": pruned}
+
+
+def drill(site: Site) -> dict[str, Any]:
+    """The weekly restore drill: a real restore of the newest backup into a scratch DB."""
+    from harbor_ops.backup.site_ops import verify_latest_for_site
+
+    return verify_latest_for_site(site)
+
+
+JOBS = {
+    "backup": backup,
+    "drill": drill,
+    "upgrade_check": upgrade_check,
+    "health": health,
+    "certificates": certificates,
+    "disk_and_logs": disk_and_logs,
+}
