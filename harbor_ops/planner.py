@@ -200,7 +200,11 @@ class Hop:
 
     @property
     def command(self) -> str:
-        return f"harborctl upgrade apply --to {self.target}"
+        # Until `upgrade apply` lands, a hop is: a verified backup, the site file's
+        # harbor.version set to the stop, then an install of that stop's bundle.
+        return (f"harborctl backup create && harborctl install "
+                f"--bundle harbor-offline-installer-v{self.target}.tgz "
+                f"--harbor-version {self.target}")
 
     @property
     def postgresql(self) -> str:

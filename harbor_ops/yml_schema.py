@@ -142,6 +142,12 @@ KEYS: tuple[Key, ...] = (
     _K("external_database.harbor.ssl_mode", "enum",
        choices=("disable", "require", "verify-ca", "verify-full")),
     _K("external_database.harbor.password", "secret", secret=True),
+    *(_K(f"external_database.{db}.{k}", kind, until=until, secret=kind == "secret")
+      for db, until in (("clair", "2.2.0"), ("notary_signer", "2.9.0"), ("notary_server", "2.9.0"))
+      for k, kind in (("host", "str"), ("port", "port"), ("db_name", "str"), ("username", "str"),
+                      ("password", "secret"), ("ssl_mode", "str"))),
+    _K("external_redis.clair_db_index", "int", until="2.2.0"),
+    _K("external_redis.chartmuseum_db_index", "int", until="2.8.0"),
     _K("external_redis.host", "str"),
     _K("external_redis.password", "secret", secret=True),
     _K("external_redis.username", "str", since="2.8.0"),

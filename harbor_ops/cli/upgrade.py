@@ -118,7 +118,7 @@ def format_plan(plan: planner.Plan) -> str:
     for hop in plan.hops:
         lines += ["", f"Hop {hop.number}/{len(plan.hops)}: {hop.source} -> {hop.target}"]
         lines += [f"  {k:<20} {v}" for k, v in _hop_rows(hop)]
-    lines += ["", "You can now apply the first hop (a verified backup is taken first):", "",
+    lines += ["", "Next: back up, then install the first stop (preflight refuses any unsafe hop):", "",
               f"    {plan.next_command}", ""]
     return "\n".join(lines)
 
