@@ -1,0 +1,185 @@
+"""Inspect a Harbor offline-installer bundle before anything is copied or unpacked.
+
+A bundle is trusted only after it has been read through to its last byte: a truncated
+download is a valid gzip *prefix*, and ``tarfile`` happily lists the members it saw before
+the cut. One streaming pass therefore does everything at once: SHA-256 of the file, gzip
+decompression (its CRC and length are checked at the end of the stream), the tar member
+walk, and Harbor's layout (harbor-facts §11.1)::
+
+    harbor/{install.sh, prepare, common.sh, harbor.yml.tmpl, LICENSE, harbor.vX.Y.Z.tar.gz}
+
+The release is read from the image tarball's name, the one name Harbor's Makefile derives
+from the version tag; the outer file name is only compared with it (a renamed file warns).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import re
+import tarfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from packaging.version import Version
+
+from harbor_ops.errors import UsageError
+
+CHUNK = 1 << 20
+REQUIRED = ("harbor/install.sh", "harbor/prepare", "harbor/common.sh", "harbor/harbor.yml.tmpl",
+            "harbor/LICENSE")
+_IMAGE_TARBALL = re.compile(r"^harbor/harbor\.v(\d+\.\d+\.\d+)\.tar\.gz$")
+_FILE_VERSION = re.compile(r"v(\d+\.\d+\.\d+)\.(?:tgz|tar\.gz)$")
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass
+class BundleInfo:
+    """What one pass over a bundle found; ``problems`` empty means usable."""
+
+    path: Path
+    size: int = 0
+    sha256: str | None = None
+    version: Version | None = None
+    image_tarball: str | None = None
+    image_tarball_size: int = 0
+    members: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "size": self.size, "sha256": self.sha256,
+                "version": str(self.version) if self.version else None,
+                "image_tarball": self.image_tarball,
+                "image_tarball_size": self.image_tarball_size,
+                "problems": list(self.problems), "warnings": list(self.warnings)}
+
+
+class _HashingReader:
+    """A read-only file wrapper that hashes every byte as it goes past."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.digest = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.digest.update(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+
+def version_from_filename(name: str) -> Version | None:
+    m = _FILE_VERSION.search(name)
+    return Version(m.group(1)) if m else None
+
+
+def inspect_bundle(path: Path) -> BundleInfo:
+    """Read ``path`` through once; never raises for a bad bundle, reports it in ``problems``."""
+    path = Path(path)
+    info = BundleInfo(path=path)
+    if not path.is_file():
+        info.problems.append(f"{path} does not exist or is not a regular file")
+        return info
+    info.size = path.stat().st_size
+    try:
+        with path.open("rb") as raw:
+            head = raw.read(2)
+            raw.seek(0)
+            if head != _GZIP_MAGIC:
+                info.problems.append(f"{path.name} is not a gzip file (Harbor ships the offline "
+                                     "installer as a .tgz)")
+                return info
+            reader = _HashingReader(raw)
+            _walk(reader, info)
+            reader.drain()
+            info.sha256 = reader.digest.hexdigest()
+    except OSError as exc:
+        info.problems.append(f"cannot read {path}: {exc.strerror or exc}")
+        return info
+    _check_layout(info)
+    return info
+
+
+def _walk(reader: _HashingReader, info: BundleInfo) -> None:
+    """Decompress and walk every member; record a corrupt/truncated stream as a problem."""
+    try:
+        with gzip.GzipFile(fileobj=reader, mode="rb") as gz:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=gz, mode="r|") as tar:
+                for member in tar:
+                    _member(tar, member, info)
+            while gz.read(CHUNK):  # past tar's end-of-archive: reach the gzip CRC trailer
+                pass
+    except EOFError:
+        info.problems.append(f"{info.path.name} is truncated (the gzip stream ends early): "
+                             "download or copy it again")
+    except (gzip.BadGzipFile, zlib.error, tarfile.TarError) as exc:
+        info.problems.append(f"{info.path.name} is corrupt ({exc}): download or copy it again")
+
+
+def _member(tar: tarfile.TarFile, member: tarfile.TarInfo, info: BundleInfo) -> None:
+    name = member.name.removeprefix("./")
+    info.members.append(name)
+    parts = Path(name).parts
+    if name.startswith("/") or ".." in parts or (parts and parts[0] != "harbor"):
+        info.problems.append(f"member {member.name!r} lies outside harbor/ (not a Harbor "
+                             "installer; refusing to unpack it)")
+        return
+    m = _IMAGE_TARBALL.match(name)
+    if m and member.isfile():
+        fh = tar.extractfile(member)
+        head = fh.read(2) if fh else b""
+        if head != _GZIP_MAGIC:
+            info.problems.append(f"{name} is not gzip-compressed images")
+        if fh:  # read through: the outer stream is decompressed (and checked) as we go
+            while fh.read(CHUNK):
+                pass
+        if info.version is not None and info.version != Version(m.group(1)):
+            info.problems.append(f"two image tarballs: v{info.version} and v{m.group(1)}")
+        info.version = Version(m.group(1))
+        info.image_tarball = name
+        info.image_tarball_size = member.size
+
+
+def _check_layout(info: BundleInfo) -> None:
+    if info.problems:
+        return
+    present = set(info.members)
+    missing = [n for n in REQUIRED if n not in present]
+    if missing:
+        info.problems.append("not Harbor's installer layout: missing " + ", ".join(missing))
+    if info.image_tarball is None:
+        info.problems.append("no harbor/harbor.vX.Y.Z.tar.gz image tarball: this is an online "
+                             "installer or not a Harbor bundle; use "
+                             "harbor-offline-installer-vX.Y.Z.tgz")
+    extra = sorted(n for n in present - set(REQUIRED)
+                   if n != "harbor" and n != info.image_tarball)
+    if extra:
+        info.warnings.append("unexpected members: " + ", ".join(extra[:5])
+                             + (" …" if len(extra) > 5 else ""))
+    named = version_from_filename(info.path.name)
+    if named is not None and info.version is not None and named != info.version:
+        info.warnings.append(f"file is named v{named} but contains Harbor {info.version}")
+
+
+def verify_bundle(path: Path, *, expected_version: str | Version | None = None) -> BundleInfo:
+    """:func:`inspect_bundle`, raising UsageError (``--bundle``) when it is not usable."""
+    info = inspect_bundle(path)
+    problems = list(info.problems)
+    if not problems and expected_version is not None:
+        want = Version(str(expected_version))
+        if info.version != want:
+            problems.append(f"it holds Harbor {info.version} but the site file says "
+                            f"harbor.version {want}")
+    if problems:
+        raise UsageError(f"--bundle {path}: " + "; ".join(problems))
+    return info

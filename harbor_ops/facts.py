@@ -1,0 +1,349 @@
+"""Gather a target host's facts for preflight: one probe, run ON the host, prints JSON.
+
+The same probe (a small, dependency-free Python 3 script fed to ``python3 -`` on stdin) runs
+locally through subprocess or remotely over one paramiko SSH connection per host, so a
+remote host is checked exactly like this one, and nothing is left behind on it. The probe
+only collects raw text (``ss``, ``/proc/net/tcp``, ``docker ps``); parsing lives here as pure
+functions so it is unit-tested without a host.
+
+An unreachable host, a refused key or an unknown host key never raises: :func:`gather`
+returns ``HostFacts(error=...)`` naming the host, which preflight reports as a failed
+``ssh`` check (so the other hosts' results still show).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from harbor_ops.site_model import HostEntry
+
+CONNECT_TIMEOUT = 10.0
+PROBE_TIMEOUT = 180.0
+
+PROBE = r'''
+import json, os, re, subprocess
+A = json.loads(ARGS)
+OUT = {"probe": 1}
+
+def run(argv, timeout=20):
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        return {"rc": p.returncode, "out": p.stdout.strip(), "err": p.stderr.strip()[-400:]}
+    except FileNotFoundError:
+        return {"rc": 127, "out": "", "err": "not found"}
+    except subprocess.TimeoutExpired:
+        return {"rc": 124, "out": "", "err": "timed out after %ss" % timeout}
+
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+OUT["hostname"] = os.uname()[1]
+try:
+    OUT["nproc"] = len(os.sched_getaffinity(0))
+except AttributeError:
+    OUT["nproc"] = os.cpu_count()
+m = re.search(r"^MemTotal:\s+(\d+) kB", read("/proc/meminfo") or "", re.M)
+OUT["mem_total_kb"] = int(m.group(1)) if m else None
+
+p = A["data_volume"]
+while not os.path.exists(p):
+    p = os.path.dirname(p) or "/"
+st = os.statvfs(p)
+OUT["disk"] = {"path": p, "free": st.f_bavail * st.f_frsize, "total": st.f_blocks * st.f_frsize}
+
+db = os.path.join(A["data_volume"], "database")
+info = {"path": db, "exists": os.path.isdir(db), "entries": [], "pg_dirs": [],
+        "root_pg_version": False, "size": 0, "readable": True}
+if info["exists"]:
+    try:
+        info["entries"] = sorted(os.listdir(db))
+    except OSError:
+        info["readable"] = False
+    info["root_pg_version"] = os.path.isfile(os.path.join(db, "PG_VERSION"))
+    info["pg_dirs"] = [e for e in info["entries"] if re.match(r"^pg\d+$", e)
+                       and os.path.isfile(os.path.join(db, e, "PG_VERSION"))]
+    for root, dirs, files in os.walk(db, onerror=lambda e: info.__setitem__("readable", False)):
+        for f in files:
+            try:
+                info["size"] += os.lstat(os.path.join(root, f)).st_blocks * 512
+            except OSError:
+                pass
+OUT["database"] = info
+
+OUT["docker"] = run(["docker", "version", "--format", "{{.Server.Version}}"])
+OUT["compose_v2"] = run(["docker", "compose", "version", "--short"])
+OUT["compose_v1"] = run(["docker-compose", "version", "--short"])
+OUT["ss"] = run(["ss", "-ltnpH"])
+OUT["proc_net_tcp"] = (read("/proc/net/tcp") or "") + (read("/proc/net/tcp6") or "")
+OUT["getent"] = run(["getent", "hosts", A["hostname"]]) if A["hostname"] else None
+OUT["containers"] = None
+if OUT["docker"]["rc"] == 0:
+    ps = run(["docker", "ps", "--format", "{{.Names}}\t{{.Image}}\t{{.Ports}}"])
+    OUT["containers"] = ps["out"] if ps["rc"] == 0 else None
+    if OUT["containers"] and re.search(r"^harbor-db\t", OUT["containers"], re.M):
+        OUT["schema"] = run(["docker", "exec", "harbor-db", "psql", "-U", "postgres", "-d",
+                             "registry", "-tAc", "select version, dirty from schema_migrations"])
+inst = A["install_dir"]
+try:
+    OUT["install_entries"] = sorted(os.listdir(inst))
+except OSError:
+    OUT["install_entries"] = []
+cur = os.path.join(inst, "current")
+OUT["install_current"] = os.path.basename(os.path.realpath(cur)) if os.path.islink(cur) else None
+nginx = []
+for d in ("/etc/nginx/conf.d", "/etc/nginx/sites-enabled"):
+    try:
+        nginx += [os.path.join(d, n) for n in os.listdir(d) if "harbor" in n]
+    except OSError:
+        pass
+OUT["nginx_harbor_confs"] = nginx
+print(json.dumps(OUT))
+'''
+
+
+@dataclass
+class HostFacts:
+    """The raw probe output of one host, or why it could not be read."""
+
+    host: str
+    data: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    fix: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class Listener:
+    address: str  # "0.0.0.0", "::", "127.0.0.1", ...
+    port: int
+    process: str | None = None
+
+
+@dataclass(frozen=True)
+class Container:
+    name: str
+    image: str
+    ports: tuple[tuple[str, int], ...]  # published (host address, host port)
+
+
+def probe_source(*, data_volume: str, hostname: str, install_dir: str) -> str:
+    args = json.dumps({"data_volume": data_volume, "hostname": hostname,
+                       "install_dir": install_dir})
+    return f"ARGS = {args!r}\n{PROBE}"
+
+
+def gather(entry: HostEntry, *, data_volume: str, hostname: str, install_dir: str,
+           ssh_config: Path | None = None) -> HostFacts:
+    """Run the probe on ``entry`` (local or ssh). Never raises for host problems."""
+    script = probe_source(data_volume=data_volume, hostname=hostname, install_dir=install_dir)
+    if entry.connection == "local":
+        return _run_local(entry, script)
+    return _run_ssh(entry, script, ssh_config)
+
+
+def _decode(host: str, rc: int, out: str, err: str) -> HostFacts:
+    if rc != 0:
+        tail = err.strip().splitlines()[-1:] or [f"exit status {rc}"]
+        fix = ("install python3 on the host (Ansible needs it too)"
+               if rc == 127 or "python3" in err else "run the probe by hand to see why")
+        return HostFacts(host, error=f"the fact probe failed on {host}: {tail[0]}", fix=fix)
+    try:
+        return HostFacts(host, data=json.loads(out.strip().splitlines()[-1]))
+    except (ValueError, IndexError):
+        return HostFacts(host, error=f"the fact probe on {host} printed no JSON",
+                         fix="check that the login shell prints nothing on non-interactive use")
+
+
+def _run_local(entry: HostEntry, script: str) -> HostFacts:
+    try:
+        p = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True,
+                           timeout=PROBE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return HostFacts(entry.name, error=f"the fact probe on {entry.name} timed out after "
+                         f"{PROBE_TIMEOUT:.0f}s", fix="check for a hung docker daemon or NFS")
+    return _decode(entry.name, p.returncode, p.stdout, p.stderr)
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """Where and how to connect, after merging the host entry with an ssh_config file."""
+
+    host: str
+    address: str
+    port: int
+    user: str
+    key_file: str | None
+    known_hosts: str | None
+    strict: bool
+
+
+def ssh_target(entry: HostEntry, ssh_config: Path | None) -> SshTarget:
+    """Entry fields win; ssh_config fills what the entry leaves at its default."""
+    cfg: dict[str, Any] = {}
+    if ssh_config is not None:
+        cfg = paramiko.SSHConfig.from_path(str(ssh_config)).lookup(entry.address or entry.name)
+    keys = cfg.get("identityfile") or []
+    known = cfg.get("userknownhostsfile")
+    known = known.split()[0] if known else None
+    return SshTarget(
+        host=entry.name,
+        address=entry.address or cfg.get("hostname") or entry.name,
+        port=entry.port if entry.port != 22 or "port" not in cfg else int(cfg["port"]),
+        user=entry.user if entry.user != "root" or "user" not in cfg else cfg["user"],
+        key_file=str(entry.ssh_key_file) if entry.ssh_key_file else (keys[0] if keys else None),
+        known_hosts=None if known in (None, "/dev/null") else known,
+        strict=str(cfg.get("stricthostkeychecking", "yes")).lower() not in ("no", "off",
+                                                                             "accept-new"),
+    )
+
+
+def _run_ssh(entry: HostEntry, script: str, ssh_config: Path | None) -> HostFacts:
+    t = ssh_target(entry, ssh_config)
+    where = f"{t.user}@{t.address}:{t.port}"
+    client = paramiko.SSHClient()
+    try:
+        client.load_system_host_keys()
+        if t.known_hosts and Path(t.known_hosts).expanduser().exists():
+            client.load_host_keys(str(Path(t.known_hosts).expanduser()))
+        client.set_missing_host_key_policy(
+            paramiko.RejectPolicy() if t.strict else paramiko.WarningPolicy())
+        client.connect(t.address, port=t.port, username=t.user, key_filename=t.key_file,
+                       timeout=CONNECT_TIMEOUT, banner_timeout=CONNECT_TIMEOUT,
+                       auth_timeout=CONNECT_TIMEOUT, allow_agent=t.key_file is None,
+                       look_for_keys=t.key_file is None)
+        command = "python3 -" if t.user == "root" else "sudo -n python3 -"
+        stdin, stdout, stderr = client.exec_command(command, timeout=PROBE_TIMEOUT)
+        stdin.write(script)
+        stdin.channel.shutdown_write()
+        out = stdout.read().decode("utf-8", "replace")
+        err = stderr.read().decode("utf-8", "replace")
+        rc = stdout.channel.recv_exit_status()
+        return _decode(entry.name, rc, out, err)
+    except paramiko.AuthenticationException:
+        return HostFacts(entry.name, error=f"host {entry.name}: SSH key refused for {where}",
+                         fix="check hosts[].ssh_key_file / user, or the authorized_keys there")
+    except paramiko.SSHException as exc:
+        if "not found in known_hosts" in str(exc):
+            return HostFacts(entry.name, error=f"host {entry.name}: unknown host key for "
+                             f"{t.address}", fix=f"add it: ssh-keyscan -p {t.port} {t.address} "
+                             ">> ~/.ssh/known_hosts (after checking its fingerprint)")
+        return HostFacts(entry.name, error=f"host {entry.name}: SSH to {where} failed: {exc}",
+                         fix="check that sshd runs there and the address/port are right")
+    except TimeoutError:
+        return HostFacts(entry.name, error=f"host {entry.name} is unreachable: {where} timed out",
+                         fix="check the address, routing and firewall")
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        return HostFacts(entry.name, error=f"host {entry.name} is unreachable ({where}: {reason})",
+                         fix="check the address, port and that sshd runs there")
+    finally:
+        client.close()
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+_VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def version_of(text: str | None) -> tuple[int, int, int] | None:
+    """The first X.Y[.Z] in a tool's output (``v2.20.2``, ``20.10.24+dfsg1``, ``17.06.0-ce``)."""
+    m = _VERSION.search(text or "")
+    if not m:
+        return None
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+def _split_addr(text: str) -> tuple[str, int] | None:
+    host, _, port = text.rpartition(":")
+    if not port.isdigit():
+        return None
+    host = host.strip("[]").split("%", 1)[0]
+    if host in ("*", ""):
+        host = "0.0.0.0"
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return host, int(port)
+
+
+def parse_ss(text: str) -> list[Listener]:
+    """``ss -ltnpH`` lines: ``LISTEN 0 128 0.0.0.0:80 0.0.0.0:* users:(("nginx",pid=1,fd=6))``."""
+    out = []
+    for line in text.splitlines():
+        cols = line.split()
+        if len(cols) < 4:
+            continue
+        local = cols[3] if cols[0] == "LISTEN" else cols[2]
+        addr = _split_addr(local)
+        if addr is None:
+            continue
+        m = re.search(r'users:\(\("([^"]+)"', line)
+        out.append(Listener(addr[0], addr[1], m.group(1) if m else None))
+    return out
+
+
+def _hex_addr(hexaddr: str) -> str:
+    raw = bytes.fromhex(hexaddr)
+    if len(raw) == 4:
+        return socket.inet_ntop(socket.AF_INET, raw[::-1])
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+    text = socket.inet_ntop(socket.AF_INET6, words)
+    return text[7:] if text.startswith("::ffff:") and "." in text else text
+
+
+def parse_proc_net_tcp(text: str) -> list[Listener]:
+    """``/proc/net/tcp`` and ``tcp6`` rows in state 0A (LISTEN)."""
+    out = []
+    for line in text.splitlines():
+        cols = line.split()
+        if len(cols) < 4 or cols[3] != "0A" or ":" not in cols[1]:
+            continue
+        hexaddr, hexport = cols[1].split(":")
+        try:
+            out.append(Listener(_hex_addr(hexaddr), int(hexport, 16)))
+        except ValueError:
+            continue
+    return out
+
+
+def listeners(data: dict[str, Any]) -> list[Listener]:
+    ss = data.get("ss") or {}
+    if ss.get("rc") == 0 and ss.get("out"):
+        return parse_ss(ss["out"])
+    return parse_proc_net_tcp(data.get("proc_net_tcp") or "")
+
+
+def parse_docker_ps(text: str | None) -> list[Container]:
+    """``docker ps --format '{{.Names}}\\t{{.Image}}\\t{{.Ports}}'`` lines."""
+    out = []
+    for line in (text or "").splitlines():
+        parts = line.split("\t")
+        if not parts or not parts[0]:
+            continue
+        ports = []
+        for spec in (parts[2] if len(parts) > 2 else "").split(","):
+            host_side = spec.strip().split("->", 1)
+            if len(host_side) != 2:
+                continue
+            addr = _split_addr(host_side[0])
+            if addr:
+                ports.append(addr)
+        out.append(Container(parts[0], parts[1] if len(parts) > 1 else "", tuple(ports)))
+    return out
+
