@@ -258,6 +258,8 @@ def run_forever(site: Site, *, max_seconds: float | None = None,
         jitter = site.backup.jitter_minutes * 60
         for spec in agent.specs.values():
             _schedule(scheduler, spec, agent, jitter, log)
+        agent.save()  # the status file says the agent is up before the first job ends
+        log(f"harborctl agent: started (pid {os.getpid()})")
         agent.run_due()  # catch up on anything missed while the agent was down
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         while not agent.stopping.is_set():

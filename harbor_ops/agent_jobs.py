@@ -132,7 +132,10 @@ def backup(site: Site) -> dict[str, Any]:
         assert last is not None
         raise last
     pruned = prune_for_site(site)
-    return {"backup_size_bytes": result.size, "backup_duration_seconds": result.seconds,
+    m = result.manifest
+    seconds = (datetime.fromisoformat(m.finished_at) - datetime.fromisoformat(m.started_at))
+    return {"backup_size_bytes": result.size,
+            "backup_duration_seconds": round(seconds.total_seconds(), 3),
             "backups_pruned": pruned}
 
 

@@ -84,6 +84,10 @@ class BackupError(HarborctlError):
     label = "backup failed"
 
 
+class NoSpace(BackupError):
+    """A backup would not fit (or did not fit) in the backup folder's free space."""
+
+
 class HealthError(HarborctlError):
     """Harbor did not become healthy in time; the failing component is named."""
 

@@ -142,6 +142,8 @@ def test_run_forever_stops_on_sigterm(tmp_path: Path) -> None:
           harbor_admin_password_env: A
           database: {{password_env: B}}
           data_volume: {tmp_path}/data
+        backup:
+          dir: {tmp_path}/backups
         agent:
           status_file: {tmp_path}/state/status.json
         """))

@@ -1,0 +1,137 @@
+"""`harborctl backup ...`: thin commands over :mod:`harbor_ops.backup`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from harbor_ops.cli.options import config_option, dry_run_option, emit, output_option
+
+
+def _progress(output: str) -> Any:
+    if output == "json":
+        return None
+    return lambda msg: click.echo(f"... {msg}", err=True)
+
+
+@click.group("backup")
+def backup_group() -> None:
+    """Create, list, verify, restore and prune backups of Harbor."""
+
+
+@backup_group.command("create")
+@config_option
+@dry_run_option
+@output_option
+def create_cmd(config: Path, dry_run: bool, output: str) -> None:
+    """Dump Harbor's database and save its secret key, harbor.yml and certificates."""
+    from harbor_ops.backup.engine import create_backup
+    from harbor_ops.backup.settings import load_settings
+
+    s = load_settings(config)
+    result = create_backup(backup_dir=s.backup_dir, source=s.source, files=s.files,
+                           harbor_version=s.harbor_version, hostname=s.hostname,
+                           dry_run=dry_run, progress=_progress(output))
+    emit(result, output, lambda r: (
+        f"would write {r.path} ({r.notes[0]})" if r.dry_run else
+        f"{r.path}  {r.size} bytes  schema {r.manifest.schema_version}  "
+        f"rows {sum(r.manifest.row_counts.values())}"))
+
+
+@backup_group.command("list")
+@config_option
+@output_option
+def list_cmd(config: Path, output: str) -> None:
+    """Complete backups, newest first, with their verification state."""
+    from harbor_ops.backup.catalog import list_backups
+    from harbor_ops.backup.settings import load_settings
+
+    entries = list_backups(load_settings(config).backup_dir)
+    emit([e.to_dict() for e in entries], output, lambda rows: _table(rows))
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no backups"
+    lines = [f"{'NAME':<48} {'SIZE':>12} {'HARBOR':<8} {'PG':<4} VERIFIED"]
+    for r in rows:
+        state = {True: "yes", False: "FAILED", None: "no"}[r["verified"]]
+        if r["problem"]:
+            state = f"DAMAGED ({r['problem']})"
+        lines.append(f"{r['name']:<48} {r['size']:>12} {r['harbor_version'] or '-':<8} "
+                     f"{r['pg_major'] or '-':<4} {state}")
+    return "\n".join(lines)
+
+
+@backup_group.command("verify")
+@click.argument("name", required=False)
+@click.option("--no-drill", is_flag=True, help="Check the checksums only, skip the restore.")
+@config_option
+@output_option
+def verify_cmd(name: str | None, no_drill: bool, config: Path, output: str) -> None:
+    """Check checksums, then restore into a scratch PostgreSQL (default: newest backup)."""
+    from harbor_ops.backup.catalog import find_backup
+    from harbor_ops.backup.restore import verify_backup
+    from harbor_ops.backup.settings import load_settings
+
+    path = find_backup(load_settings(config).backup_dir, name)
+    result = verify_backup(path=path, restore_drill=not no_drill, progress=_progress(output))
+    emit(result, output, lambda r: f"{r.name}: verified ({r.duration_seconds} s, "
+         f"rows {sum(r.row_counts.values())})")
+
+
+@backup_group.command("restore")
+@click.argument("name", required=False)
+@click.option("--latest", is_flag=True, help="The newest verified backup.")
+@click.option("--yes", is_flag=True, help="Do not ask for a typed confirmation.")
+@click.option("--force", is_flag=True, help="Restore a backup that failed its checks.")
+@click.option("--force-version", is_flag=True,
+              help="Restore a backup whose PostgreSQL major or Harbor version does not fit.")
+@config_option
+@dry_run_option
+@output_option
+def restore_cmd(name: str | None, latest: bool, yes: bool, force: bool, force_version: bool,
+                config: Path, dry_run: bool, output: str) -> None:
+    """Stop Harbor, restore database, secret key, harbor.yml and certificates, start it."""
+    from harbor_ops.backup.catalog import find_backup
+    from harbor_ops.backup.restore import restore_backup
+    from harbor_ops.backup.settings import load_settings
+    from harbor_ops.errors import Aborted, UsageError
+
+    if not name and not latest:
+        raise UsageError("restore: name a backup (see `harborctl backup list`) or pass --latest")
+    s = load_settings(config)
+    path = find_backup(s.backup_dir, name, latest_verified=latest)
+    if not (yes or dry_run):
+        typed = click.prompt(f"This replaces Harbor's database and secret key with {path.name}."
+                             "\nType the backup name to continue", default="",
+                             show_default=False)
+        if typed.strip() != path.name:
+            raise Aborted("restore not confirmed; nothing was changed")
+    result = restore_backup(path=path, target=s.source, data_volume=s.files.data_volume,
+                            harbor_yml=s.files.harbor_yml, installed_version=s.harbor_version,
+                            force=force, force_version=force_version,
+                            harbor_dir=s.harbor_dir if s.harbor_dir.is_dir() else None,
+                            dry_run=dry_run, progress=_progress(output))
+    emit(result, output, lambda r: "\n".join(
+        [f"{'would restore' if r.dry_run else 'restored'} {r.name} into {r.target}",
+         *[f"  {f}" for f in r.files], *[f"  warning: {w}" for w in r.warnings]]))
+
+
+@backup_group.command("prune")
+@config_option
+@dry_run_option
+@output_option
+def prune_cmd(config: Path, dry_run: bool, output: str) -> None:
+    """Delete backups the keep policy does not keep; never the newest verified one."""
+    from harbor_ops.backup.catalog import prune_backups
+    from harbor_ops.backup.settings import load_settings
+
+    s = load_settings(config)
+    result = prune_backups(backup_dir=s.backup_dir, keep=s.keep, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    emit(result, output, lambda r: "\n".join(
+        [*[f"{verb} {n}" for n in r.deleted], *[f"kept {n} ({why})" for n, why in r.kept.items()]]
+        ) or "nothing to prune")
