@@ -34,7 +34,8 @@ def test_wheel_installs_and_renders_outside_the_checkout(tmp_path: Path) -> None
     code = ("import harbor_ops, sys; from harbor_ops.cli.main import main; "
             "assert harbor_ops.__file__.startswith(sys.argv[1]), harbor_ops.__file__; "
             "main(['init', '-c', 'site.yml']); "
-            "main(['render', '-c', 'site.yml', '--output-dir', 'out', '--harbor-version', '2.8.6'])")
+            "main(['render', '-c', 'site.yml', '--output-dir', 'out', "
+            "'--harbor-version', '2.8.6'])")
     run = subprocess.run([sys.executable, "-c", code, str(target)], cwd=elsewhere, env=env,
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr

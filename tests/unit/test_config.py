@@ -66,7 +66,8 @@ def test_secrets_come_from_files_and_environment(tmp_path: Path,
 def test_unset_secret_env_names_the_field_not_a_value(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOPE_NOT_SET", raising=False)
     text = ("harbor:\n  version: 2.15.2\n  hostname: harbor.test\n"
-            "  harbor_admin_password_env: NOPE_NOT_SET\n  database:\n    password_env: NOPE_NOT_SET\n")
+            "  harbor_admin_password_env: NOPE_NOT_SET\n"
+            "  database:\n    password_env: NOPE_NOT_SET\n")
     site = config.load_site_text(text)
     with pytest.raises(ConfigError) as info:
         config.resolve_secrets(site)

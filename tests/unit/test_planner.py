@@ -184,7 +184,9 @@ def test_hop_details_2_7_to_2_8() -> None:
     assert ("notification.webhook_job_max_retry", 10, 3) in hop.yml.defaults_changed
     assert hop.removed_components == ("chartmuseum",)
     assert hop.flags_stop_working == ("--with-chartmuseum",)
-    assert hop.command == "harborctl backup create && harborctl install --bundle harbor-offline-installer-v2.8.6.tgz --harbor-version 2.8.6"
+    assert hop.command == (
+        "harborctl backup create && harborctl install --bundle "
+        "harbor-offline-installer-v2.8.6.tgz --harbor-version 2.8.6")
 
 
 def test_hop_details_conversion_and_disk() -> None:
@@ -197,7 +199,9 @@ def test_hop_details_conversion_and_disk() -> None:
     assert first.disk_needed_bytes == size + planner.IMAGE_TARBALL_BYTES
     assert first.removed_components == ("notary",) and first.flags_stop_working == (
         "--with-notary",)
-    assert p.next_command == "harborctl backup create && harborctl install --bundle harbor-offline-installer-v2.10.3.tgz --harbor-version 2.10.3"
+    assert p.next_command == (
+        "harborctl backup create && harborctl install --bundle "
+        "harbor-offline-installer-v2.10.3.tgz --harbor-version 2.10.3")
     req = second.requirements
     assert req["docker_documented_min"] == "20.10.10" and req["docker_enforced_min"] == "17.6.0"
     assert req["compose_v1_effective_min"] == "1.27.0"  # 2.12's compose file has no version:
