@@ -45,6 +45,9 @@ def preflight_cmd(ctx: click.Context, config: Path, bundle: Path | None, skip: t
 @click.option("--bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               required=True, help=_BUNDLE_HELP)
 @config_option
+@click.option("--harbor-version", default=None,
+              help="Install this release instead of the site file's harbor.version "
+                   "(one stop of an upgrade plan).")
 @inventory_option
 @click.option("--check", is_flag=True,
               help="Show what would change on each host (Ansible check mode with diff).")
@@ -57,7 +60,8 @@ def preflight_cmd(ctx: click.Context, config: Path, bundle: Path | None, skip: t
 @click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the full Ansible log (default: ~/.local/state/harborctl/logs).")
 @output_option
-def install_cmd(bundle: Path, config: Path, inventory: Path | None, check: bool,
+def install_cmd(bundle: Path, config: Path, harbor_version: str | None,
+                inventory: Path | None, check: bool,
                 skip_checks: tuple[str, ...], forks: int | None, ssh_config: Path | None,
                 log_dir: Path | None, output: str) -> None:
     """Install Harbor from an offline bundle on the site's hosts, through Ansible.
@@ -68,7 +72,7 @@ def install_cmd(bundle: Path, config: Path, inventory: Path | None, check: bool,
     from harbor_ops.config import load_site
     from harbor_ops.install import default_log_dir, install
 
-    site = load_site(config)
+    site = load_site(config, version=harbor_version)
     for warning in site.warnings:
         click.echo(f"warning: {warning}", err=True)
     emit(install(site, bundle=bundle, inventory=inventory, check=check,
