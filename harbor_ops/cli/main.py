@@ -80,7 +80,10 @@ def main(argv: list[str] | None = None) -> Any:
 
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        return cli.main(args=argv, prog_name="harborctl", standalone_mode=False)
+        rv = cli.main(args=argv, prog_name="harborctl", standalone_mode=False)
+        if isinstance(rv, int) and rv != 0:  # ctx.exit(N) returns N without standalone mode
+            sys.exit(rv)
+        return rv
     except HarborctlError as exc:
         if debug:
             raise
