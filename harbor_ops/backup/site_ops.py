@@ -2,18 +2,56 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from harbor_ops.backup.catalog import find_backup, prune_backups
 from harbor_ops.backup.engine import BackupResult, create_backup
 from harbor_ops.backup.restore import verify_backup
 from harbor_ops.backup.settings import BackupSettings
-from harbor_ops.errors import BackupError, NoSpace
+from harbor_ops.errors import BackupError, NoSpace, RemoteError, UsageError
 from harbor_ops.site_model import Site
 
+if TYPE_CHECKING:
+    from harbor_ops.backup.remote import PushResult
 
-def create_for_site(site: Site) -> BackupResult:
-    """A new backup; when space is short, prune by the keep policy first, then retry once.
+
+def create_for_site(site: Site, *, dry_run: bool = False,
+                    progress: Callable[[str], None] | None = None) -> BackupResult:
+    """A new backup, copied off-host when ``backup.remote`` is set.
+
+    A failed off-host copy is a RemoteError (exit 6) that says the local backup exists.
+    """
+    result = _create_local(site, dry_run=dry_run, progress=progress)
+    if site.backup.remote is not None and not dry_run:
+        push = push_for_site(site, result.path)
+        result.notes.append(f"copied to {push.destination}"
+                            + (f"; pruned there: {', '.join(push.pruned)}" if push.pruned
+                               else ""))
+    return result
+
+
+def push_for_site(site: Site, path: Path) -> PushResult:
+    """Copy one backup to ``backup.remote`` (checked there), then apply retention there."""
+    from harbor_ops.backup.remote import prune_remote, push_backup
+
+    remote = site.backup.remote
+    if remote is None:
+        raise UsageError("backup.remote is not set in the site file")
+    try:
+        pushed = push_backup(path, remote)
+        pruned = prune_remote(remote, site.backup.keep, hostname=site.hostname)
+    except RemoteError as exc:
+        raise RemoteError(f"backup {path.name} is complete locally, but {exc.message}",
+                          hint=exc.hint) from None
+    return replace(pushed, pruned=pruned)
+
+
+def _create_local(site: Site, *, dry_run: bool = False,
+                  progress: Callable[[str], None] | None = None) -> BackupResult:
+    """When space is short, prune by the keep policy first, then retry once.
 
     Pruning never deletes the newest verified backup, so a full disk can cost old
     backups but never the last one known to restore.
@@ -22,7 +60,8 @@ def create_for_site(site: Site) -> BackupResult:
 
     def create() -> BackupResult:
         return create_backup(backup_dir=s.backup_dir, source=s.source, files=s.files,
-                             harbor_version=s.harbor_version, hostname=s.hostname)
+                             harbor_version=s.harbor_version, hostname=s.hostname,
+                             dry_run=dry_run, progress=progress)
 
     try:
         return create()

@@ -26,14 +26,16 @@ def backup_group() -> None:
 @dry_run_option
 @output_option
 def create_cmd(config: Path, dry_run: bool, output: str) -> None:
-    """Dump Harbor's database and save its secret key, harbor.yml and certificates."""
-    from harbor_ops.backup.engine import create_backup
-    from harbor_ops.backup.settings import load_settings
+    """Dump Harbor's database and save its secret key, harbor.yml and certificates.
 
-    s = load_settings(config)
-    result = create_backup(backup_dir=s.backup_dir, source=s.source, files=s.files,
-                           harbor_version=s.harbor_version, hostname=s.hostname,
-                           dry_run=dry_run, progress=_progress(output))
+    When space is short, old backups are pruned by the keep policy first (never the
+    newest verified one); with backup.remote set, the backup is copied off-host and
+    checked there.
+    """
+    from harbor_ops.backup.site_ops import create_for_site
+    from harbor_ops.config import load_site
+
+    result = create_for_site(load_site(config), dry_run=dry_run, progress=_progress(output))
     emit(result, output, lambda r: (
         f"would write {r.path} ({r.notes[0]})" if r.dry_run else
         f"{r.path}  {r.size} bytes  schema {r.manifest.schema_version}  "
@@ -135,3 +137,21 @@ def prune_cmd(config: Path, dry_run: bool, output: str) -> None:
     emit(result, output, lambda r: "\n".join(
         [*[f"{verb} {n}" for n in r.deleted], *[f"kept {n} ({why})" for n, why in r.kept.items()]]
         ) or "nothing to prune")
+
+
+@backup_group.command("push")
+@click.argument("name", required=False)
+@config_option
+@output_option
+def push_cmd(name: str | None, config: Path, output: str) -> None:
+    """Copy a backup (default: the newest) to backup.remote, checked by SHA-256 there."""
+    from harbor_ops.backup.catalog import find_backup
+    from harbor_ops.backup.site_ops import push_for_site
+    from harbor_ops.config import load_site
+
+    site = load_site(config)
+    result = push_for_site(site, find_backup(site.backup.dir, name))
+    emit(result, output, lambda r: "\n".join(
+        [f"{r.name} {'already at' if r.already_there else 'copied to'} {r.destination} "
+         f"({r.size} bytes, sha256 {r.sha256[:12]}..., {r.seconds} s)",
+         *[f"pruned there: {n}" for n in r.pruned]]))
