@@ -34,12 +34,12 @@ from harbor_ops.backup.manifest import (
     FileEntry,
     Manifest,
     backup_name,
-    fsync_dir,
     iso,
     utc_now,
 )
 from harbor_ops.backup.sources import DbSource, SqlSession, pg_major_of
 from harbor_ops.errors import BackupError, NoSpace
+from harbor_ops.fsutil import fsync_dir
 
 # Compressed dump size / pg_database_size: measured about 0.16 on Harbor-shaped data
 # (test-environment §7); 0.5 leaves room for data that compresses badly.

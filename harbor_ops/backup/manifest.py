@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from harbor_ops.fsutil import atomic_write
 
 FORMAT = 1
 SUFFIX = ".hbk"
@@ -138,32 +138,8 @@ def read_sidecar(backup: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Temp file in the same folder, fsync, rename, fsync the folder."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_sidecar(backup: Path, data: dict[str, Any]) -> None:
-    atomic_write(sidecar_path(backup), (json.dumps(data, indent=2, sort_keys=True) + "\n")
-                 .encode())
+    atomic_write(sidecar_path(backup), json.dumps(data, indent=2, sort_keys=True) + "\n",
+                 mode=0o600)
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,0 +1,232 @@
+"""Build a Harbor-shaped offline installer for any Harbor release harborctl knows.
+
+``build_bundle("2.8.6", out_dir)`` writes ``out_dir/harbor-offline-installer-v2.8.6.tgz`` with
+Harbor's layout (reference/harbor-facts.md §11.1): ``harbor/install.sh``, ``prepare``,
+``common.sh``, ``harbor.yml.tmpl``, ``LICENSE`` and ``harbor.v2.8.6.tar.gz`` (a gzipped
+``docker save`` of images tagged ``goharbor/<name>:v2.8.6``, every name in
+``Release.images``). It is the project's ONE test double: no Harbor image can be downloaded here.
+
+What is REAL:
+* PostgreSQL (Debian bookworm's postgresql-15 binaries: initdb, postgres, pg_ctl, psql,
+  pg_dump, pg_upgrade ...) in ``harbor-db``; conversions run a real ``pg_upgrade``;
+* the distribution registry (Debian ``docker-registry`` 2.8) in ``registry`` on
+  ``{data_volume}/registry`` (htpasswd auth: ``admin`` / ``harbor_admin_password``);
+* nginx (Debian 1.22) in ``nginx``, on ``http.port`` (and ``https.port`` with the cert),
+  proxying ``/v2/`` to the registry and ``/api/`` to core;
+* the install flow: ``install.sh`` / ``common.sh`` / ``prepare`` are bash like Harbor's, with
+  the flags, checks, steps and messages of that release (§3, §4); ``docker load``,
+  ``docker-compose down -v`` and ``up -d`` run against a real dockerd;
+* ``prepare`` runs in the ``goharbor/prepare`` image with the same mounts as Harbor's
+  (``/input``, ``/data``, ``/compose_location``, ``/config``, ``/hostfs``), fails on missing
+  required keys with a KeyError traceback and on ``validate()`` with Harbor's messages (§2.5,
+  §7), and writes the compose project with Harbor's service and container names
+  (harbor-log, registry, registryctl, harbor-db, harbor-core, harbor-portal, harbor-jobservice,
+  redis, nginx), bind mounts and owners (database 999:999 0700; registry, secret, log 10000);
+* harbor-db's entrypoint rules per release (§6): the one layout it converts, the 9.6 refusal
+  (2.7+), and the SILENT new empty cluster in ``pgNEW`` beside the old directory.
+
+What is a STAND-IN:
+* every PostgreSQL major (9.6, 13, 14, 15, 18) is PostgreSQL 15: the data-directory layout
+  (``PG_VERSION`` at the root, ``pg13``, ``pg14``, ``pg15``, ``pg18``) and the entrypoint
+  rules are Harbor's, the binaries are one major (pg_upgrade 15 -> 15 between two clusters);
+  initdb uses ``C.UTF-8`` instead of ``en_US.UTF-8``;
+* ``harbor-core`` is a small Python server: ``/api/v2.0/ping``, ``/health`` (each component's
+  real state), ``/systeminfo`` (``harbor_version`` = ``vX.Y.Z-<8 hex>`` as Harbor prints it,
+  admin only), and Harbor's schema handling at start (fresh DB -> tables + ``library`` project +
+  this release's ``schema_migrations`` version; older clean version -> migrated up);
+* portal, jobservice, registryctl, redis/valkey, harbor-log, trivy, notary, chartmuseum,
+  clair, exporter are tiny Python TCP listeners (alive or not: that is all health needs);
+* no Harbor token service, no syslog log driver, harbor-log is not published on
+  127.0.0.1:1514 (a fixed host port would collide between concurrent test engines), no
+  ``--privileged`` on the prepare container; ``harbor.yml.tmpl`` is our own small template
+  (https commented out) with that release's ``_version`` and required keys.
+* Networking: compose's user-defined network ``harbor`` (the engine's address pool) with
+  service-name DNS, as Harbor; only nginx publishes ports. This works with dockerd
+  ``--bridge=none --iptables=false`` (docker-proxy forwards the published ports).
+
+Caching: the rootfs, and each finished bundle, live under
+``${HARBORCTL_TESTBED_CACHE:-/var/cache/harborctl-testbed}/bundle/``, keyed by a hash of the
+assets, this code and the Debian package versions; a cached bundle needs no Docker engine.
+"""
+from __future__ import annotations
+
+import fcntl
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+from harbor_ops.versions import Release, release
+from tests.bed import golden
+from tests.bed._run import BedError
+from tests.bed._run import run as run_cmd
+from tests.bed.bundle import releases, rootfs
+from tests.bed.dockerd import DockerEngine, docker_cli
+
+ASSETS = Path(__file__).parent / "assets"
+IMAGE_ASSETS = ASSETS / "image"
+
+
+def cache_dir() -> Path:
+    path = golden.cache_dir() / "bundle"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def bundle_key() -> str:
+    """Hash of everything a bundle is made from (assets, this package, Debian packages)."""
+    digest = hashlib.sha256(rootfs.rootfs_key(IMAGE_ASSETS).encode())
+    for path in sorted(p for p in Path(__file__).parent.rglob("*")
+                       if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(str(path.relative_to(Path(__file__).parent)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def bundle_name(version: str) -> str:
+    return f"harbor-offline-installer-v{release(version).version}.tgz"
+
+
+def build_bundle(version: str, out_dir: Path, *, engine_env: dict[str, str] | None = None) -> Path:
+    """Return ``out_dir/harbor-offline-installer-vX.Y.Z.tgz``, built or taken from the cache.
+
+    ``engine_env`` (``{"DOCKER_HOST": ...}``) names the engine that builds the images on a
+    cache miss; without it a private engine is started and stopped around the build.
+    """
+    return build_bundles([version], out_dir, engine_env=engine_env)[version]
+
+
+def build_bundles(versions: list[str] | tuple[str, ...], out_dir: Path, *,
+                  engine_env: dict[str, str] | None = None) -> dict[str, Path]:
+    """``build_bundle`` for several releases, sharing one engine for all cache misses."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = bundle_key()
+    cached = {v: cache_dir() / key / bundle_name(v) for v in versions}
+    if not all(path.is_file() for path in cached.values()):
+        with _lock(cache_dir() / "build.lock"):
+            missing = [release(v) for v, path in cached.items() if not path.is_file()]
+            if missing:
+                _prune(keep={key, f"rootfs-{rootfs.rootfs_key(IMAGE_ASSETS)}"})
+                _build_with_engine(missing, cache_dir() / key, engine_env)
+    result = {}
+    for version, path in cached.items():
+        target = out_dir / path.name
+        tmp = out_dir / f".{path.name}.tmp-{os.getpid()}"
+        try:
+            os.link(path, tmp)
+        except OSError:
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, target)
+        result[version] = target
+    return result
+
+
+def _prune(keep: set[str]) -> None:
+    """Drop bundles and rootfs of older keys (about 60 MB per bundle), under the build lock."""
+    for path in cache_dir().iterdir():
+        if path.is_dir() and path.name not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _build_with_engine(rels: list[Release], dest_dir: Path,
+                       engine_env: dict[str, str] | None) -> None:
+    if engine_env is not None:
+        for rel in rels:
+            _build(rel, dest_dir / f"harbor-offline-installer-v{rel.version}.tgz", engine_env)
+        return
+    with tempfile.TemporaryDirectory(prefix="hctl-bundle-engine-") as tmp:
+        engine = DockerEngine(tmp)
+        engine.start()
+        try:
+            for rel in rels:
+                _build(rel, dest_dir / f"harbor-offline-installer-v{rel.version}.tgz", engine.env)
+        finally:
+            engine.stop()
+
+
+def _build(rel: Release, dest: Path, env: dict[str, str]) -> None:
+    base = _base_image(env)
+    tag = f"v{rel.version}"
+    names = []
+    for name, spec in releases.image_specs(rel).items():
+        image = f"goharbor/{name}:{tag}"
+        dockerfile = releases.dockerfile(base, spec)
+        run_cmd([docker_cli(), "build", "-q", "-t", image, "-"], input=dockerfile.encode(),
+                env={**env, "DOCKER_BUILDKIT": "0"})
+        names.append(image)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bundle-", dir=dest.parent) as tmp:
+        stage = Path(tmp) / "harbor"
+        stage.mkdir()
+        _docker_save_gz(names, stage / f"harbor.{tag}.tar.gz", env)
+        for name, text in releases.scripts(rel, ASSETS).items():
+            (stage / name).write_text(text, encoding="utf-8")
+            (stage / name).chmod(0o755 if name in ("install.sh", "prepare", "common.sh")
+                                 else 0o644)
+        shutil.copyfile(ASSETS / "LICENSE", stage / "LICENSE")
+        partial = Path(tmp) / dest.name
+        with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
+            for name in ("harbor.yml.tmpl", "LICENSE", "common.sh", "install.sh", "prepare",
+                         f"harbor.{tag}.tar.gz"):
+                tar.add(stage / name, arcname=f"harbor/{name}", filter=_root_owned)
+        os.replace(partial, dest)
+
+
+def _root_owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
+def _base_image(env: dict[str, str]) -> str:
+    """Import the shared rootfs into the engine once (tagged by its key)."""
+    key = rootfs.rootfs_key(IMAGE_ASSETS)
+    tag = f"harborctl-bed/harbor-base:{key}"
+    if run_cmd([docker_cli(), "image", "inspect", tag], env=env, check=False).returncode == 0:
+        return tag
+    root = cache_dir() / f"rootfs-{key}"
+    if not (root / ".complete").is_file():
+        shutil.rmtree(root, ignore_errors=True)
+        rootfs.build_rootfs(root, IMAGE_ASSETS)
+        (root / ".complete").write_text(json.dumps(rootfs.source_versions()) + "\n")
+    tar = subprocess.Popen(["tar", "--numeric-owner", "--exclude", "./.complete", "-C", str(root),
+                            "-cf", "-", "."], stdout=subprocess.PIPE)
+    imp = subprocess.run([docker_cli(), "import", "-", tag], stdin=tar.stdout,
+                         capture_output=True, text=True, env={**os.environ, **env}, check=False)
+    assert tar.stdout is not None
+    tar.stdout.close()
+    if tar.wait() != 0 or imp.returncode != 0:
+        raise BedError(f"docker import of the bundle rootfs failed: {imp.stderr}")
+    return tag
+
+
+def _docker_save_gz(images: list[str], dest: Path, env: dict[str, str]) -> None:
+    """``docker save ... | gzip`` without a shell (level 1: the layer is mostly binaries)."""
+    proc = subprocess.Popen([docker_cli(), "save", *images], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, **env})
+    assert proc.stdout is not None and proc.stderr is not None
+    with gzip.open(dest, "wb", compresslevel=1) as out:
+        shutil.copyfileobj(proc.stdout, out, 1 << 20)
+    err = proc.stderr.read().decode(errors="replace")
+    if proc.wait() != 0:
+        raise BedError(f"docker save failed: {err}")
+
+
+class _lock:
+    """An exclusive flock: concurrent sessions build each bundle once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        self.fh = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - held until __exit__
+        fcntl.flock(self.fh, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        self.fh.close()

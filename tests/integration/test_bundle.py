@@ -1,0 +1,323 @@
+"""The Harbor-shaped offline installer tells the truth where harborctl depends on it.
+
+Bundles are built (or taken from the cache) with ``tests.bed.bundle.build_bundle`` and
+installed with their own ``install.sh`` on a real dockerd, exactly as a user upgrades by hand:
+unpack the new bundle, copy harbor.yml, run install.sh. The database checks read the real
+PostgreSQL through ``docker exec harbor-db psql``, as harborctl's backup does.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.bed.bundle import build_bundles
+from tests.bed.dockerd import DockerEngine
+
+pytestmark = pytest.mark.integration
+
+ADMIN_PASSWORD = "Harbor12345"  # the template's default; a throw-away test value
+VERSIONS = ("2.2.4", "2.4.3", "2.8.6", "2.10.3", "2.12.4")
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every bundle the tests install; built in a private engine, so installs must load them."""
+    out = tmp_path_factory.mktemp("bundles")
+    return build_bundles(VERSIONS, out)
+
+
+class Harbor:
+    """One Harbor site: a data volume, a log dir and a port; installed from any bundle."""
+
+    def __init__(self, base: Path, engine: DockerEngine) -> None:
+        self.base = base
+        self.engine = engine
+        self.data = base / "data"
+        self.logs = base / "logs"
+        self.port = _free_port()
+        self.install_dir: Path | None = None
+        self.unpacked = 0
+
+    def unpack(self, bundle: Path, **overrides: object) -> Path:
+        """Unpack a bundle into its own dir and write harbor.yml from its template."""
+        self.unpacked += 1
+        target = self.base / f"{self.unpacked}-{bundle.name.removesuffix('.tgz')}"
+        target.mkdir()
+        with tarfile.open(bundle) as tar:
+            tar.extractall(target, filter="tar")
+        install_dir = target / "harbor"
+        config = yaml.safe_load((install_dir / "harbor.yml.tmpl").read_text())
+        config.update(hostname="harbor.test", data_volume=str(self.data),
+                      harbor_admin_password=ADMIN_PASSWORD)
+        config["http"]["port"] = self.port
+        config["log"]["local"]["location"] = str(self.logs)
+        config.update(overrides)
+        (install_dir / "harbor.yml").write_text(yaml.safe_dump(config))
+        return install_dir
+
+    def install(self, bundle: Path, *flags: str, check: bool = True,
+                **overrides: object) -> subprocess.CompletedProcess[str]:
+        install_dir = self.unpack(bundle, **overrides)
+        proc = subprocess.run(["./install.sh", *flags], cwd=install_dir, capture_output=True,
+                              text=True, env={**os.environ, **self.engine.env}, timeout=300,
+                              check=False)
+        if check:
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+            self.install_dir = install_dir
+        return proc
+
+    def down(self) -> None:
+        if self.install_dir is not None:
+            self.engine.compose(self.install_dir, "down", "-v", check=False)
+
+    def get(self, path: str, *, admin: bool = False) -> tuple[int, bytes]:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}")
+        if admin:
+            token = base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=15) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except OSError:
+            return 0, b""
+
+    def wait_healthy(self, timeout: float = 90) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] | None = None
+        for _ in range(int(timeout / 0.5) + 1):
+            status, body = self.get("/api/v2.0/health")
+            if status == 200:
+                last = json.loads(body)
+                if last["status"] == "healthy":
+                    return last
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        logs = self.engine.run("logs", "--tail", "20", "harbor-db", check=False)
+        raise AssertionError(f"Harbor not healthy after {timeout} s: {last}\n"
+                             f"harbor-db: {logs.stdout}{logs.stderr}")
+
+    def sql(self, query: str) -> list[str]:
+        proc = self.engine.run("exec", "harbor-db", "psql", "-U", "postgres", "-d", "registry",
+                               "-v", "ON_ERROR_STOP=1", "-tAc", query)
+        return [line for line in proc.stdout.splitlines() if line]
+
+    def write_rows(self) -> None:
+        self.sql("""
+            INSERT INTO project (owner_id, name) VALUES (1, 'team-a');
+            INSERT INTO repository (name, project_id) VALUES ('team-a/app', 2);
+            INSERT INTO artifact (project_id, repository_id, repository_name, digest, size)
+              VALUES (2, 1, 'team-a/app', 'sha256:' || repeat('a', 64), 1234),
+                     (2, 1, 'team-a/app', 'sha256:' || repeat('b', 64), 5678);
+            INSERT INTO audit_log (project_id, operation, resource_type, resource, username)
+              VALUES (2, 'create', 'artifact', 'team-a/app:v1', 'admin');""")
+
+    def counts(self) -> dict[str, int]:
+        return {t: int(self.sql(f"SELECT count(*) FROM {t}")[0])
+                for t in ("project", "repository", "artifact", "audit_log")}
+
+    def db_logs(self) -> str:
+        proc = self.engine.run("logs", "harbor-db", check=False)
+        return proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def harbor(tmp_path: Path, docker_engine: DockerEngine) -> Iterator[Harbor]:
+    site = Harbor(tmp_path, docker_engine)
+    yield site
+    site.down()
+
+
+def test_fresh_install_is_healthy_and_speaks_harbor_api(harbor: Harbor, bundles) -> None:
+    proc = harbor.install(bundles["2.8.6"], "--with-trivy")
+    assert "----Harbor has been installed and started successfully.----" in proc.stdout
+    health = harbor.wait_healthy()
+    names = [c["name"] for c in health["components"]]
+    assert names == sorted(names) and "trivy" in names and "database" in names
+    assert harbor.get("/api/v2.0/ping") == (200, b"Pong")
+    anonymous = json.loads(harbor.get("/api/v2.0/systeminfo")[1])
+    assert "harbor_version" not in anonymous
+    info = json.loads(harbor.get("/api/v2.0/systeminfo", admin=True)[1])
+    assert info["harbor_version"].startswith("v2.8.6-")
+    assert harbor.sql("SELECT version, dirty FROM schema_migrations") == ["111|f"]
+    assert harbor.sql("SELECT name FROM project") == ["library"]
+    stat = {p: (d.stat().st_uid, d.stat().st_mode & 0o777)
+            for p, d in (("database", harbor.data / "database"),
+                         ("registry", harbor.data / "registry"), ("secret", harbor.data / "secret"),
+                         ("logs", harbor.logs))}
+    assert stat["database"] == (999, 0o700)
+    assert stat["registry"][0] == stat["secret"][0] == stat["logs"][0] == 10000
+    assert len((harbor.data / "secret/keys/secretkey").read_text()) == 16
+    assert (harbor.data / "database/pg13/PG_VERSION").is_file()
+    # A stopped database is reported, not hidden.
+    harbor.engine.run("stop", "harbor-db")
+    status, body = harbor.get("/api/v2.0/health")
+    database = next(c for c in json.loads(body)["components"] if c["name"] == "database")
+    assert status == 200 and database["status"] == "unhealthy" and database["error"]
+
+
+def test_skipping_a_postgres_step_silently_empties_the_database(
+        harbor: Harbor, bundles, tmp_path: Path) -> None:
+    harbor.install(bundles["2.8.6"])
+    harbor.wait_healthy()
+    harbor.write_rows()
+    _push_image(harbor, tmp_path)
+    before = harbor.counts()
+    assert before == {"project": 2, "repository": 1, "artifact": 2, "audit_log": 1}
+
+    harbor.install(bundles["2.12.4"])  # pg13 data, harbor-db 2.12 only converts pg14
+    harbor.wait_healthy()
+    assert "init DB, DB version:15" in harbor.db_logs()
+    assert harbor.counts() == {"project": 1, "repository": 0, "artifact": 0, "audit_log": 0}
+    assert harbor.sql("SELECT version FROM schema_migrations") == ["150"]
+    assert sorted(p.name for p in (harbor.data / "database").iterdir()) == ["pg13", "pg15"]
+    # The image blobs are still in the registry: only the database forgot them.
+    status, body = harbor.get("/v2/_catalog", admin=True)
+    assert status == 200 and "library/hello" in json.loads(body)["repositories"]
+
+
+def test_an_allowed_hop_converts_with_pg_upgrade_and_keeps_every_row(
+        harbor: Harbor, bundles) -> None:
+    harbor.install(bundles["2.8.6"])
+    harbor.wait_healthy()
+    harbor.write_rows()
+    before = harbor.counts()
+
+    harbor.install(bundles["2.10.3"])
+    harbor.wait_healthy()
+    assert "upgrade DB from 13 to 14" in harbor.db_logs()
+    assert harbor.counts() == before
+    assert harbor.sql("SELECT version, dirty FROM schema_migrations") == ["130|f"]
+    assert [p.name for p in (harbor.data / "database").iterdir()] == ["pg14"]
+
+
+def test_96_layout_is_refused_by_27_and_converted_by_24(harbor: Harbor, bundles) -> None:
+    harbor.install(bundles["2.2.4"])
+    harbor.wait_healthy()
+    assert (harbor.data / "database/PG_VERSION").is_file()  # 9.6 layout: data at the root
+    harbor.write_rows()
+    before = harbor.counts()
+
+    harbor.install(bundles["2.8.6"])
+    _wait_for(lambda: "is not supported in the current Harbor release" in harbor.db_logs(),
+              "harbor-db to refuse the 9.6 layout")
+    logs = harbor.db_logs()
+    assert ("Upgrading from PostgreSQL 9.6 to PostgreSQL 13 is not supported in the current "
+            "Harbor release.") in logs
+    assert "You should upgrade to previous Harbor firstly, then upgrade to current release." in logs
+    assert not (harbor.data / "database/pg13").exists()
+
+    harbor.install(bundles["2.4.3"])  # the 2.3-2.6 entrypoint converts 9.6 -> 13
+    harbor.wait_healthy()
+    assert "remove the /var/lib/postgresql/data after upgrade success." in harbor.db_logs()
+    assert harbor.counts() == before
+    assert [p.name for p in (harbor.data / "database").iterdir()] == ["pg13"]
+
+
+def test_install_sh_rejects_the_flags_the_release_rejects(tmp_path: Path, bundles,
+                                                          docker_engine: DockerEngine) -> None:
+    site = Harbor(tmp_path, docker_engine)
+    notary = site.install(bundles["2.10.3"], "--with-notary", check=False)
+    assert notary.returncode == 1
+    assert "Please do NOT set --with-notary, as notary has been deprecated and removed." in (
+        notary.stdout)
+    clair = site.install(bundles["2.8.6"], "--with-clair", check=False)
+    assert clair.returncode == 1
+    assert "Clair is deprecated please remove it from installation arguments !!!" in clair.stdout
+    chart = site.install(bundles["2.8.6"], "--with-chartmuseum", check=False)
+    assert chart.returncode == 1 and "chartmusuem has been deprecated and removed" in chart.stdout
+    assert not site.data.exists()  # rejected before anything was prepared
+
+
+def test_prepare_fails_like_harbor(tmp_path: Path, bundles, docker_engine: DockerEngine) -> None:
+    site = Harbor(tmp_path, docker_engine)
+    loopback = site.install(bundles["2.8.6"], check=False, hostname="127.0.0.1")
+    assert loopback.returncode != 0
+    assert "Error happened in config validation..." in loopback.stdout
+    assert "127.0.0.1 can not be the hostname" in loopback.stdout + loopback.stderr
+    # 2.9+ reads jobservice.job_loggers with [...]: a 2.8-shaped file dies with a KeyError.
+    old_shape = {"max_job_workers": 10, "logger_sweeper_duration": 1}
+    missing = site.install(bundles["2.10.3"], check=False, jobservice=old_shape)
+    assert missing.returncode != 0
+    assert "KeyError: 'job_loggers'" in missing.stdout + missing.stderr
+
+
+def _push_image(harbor: Harbor, tmp_path: Path) -> None:
+    """skopeo copies a tiny OCI image through nginx into the real registry."""
+    layout = _tiny_oci_layout(tmp_path / "oci")
+    auth = tmp_path / "auth.json"
+    token = base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode()
+    auth.write_text(json.dumps({"auths": {f"127.0.0.1:{harbor.port}": {"auth": token}}}))
+    auth.chmod(0o600)
+    subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", "--authfile",
+                    str(auth), f"oci:{layout}:v1",
+                    f"docker://127.0.0.1:{harbor.port}/library/hello:v1"],
+                   check=True, capture_output=True, timeout=60)
+
+
+def _tiny_oci_layout(path: Path) -> Path:
+    import gzip
+    import hashlib
+    import io
+
+    blobs = path / "blobs/sha256"
+    blobs.mkdir(parents=True)
+
+    def blob(data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return f"sha256:{digest}"
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        content = b"hello from the harborctl test bed\n"
+        info.size = len(content)
+        tar.addfile(info, io.BytesIO(content))
+    layer = gzip.compress(raw.getvalue(), mtime=0)
+    diff_id = "sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": blob(config), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": blob(layer), "size": len(layer)}]}).encode()
+    (path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (path / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": blob(manifest),
+        "size": len(manifest), "annotations": {"org.opencontainers.image.ref.name": "v1"}}]}))
+    return path
+
+
+def _wait_for(probe: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / 0.5) + 1):
+        if probe():
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,222 @@
+"""`harborctl install` on real test hosts over SSH, checked as a user would check it.
+
+The bundle is the Harbor-shaped offline installer the tests build (tests/bed/bundle); the
+hosts are test-bed hosts (own rootfs, sshd, dockerd, nginx, cron, logrotate). Everything
+the role does really happens: bundle copy, unpack, install.sh (docker load, prepare,
+compose up), the health gate, logrotate, the Nginx front, the boot and agent schedule.
+The tests in this module share one installed host and run in file order.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import testinfra
+
+from harbor_ops.config import load_site
+from harbor_ops.errors import PreflightFailed
+from harbor_ops.install import InstallResult, install
+from harbor_ops.site_model import Site
+from tests.bed.bundle.builder import build_bundle
+from tests.bed.hosts import Host, TestBed
+
+pytestmark = pytest.mark.integration
+
+VERSION = "2.15.2"
+ADMIN_PASSWORD = "it-Admin-pw-4711"  # throw-away test values, looked for in every output
+DB_PASSWORD = "it-Db-pw-0815"
+CONTAINERS = ("harbor-log", "registry", "registryctl", "harbor-db", "harbor-core",
+              "harbor-portal", "harbor-jobservice", "redis", "nginx")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_bundle(VERSION, tmp_path_factory.mktemp("bundles"))
+
+
+def write_site(directory: Path, host: Host, key: Path) -> Site:
+    secrets = directory / "secrets"
+    secrets.mkdir(mode=0o700, exist_ok=True)
+    (secrets / "admin").write_text(ADMIN_PASSWORD + "\n")
+    (secrets / "db").write_text(DB_PASSWORD + "\n")
+    (directory / "harborctl.yml").write_text(f"""\
+harbor:
+  version: {VERSION}
+  hostname: {host.address}
+  http: {{port: 8080}}
+  harbor_admin_password_file: secrets/admin
+  database: {{password_file: secrets/db}}
+  data_volume: /data
+front:
+  listen: 0.0.0.0:80
+  server_name: {host.address}
+  upstream: http://127.0.0.1:8080
+  cache: {{path: /var/cache/nginx/harbor}}
+install: {{dir: /opt/harbor, bundle_dir: /opt/harbor-bundles}}
+hosts:
+  - {{name: {host.name}, address: {host.address}, ssh_key_file: {key}}}
+""")
+    return load_site(directory / "harborctl.yml")
+
+
+class Runner:
+    """Runs install() for one site and keeps every progress line it printed."""
+
+    def __init__(self, site: Site, bed: TestBed, log_dir: Path) -> None:
+        self.site, self.bed, self.log_dir = site, bed, log_dir
+        self.lines: list[str] = []
+
+    def __call__(self, bundle: Path, **kw: Any) -> InstallResult:
+        return install(self.site, bundle=bundle, inventory=None, progress=self.lines.append,
+                       log_dir=self.log_dir, ssh_config=self.bed.ssh_config_path,
+                       timeout=900, **kw)
+
+
+@pytest.fixture(scope="module")
+def h1(testbed: TestBed) -> Host:
+    return testbed.reset("h1")
+
+
+@pytest.fixture(scope="module")
+def runner(testbed: TestBed, h1: Host, tmp_path_factory: pytest.TempPathFactory) -> Runner:
+    site_dir = tmp_path_factory.mktemp("site")
+    return Runner(write_site(site_dir, h1, testbed.client_key), testbed, site_dir / "logs")
+
+
+@pytest.fixture(scope="module")
+def first(runner: Runner, bundle: Path) -> InstallResult:
+    return runner(bundle)
+
+
+@pytest.fixture(scope="module")
+def ti(testbed: TestBed, h1: Host, first: InstallResult) -> testinfra.host.Host:
+    return testinfra.get_host(f"ssh://{h1.name}", ssh_config=str(testbed.ssh_config_path))
+
+
+def http_get(url: str, host_header: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, headers={"Host": host_header} if host_header else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - bed address
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def _no_secret_anywhere(runner: Runner) -> None:
+    texts = ["\n".join(runner.lines)]
+    texts += [p.read_text(errors="replace") for p in runner.log_dir.iterdir()]
+    for text in texts:
+        assert ADMIN_PASSWORD not in text
+        assert DB_PASSWORD not in text
+
+
+def test_first_install_changes_the_host_and_reports_progress(first: InstallResult,
+                                                            runner: Runner) -> None:
+    tally = first.hosts["h1"]
+    assert tally.failed == 0 and tally.unreachable == 0
+    assert tally.changed > 5
+    assert any("h1: Run Harbor's install.sh ... changed" in line for line in runner.lines)
+    assert any("h1: Copy the bundle to the host ... changed" in line for line in runner.lines)
+    assert all(line.startswith(("[", "preflight:", "render:")) for line in runner.lines)
+    _no_secret_anywhere(runner)
+
+
+def test_containers_run(ti: testinfra.host.Host) -> None:
+    names = ti.check_output("docker ps --filter status=running --format '{{.Names}}'").split()
+    assert set(CONTAINERS) <= set(names)
+
+
+def test_install_layout_and_modes(ti: testinfra.host.Host) -> None:
+    link = ti.file("/opt/harbor/harbor")
+    assert link.is_symlink and link.linked_to == f"/opt/harbor/harbor-{VERSION}"
+    yml = ti.file(f"/opt/harbor/harbor-{VERSION}/harbor.yml")
+    assert yml.mode == 0o600 and yml.user == "root"
+    assert ti.file(f"/opt/harbor-bundles/harbor-offline-installer-v{VERSION}.tgz").is_file
+    database = ti.file("/data/database")
+    assert database.is_directory and database.uid == 999 and database.mode == 0o700
+    for path in ("/data/registry", "/data/secret"):
+        assert ti.file(path).uid == 10000, path
+
+
+def test_logrotate_file_is_valid(ti: testinfra.host.Host) -> None:
+    assert ti.file("/etc/logrotate.d/harbor").mode == 0o644
+    ti.run_expect([0], "logrotate -d /etc/logrotate.d/harbor")
+
+
+def test_health_endpoint_is_healthy(h1: Host, first: InstallResult) -> None:
+    status, _, body = http_get(f"http://{h1.address}:8080/api/v2.0/health")
+    health = json.loads(body)
+    assert status == 200 and health["status"] == "healthy", health
+
+
+def test_nginx_front_proxies_harbor(ti: testinfra.host.Host, h1: Host) -> None:
+    assert ti.file("/etc/nginx/conf.d/harbor.conf").exists
+    assert ti.file("/var/cache/nginx/harbor").mode == 0o700
+    status, _, body = http_get(f"http://{h1.address}/api/v2.0/health", host_header=h1.address)
+    assert status == 200 and json.loads(body)["status"] == "healthy"
+    status, headers, _ = http_get(f"http://{h1.address}/v2/", host_header=h1.address)
+    assert status == 401  # the registry's own challenge, through the front
+    assert "Www-Authenticate" in headers or "WWW-Authenticate" in headers
+
+
+def test_boot_and_agent_schedule_without_systemd(ti: testinfra.host.Host) -> None:
+    assert "@reboot" in ti.file("/etc/cron.d/harbor").content_string
+    assert "backup create" in ti.file("/etc/cron.d/harborctl").content_string
+
+
+def test_second_run_changes_nothing(runner: Runner, bundle: Path, first: InstallResult,
+                                    ti: testinfra.host.Host) -> None:
+    before = ti.check_output("docker inspect --format '{{.State.StartedAt}}' harbor-core")
+    runner.lines.clear()
+    again = runner(bundle)
+    assert again.hosts["h1"].changed == 0, "\n".join(runner.lines)
+    assert any("Run Harbor's install.sh ... skipped" in line for line in runner.lines)
+    after = ti.check_output("docker inspect --format '{{.State.StartedAt}}' harbor-core")
+    assert before == after  # Harbor was not restarted
+
+
+def test_check_mode_reports_no_change_on_an_installed_host(runner: Runner, bundle: Path,
+                                                           first: InstallResult) -> None:
+    checked = runner(bundle, check=True)
+    assert checked.check and checked.hosts["h1"].changed == 0
+
+
+def test_lost_containers_converge(runner: Runner, bundle: Path, h1: Host,
+                                  ti: testinfra.host.Host) -> None:
+    """An interrupted install (here: the project half gone) is repaired by a re-run."""
+    ti.run_expect([0], "docker rm -f harbor-core")
+    runner.lines.clear()
+    result = runner(bundle)
+    assert any("Run Harbor's install.sh ... changed" in line for line in runner.lines)
+    assert result.hosts["h1"].failed == 0
+    status, _, body = http_get(f"http://{h1.address}:8080/api/v2.0/health")
+    assert status == 200 and json.loads(body)["status"] == "healthy"
+
+
+@pytest.fixture
+def h2(testbed: TestBed) -> Iterator[Host]:
+    yield testbed.reset("h2")
+
+
+def test_corrupt_bundle_is_refused_before_the_host_is_touched(
+        testbed: TestBed, h2: Host, bundle: Path, tmp_path: Path) -> None:
+    truncated = tmp_path / bundle.name
+    with open(bundle, "rb") as src, open(truncated, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+        dst.truncate(bundle.stat().st_size // 2)
+    site = write_site(tmp_path, h2, testbed.client_key)
+    run = Runner(site, testbed, tmp_path / "logs")
+    with pytest.raises(PreflightFailed) as err:
+        run(truncated)
+    assert "bundle" in str(err.value)
+    for path in ("opt/harbor", "opt/harbor-bundles", "etc/logrotate.d/harbor",
+                 "etc/nginx/conf.d/harbor.conf"):
+        assert not (h2.root_path / path).exists(), path
+    assert not (tmp_path / "logs").exists()  # no playbook ran
