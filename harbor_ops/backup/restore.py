@@ -13,7 +13,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -34,6 +34,7 @@ from harbor_ops.backup.manifest import (
     write_sidecar,
 )
 from harbor_ops.backup.sources import DbSource, ExternalSource, SqlSession, pg_bindir, pg_major_of
+from harbor_ops.backup.stack import HEALTH_TIMEOUT, HarborStack, wait_healthy
 from harbor_ops.errors import BackupError
 
 Progress = Callable[[str], None]
@@ -238,9 +239,16 @@ def restore_backup(*, path: Path, target: DbSource, data_volume: Path | None = N
                    harbor_yml: Path | None = None, restore_certificates: bool = True,
                    installed_version: str | None = None, force: bool = False,
                    force_version: bool = False, harbor_dir: Path | None = None,
-                   compose: str = "docker-compose", lock_path: Path | None = None,
+                   compose: Sequence[str] | None = None, health_url: str | None = None,
+                   health_timeout: float = HEALTH_TIMEOUT, lock_path: Path | None = None,
                    dry_run: bool = False, progress: Progress | None = None) -> RestoreResult:
-    """Put a backup back: database into ``target``, files under their destinations."""
+    """Put a backup back: database into ``target``, files under their destinations.
+
+    Every refusal (damaged, failed verify, wrong Harbor version or PostgreSQL major)
+    comes before Harbor is stopped, so a refused restore leaves the site as it was.
+    With ``harbor_dir`` the compose stack is stopped, its database service started alone,
+    restored into, the whole stack started again and (with ``health_url``) waited for.
+    """
     say = progress or (lambda _m: None)
     with job_lock(lock_path, job="backup restore"):
         manifest = load_manifest(path)
@@ -257,15 +265,26 @@ def restore_backup(*, path: Path, target: DbSource, data_volume: Path | None = N
                 raise BackupError(f"refusing to restore {path.name}: its last verify failed "
                                   f"({side.get('error')})", hint="--force to restore anyway")
             warnings.append(f"last verify failed: {side.get('error')}")
-        if harbor_dir is not None and not dry_run:
-            say("stopping Harbor")
-            _compose(compose, harbor_dir, ["down"])
-            if target.kind == "docker":
-                _compose(compose, harbor_dir, ["up", "-d", "postgresql"])
-        target_major = _server_major(target, wait=harbor_dir is not None and not dry_run)
+        stack = (HarborStack(harbor_dir, target, compose)
+                 if harbor_dir is not None and not dry_run else None)
         misfit = fit_problems(manifest, installed_version=installed_version,
-                              target_pg_major=target_major)
+                              target_pg_major=None)
+        started_db = False
+        if not misfit or force_version:
+            try:
+                target_major = _server_major(target, wait=False)
+            except BackupError:
+                if stack is None or target.kind != "docker":
+                    raise
+                say(f"starting Harbor's database ({stack.db_service}) to read its version")
+                stack.compose("up", "-d", stack.db_service)
+                started_db = True
+                target_major = _server_major(target, wait=True)
+            misfit = fit_problems(manifest, installed_version=installed_version,
+                                  target_pg_major=target_major)
         if misfit and not force_version:
+            if started_db and stack is not None:
+                stack.compose("stop", stack.db_service)
             raise BackupError(f"refusing to restore {path.name}: " + "; ".join(misfit),
                               hint="--force-version to restore anyway")
         warnings += misfit
@@ -274,14 +293,23 @@ def restore_backup(*, path: Path, target: DbSource, data_volume: Path | None = N
             return RestoreResult(path.name, target.describe(),
                                  [f"{a} -> {d}" for a, d in plan.items()], manifest.row_counts,
                                  dry_run=True, warnings=warnings)
+        if stack is not None:
+            say("stopping Harbor")
+            stack.compose("down")
+            if target.kind == "docker":
+                stack.compose("up", "-d", stack.db_service)
+                _server_major(target, wait=True)
         say("restoring the database")
         restore_database(path=path, target=target)
         counts = _compare_counts(target, manifest)
         say("restoring host files")
         written = _restore_files(path, plan)
-        if harbor_dir is not None:
+        if stack is not None:
             say("starting Harbor")
-            _compose(compose, harbor_dir, ["up", "-d"])
+            stack.compose("up", "-d")
+            if health_url:
+                say(f"waiting for {health_url} to report healthy")
+                wait_healthy(health_url, timeout=health_timeout)
         return RestoreResult(path.name, target.describe(), written, counts, warnings=warnings)
 
 
@@ -347,11 +375,3 @@ def _destination(arcname: str, plan: dict[str, Path]) -> Path | None:
         if arcname.startswith(prefix + "/"):
             return dest / arcname[len(prefix) + 1:]
     return None
-
-
-def _compose(compose: str, harbor_dir: Path, args: list[str]) -> None:
-    proc = subprocess.run([compose, *args], cwd=harbor_dir, capture_output=True, text=True,
-                          timeout=600, check=False)
-    if proc.returncode != 0:
-        raise BackupError(f"`{compose} {' '.join(args)}` in {harbor_dir} failed: "
-                          f"{proc.stderr.strip()[-500:]}")

@@ -25,6 +25,7 @@ class BackupSettings:
     harbor_dir: Path
     hostname: str
     remote: Remote | None = None
+    health_url: str | None = None
 
     @classmethod
     def from_site(cls, site: Site, *, with_secrets: bool = True) -> BackupSettings:
@@ -53,7 +54,16 @@ class BackupSettings:
                           include_redis=site.backup.include_redis)
         return cls(backup_dir=site.backup.dir, keep=site.backup.keep, source=source,
                    files=files, harbor_version=str(site.release.version),
-                   harbor_dir=harbor_dir, hostname=site.hostname, remote=site.backup.remote)
+                   harbor_dir=harbor_dir, hostname=site.hostname, remote=site.backup.remote,
+                   health_url=health_url(harbor))
+
+
+def health_url(harbor: dict[str, Any]) -> str:
+    """Harbor's own health endpoint on this host (https when Harbor terminates TLS)."""
+    if "https" in harbor:
+        port = int((harbor.get("https") or {}).get("port", 443))
+        return f"https://127.0.0.1:{port}/api/v2.0/health"
+    return f"http://127.0.0.1:{int((harbor.get('http') or {}).get('port', 80))}/api/v2.0/health"
 
 
 def load_settings(config: Path) -> BackupSettings:

@@ -116,7 +116,8 @@ def restore_cmd(name: str | None, latest: bool, yes: bool, force: bool, force_ve
                             harbor_yml=s.files.harbor_yml, installed_version=s.harbor_version,
                             force=force, force_version=force_version,
                             harbor_dir=s.harbor_dir if s.harbor_dir.is_dir() else None,
-                            dry_run=dry_run, progress=_progress(output))
+                            health_url=s.health_url, dry_run=dry_run,
+                            progress=_progress(output))
     emit(result, output, lambda r: "\n".join(
         [f"{'would restore' if r.dry_run else 'restored'} {r.name} into {r.target}",
          *[f"  {f}" for f in r.files], *[f"  warning: {w}" for w in r.warnings]]))

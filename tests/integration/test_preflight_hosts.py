@@ -38,6 +38,8 @@ def _by_name(results: list) -> dict:
 
 def test_facts_over_ssh_on_every_host_in_parallel(testbed, tmp_path: Path) -> None:
     names = sorted(testbed.hosts)
+    for name in names:  # earlier test modules may have installed Harbor on a host
+        testbed.reset(name)
     hosts = [HostEntry(name=n) for n in names]
     report = run_preflight(_site(tmp_path), hosts=hosts, ssh_config=testbed.ssh_config_path)
     assert sorted(report.results) == names
@@ -67,7 +69,9 @@ def test_remote_data_layout_trap_and_occupied_port_are_failures(fresh_host, tmp_
     listener = subprocess.Popen(  # a server inside the host's namespaces, on the http port
         ["nsenter", "-t", str(fresh_host.init_pid()), "--net", "--pid", "--mount", "--root",
          "/usr/bin/python3", "-c",
-         "import socket,time; s=socket.socket(); s.bind(('0.0.0.0', 8080)); s.listen();"
+         "import socket,time; s=socket.socket();"
+         " s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1);"  # TIME_WAIT from earlier
+         " s.bind(('0.0.0.0', 8080)); s.listen();"
          "print('up', flush=True); time.sleep(120)"], stdout=subprocess.PIPE, text=True)
     try:
         assert listener.stdout is not None and listener.stdout.readline().strip() == "up"

@@ -1,0 +1,124 @@
+"""Harbor's compose stack as a restore drives it: stop, database alone, start, health.
+
+A restore must act on what install.sh really created (the compose project and service
+names), on the engine the database source talks to (``DOCKER_HOST`` from the
+environment), and must not call Harbor back until ``/api/v2.0/health`` says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from harbor_ops.backup.sources import DbSource
+from harbor_ops.errors import BackupError, HealthError
+
+# Harbor's core migrates its schema at start; a first start after a restore can take minutes.
+HEALTH_TIMEOUT = 300.0
+
+
+class HarborStack:
+    """Harbor's compose project as install.sh left it, driven like its own scripts do.
+
+    The project name is read from the running containers' compose label (harborctl's
+    role installs with ``-p harbor``; a hand install uses the folder name), and the
+    database service is the one whose container is ``harbor-db`` in docker-compose.yml,
+    so both follow what is really installed rather than a guess.
+    """
+
+    def __init__(self, harbor_dir: Path, target: DbSource,
+                 command: Sequence[str] | None = None) -> None:
+        self.harbor_dir = harbor_dir
+        self.command = list(command) if command else compose_command()
+        self.env = {**os.environ, **(target.env() if target.kind == "docker" else {})}
+        self.docker = getattr(target, "docker", "docker")
+        container = getattr(target, "container", "harbor-db")
+        self.db_service = _service_of(harbor_dir / "docker-compose.yml", container)
+        self.project = self._project(container)
+
+    def _project(self, container: str) -> str | None:
+        for name in (container, "harbor-core"):
+            try:
+                proc = subprocess.run(
+                    [self.docker, "inspect", "-f",
+                     '{{index .Config.Labels "com.docker.compose.project"}}', name],
+                    capture_output=True, text=True, timeout=60, check=False, env=self.env)
+            except (OSError, subprocess.TimeoutExpired):
+                return None
+            label = proc.stdout.strip()
+            if proc.returncode == 0 and label and label != "<no value>":
+                return label
+        return None
+
+    def compose(self, *args: str) -> None:
+        argv = [*self.command, *(["-p", self.project] if self.project else []), *args]
+        try:
+            proc = subprocess.run(argv, cwd=self.harbor_dir, capture_output=True, text=True,
+                                  timeout=600, check=False, env=self.env)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise BackupError(f"`{' '.join(argv)}` in {self.harbor_dir} failed: {exc}") from None
+        if proc.returncode != 0:
+            raise BackupError(f"`{' '.join(argv)}` in {self.harbor_dir} failed: "
+                              f"{proc.stderr.strip()[-500:]}")
+
+
+def compose_command() -> list[str]:
+    """Compose v1 where installed (install.sh of every 2.x release runs it), else the plugin."""
+    return ["docker-compose"] if shutil.which("docker-compose") else ["docker", "compose"]
+
+
+def _service_of(compose_file: Path, container: str) -> str:
+    """The compose service whose container is ``container`` (Harbor names it postgresql)."""
+    try:
+        doc = yaml.safe_load(compose_file.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return "postgresql"
+    for name, body in (doc.get("services") or {}).items():
+        if isinstance(body, dict) and body.get("container_name") == container:
+            return str(name)
+    return "postgresql"
+
+
+def wait_healthy(url: str, *, timeout: float = HEALTH_TIMEOUT, interval: float = 1.0) -> None:
+    """Poll Harbor's /api/v2.0/health until every component is healthy (bounded).
+
+    Harbor answers 502 from nginx until core is up, then 'unhealthy' while components
+    start; only a healthy answer ends the wait. The last state names what is unhealthy.
+    """
+    context = None
+    if url.startswith("https:"):  # a loopback liveness probe: Harbor's own certificate
+        context = ssl.create_default_context()  # names the public host, not 127.0.0.1
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    for _ in range(int(timeout / interval) + 1):
+        try:
+            with urllib.request.urlopen(url, timeout=10, context=context) as resp:  # noqa: S310
+                doc = json.loads(resp.read())
+            bad = [c.get("name", "?") for c in doc.get("components", [])
+                   if c.get("status") != "healthy"]
+            if doc.get("status") == "healthy" and not bad:
+                return
+            last = f"unhealthy: {', '.join(bad) or doc.get('status')}"
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            last = f"no answer ({exc})"
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+    raise HealthError(f"the backup was restored and Harbor started, but {url} was not "
+                      f"healthy within {timeout:g} s ({last})",
+                      hint="docker logs harbor-core; a Harbor older than the backup "
+                      "refuses its schema")
