@@ -8,13 +8,16 @@ functions so it is unit-tested without a host.
 
 An unreachable host, a refused key or an unknown host key never raises: :func:`gather`
 returns ``HostFacts(error=...)`` naming the host, which preflight reports as a failed
-``ssh`` check (so the other hosts' results still show).
+``ssh`` check (so the other hosts' results still show). :func:`hosts_from_inventory`
+says which hosts to gather from when the operator passes an Ansible inventory.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -24,6 +27,7 @@ from typing import Any
 
 import paramiko
 
+from harbor_ops.errors import UsageError
 from harbor_ops.site_model import HostEntry
 
 CONNECT_TIMEOUT = 10.0
@@ -347,3 +351,35 @@ def parse_docker_ps(text: str | None) -> list[Container]:
         out.append(Container(parts[0], parts[1] if len(parts) > 1 else "", tuple(ports)))
     return out
 
+
+def hosts_from_inventory(path: Path) -> list[tuple[HostEntry, Path | None]]:
+    """Hosts of an Ansible inventory (any format) through ``ansible-inventory --list``."""
+    exe = Path(sys.executable).with_name("ansible-inventory")
+    cmd = str(exe) if exe.exists() else shutil.which("ansible-inventory")
+    if cmd is None:
+        raise UsageError("--inventory: ansible-inventory is not installed")
+    p = subprocess.run([cmd, "-i", str(path), "--list"], capture_output=True, text=True,
+                       timeout=120)
+    if p.returncode != 0:
+        raise UsageError(f"--inventory {path}: {p.stderr.strip().splitlines()[-1:]}")
+    data = json.loads(p.stdout)
+    hostvars = data.get("_meta", {}).get("hostvars", {})
+    names: list[str] = []
+    for group in data.values():
+        for h in (group.get("hosts", []) if isinstance(group, dict) else []):
+            if h not in names:
+                names.append(h)
+    out = []
+    for name in names:
+        v = hostvars.get(name, {})
+        args = shlex.split(f"{v.get('ansible_ssh_common_args', '')} "
+                           f"{v.get('ansible_ssh_extra_args', '')}")
+        cfg = Path(args[args.index("-F") + 1]) if "-F" in args[:-1] else None
+        key = v.get("ansible_ssh_private_key_file") or v.get("ansible_private_key_file")
+        local = v.get("ansible_connection") == "local"
+        out.append((HostEntry(name=name, address=v.get("ansible_host"),
+                              connection="local" if local else "ssh",
+                              user=str(v.get("ansible_user", "root")),
+                              port=int(v.get("ansible_port", 22)),
+                              ssh_key_file=Path(key) if key else None), cfg))
+    return out

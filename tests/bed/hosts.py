@@ -49,6 +49,7 @@ from tests.bed import _state
 from tests.bed._run import BedError, run, unmount_all_under, wait_for
 from tests.bed.dockerd import remove_cgroups
 from tests.bed.golden import golden_root
+from tests.bed.inventory import write_client_files, write_file
 
 MAX_HOSTS = 14  # per-host docker pools 10.200.16.0/20 .. 10.200.224.0/20
 NETWORKS = 16  # bed network n: bridge hctl<n>, 10.200.<n>.0/24 (pools start at 10.200.16.0)
@@ -384,21 +385,21 @@ class TestBed:
         )
         root = hdir / "merged"
         (root / "var/lib/docker").mkdir(parents=True, exist_ok=True)
-        _write(root / "etc/hostname", host.name + "\n")
+        write_file(root / "etc/hostname", host.name + "\n")
         hosts_lines = ["127.0.0.1 localhost", f"127.0.1.1 {host.name}", "::1 localhost"]
         hosts_lines += [f"{h.address} {h.name}" for h in self.hosts.values()]
-        _write(root / "etc/hosts", "\n".join(hosts_lines) + "\n")
-        _write(
+        write_file(root / "etc/hosts", "\n".join(hosts_lines) + "\n")
+        write_file(
             root / "root/.ssh/authorized_keys",
             Path(str(self.client_key) + ".pub").read_text(),
             0o600,
         )
         (root / "root/.ssh").chmod(0o700)
-        _write(root / "etc/ssh/ssh_host_ed25519_key", self.host_key.read_text(), 0o600)
-        _write(
+        write_file(root / "etc/ssh/ssh_host_ed25519_key", self.host_key.read_text(), 0o600)
+        write_file(
             root / "etc/ssh/ssh_host_ed25519_key.pub", Path(str(self.host_key) + ".pub").read_text()
         )
-        _write(
+        write_file(
             root / "etc/docker/daemon.json",
             json.dumps(
                 {
@@ -543,56 +544,16 @@ class TestBed:
         shutil.rmtree(self._host_dir(host.name), ignore_errors=True)
 
     def _write_client_files(self) -> None:
-        hosts = list(self.hosts.values())
-        pub = Path(str(self.host_key) + ".pub").read_text().split()
-        _write(
-            self.known_hosts_path,
-            "".join(f"{h.name},{h.address} {pub[0]} {pub[1]}\n" for h in hosts),
+        write_client_files(
+            list(self.hosts.values()),
+            network=self.network,
+            host_key=self.host_key,
+            client_key=self.client_key,
+            known_hosts=self.known_hosts_path,
+            ssh_config=self.ssh_config_path,
+            inventory_ini=self.inventory_path,
+            inventory_yaml=self.inventory_yaml_path,
         )
-        names = " ".join(h.name for h in hosts)
-        blocks = [f"Host {h.name}\n  HostName {h.address}\n" for h in hosts]
-        blocks.append(
-            f"Host {names} 10.200.{self.network}.*\n  User root\n  IdentityFile {self.client_key}\n"
-            f"  IdentitiesOnly yes\n  StrictHostKeyChecking yes\n"
-            f"  UserKnownHostsFile {self.known_hosts_path}\n  LogLevel ERROR\n"
-            f"  ConnectTimeout 10\n"
-        )
-        _write(self.ssh_config_path, "\n".join(blocks))
-        common = {
-            "ansible_user": "root",
-            "ansible_python_interpreter": "/usr/bin/python3",
-            "ansible_ssh_common_args": f"-F {self.ssh_config_path}",
-            "ansible_ssh_pipelining": True,
-            "ansible_ssh_private_key_file": str(self.client_key),
-        }
-        ini = (
-            ["[harbor]"]
-            + [
-                f"{h.name} ansible_host={h.address} harbor_testbed_root={h.root_path}"
-                for h in hosts
-            ]
-            + ["", "[harbor:vars]"]
-            + [f"{k}={v}" for k, v in common.items()]
-        )
-        _write(self.inventory_path, "\n".join(ini) + "\n")
-        inventory = {
-            "all": {
-                "children": {
-                    "harbor": {
-                        "hosts": {
-                            h.name: {
-                                "ansible_host": h.address,
-                                "harbor_testbed_root": str(h.root_path),
-                            }
-                            for h in hosts
-                        },
-                        "vars": common,
-                    }
-                }
-            }
-        }
-        # JSON is valid YAML; no yaml dependency needed here.
-        _write(self.inventory_yaml_path, json.dumps(inventory, indent=2) + "\n")
 
 
 def _check_names(names: list[str]) -> None:
@@ -636,9 +597,3 @@ def _tcp_open(address: str, port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def _write(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    path.chmod(mode)

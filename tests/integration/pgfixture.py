@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,9 +76,11 @@ class Cluster:
         return _pg(str(PG_BIN / "psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
                    "-h", str(self.folder), "-p", str(self.port), "-d", db, input=sql)
 
-    def source(self, db: str) -> ExternalSource:
-        return ExternalSource(host="127.0.0.1", port=self.port, user="harbor", dbname=db,
-                              password=PASSWORD)
+    def source(self, db: str, **kw: Any) -> ExternalSource:
+        """How harborctl reaches ``db``: TCP and a scram password; ``kw`` overrides fields."""
+        fields: dict[str, Any] = {"host": "127.0.0.1", "port": self.port, "user": "harbor",
+                                  "dbname": db, "password": PASSWORD}
+        return ExternalSource(**{**fields, **kw})
 
     def harbor_db(self, db: str, *, artifacts: int = 200, pad: int = 0) -> dict[str, int]:
         """A Harbor-shaped database; returns its row counts."""
@@ -87,17 +90,19 @@ class Cluster:
             CREATE TABLE schema_migrations (version bigint NOT NULL PRIMARY KEY,
                                             dirty boolean NOT NULL);
             INSERT INTO schema_migrations VALUES (171, false);
-            CREATE TABLE project (project_id serial PRIMARY KEY, name text UNIQUE);
+            CREATE TABLE project (project_id serial PRIMARY KEY, name text UNIQUE,
+                                  creation_time timestamp DEFAULT now());
             CREATE TABLE repository (repository_id serial PRIMARY KEY,
                                      project_id int REFERENCES project, name text);
             CREATE TABLE artifact (id serial PRIMARY KEY, repository_id int REFERENCES
-                                   repository, digest text, pad bytea);
+                                   repository, digest text, extra_attrs jsonb, pad bytea);
+            CREATE INDEX ON artifact (digest);
             CREATE TABLE audit_log (id serial PRIMARY KEY, op text);
             INSERT INTO project (name) SELECT 'p' || g FROM generate_series(1, 5) g;
             INSERT INTO repository (project_id, name)
                 SELECT 1 + g % 5, 'r' || g FROM generate_series(1, 20) g;
-            INSERT INTO artifact (repository_id, digest, pad)
-                SELECT 1 + g % 20, 'sha256:' || md5(g::text),
+            INSERT INTO artifact (repository_id, digest, extra_attrs, pad)
+                SELECT 1 + g % 20, 'sha256:' || md5(g::text), jsonb_build_object('n', g),
                        CASE WHEN {pad} > 0 THEN
                          (SELECT decode(string_agg(md5(g::text || x::text), ''), 'hex')
                           FROM generate_series(1, {pad}) x) END
@@ -105,6 +110,11 @@ class Cluster:
             INSERT INTO audit_log (op) SELECT 'push' FROM generate_series(1, 7);
         """, db)
         return {"project": 5, "repository": 20, "artifact": artifacts, "audit_log": 7}
+
+    def counts(self, db: str) -> dict[str, int]:
+        """Row counts of the tables :meth:`harbor_db` fills, as they are now."""
+        return {t: int(self.sql(f"SELECT count(*) FROM {t}", db).strip())
+                for t in ("project", "repository", "artifact", "audit_log")}
 
 
 @contextmanager
@@ -189,6 +199,8 @@ def make_harbor_host(tmp_path: Path) -> HarborHost:
     key = data / "secret" / "keys" / "secretkey"
     key.write_bytes(os.urandom(16).hex().encode())
     key.chmod(0o600)
+    (data / "secret" / "core").mkdir()
+    (data / "secret" / "core" / "private_key.pem").write_text("not-a-real-key\n")
     yml = tmp_path / "harbor" / "harbor.yml"
     yml.parent.mkdir()
     yml.write_text("hostname: harbor.test.internal\n_version: 2.14.4\n")
