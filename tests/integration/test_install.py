@@ -9,8 +9,10 @@ The tests in this module share one installed host and run in file order.
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -26,6 +28,7 @@ from harbor_ops.install import InstallResult, install
 from harbor_ops.site_model import Site
 from tests.bed.bundle.builder import build_bundle
 from tests.bed.hosts import Host, TestBed
+from tests.integration.test_bundle import _tiny_oci_layout
 
 pytestmark = pytest.mark.integration
 
@@ -100,8 +103,12 @@ def ti(testbed: TestBed, h1: Host, first: InstallResult) -> testinfra.host.Host:
     return testinfra.get_host(f"ssh://{h1.name}", ssh_config=str(testbed.ssh_config_path))
 
 
-def http_get(url: str, host_header: str | None = None) -> tuple[int, dict[str, str], bytes]:
-    req = urllib.request.Request(url, headers={"Host": host_header} if host_header else {})
+def http_get(url: str, host_header: str | None = None,
+             auth: tuple[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    headers = {"Host": host_header} if host_header else {}
+    if auth is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(auth).encode()).decode()
+    req = urllib.request.Request(url, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - bed address
             return resp.status, dict(resp.headers), resp.read()
@@ -164,6 +171,51 @@ def test_nginx_front_proxies_harbor(ti: testinfra.host.Host, h1: Host) -> None:
     status, headers, _ = http_get(f"http://{h1.address}/v2/", host_header=h1.address)
     assert status == 401  # the registry's own challenge, through the front
     assert "Www-Authenticate" in headers or "WWW-Authenticate" in headers
+
+
+def _skopeo(*args: str) -> None:
+    proc = subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_docker_protocol_push_and_pull_through_the_front(h1: Host, first: InstallResult,
+                                                         tmp_path: Path) -> None:
+    """A tiny image goes in and comes back out through the front; its blobs are cached
+    for the credentials that read them and never served without credentials."""
+    if shutil.which("skopeo") is None:
+        pytest.skip("skopeo is not installed")
+    front = f"{h1.address}:80"  # front.listen of write_site
+    layout = _tiny_oci_layout(tmp_path / "oci")
+    auth = tmp_path / "auth.json"  # credentials in a 0600 file, never on a command line
+    token = base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode()
+    auth.write_text(json.dumps({"auths": {front: {"auth": token}}}))
+    auth.chmod(0o600)
+    _skopeo("copy", "--quiet", "--dest-tls-verify=false", "--authfile", str(auth),
+            f"oci:{layout}:v1", f"docker://{front}/library/hello:v1")
+    pulled = tmp_path / "pulled"
+    _skopeo("copy", "--quiet", "--src-tls-verify=false", "--authfile", str(auth),
+            f"docker://{front}/library/hello:v1", f"dir:{pulled}")
+
+    index = json.loads((layout / "index.json").read_text())
+    manifest_digest = index["manifests"][0]["digest"].split(":", 1)[1]
+    pushed_manifest = (layout / "blobs/sha256" / manifest_digest).read_bytes()
+    assert (pulled / "manifest.json").read_bytes() == pushed_manifest
+    manifest = json.loads(pushed_manifest)
+    for desc in (manifest["config"], *manifest["layers"]):
+        digest = desc["digest"].split(":", 1)[1]
+        assert (pulled / digest).read_bytes() == (layout / "blobs/sha256" / digest).read_bytes()
+
+    layer = manifest["layers"][0]["digest"]
+    url = f"http://{front}/v2/library/hello/blobs/{layer}"
+    expected = (layout / "blobs/sha256" / layer.split(":", 1)[1]).read_bytes()
+    status, _, body = http_get(url, auth=("admin", ADMIN_PASSWORD))
+    assert status == 200 and body == expected
+    status, headers, body = http_get(url, auth=("admin", ADMIN_PASSWORD))
+    assert status == 200 and body == expected
+    assert headers.get("X-Cache-Status") == "HIT", headers
+    status, headers, body = http_get(url)
+    assert status == 401 and body != expected, headers
+    assert headers.get("X-Cache-Status") != "HIT"
 
 
 def test_boot_and_agent_schedule_without_systemd(ti: testinfra.host.Host) -> None:
