@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,10 +208,15 @@ def _load_store(store: Path | None) -> dict[x509.Name, list[x509.Certificate]]:
         if f.suffix not in (".pem", ".crt") or not f.is_file():
             continue
         try:
-            for c in x509.load_pem_x509_certificates(f.read_bytes()):
-                out.setdefault(c.subject, []).append(c)
+            # A few system roots carry non-positive serial numbers; cryptography warns
+            # about each, which is noise to the user of a preflight.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                certs = x509.load_pem_x509_certificates(f.read_bytes())
         except (ValueError, OSError):
             continue
+        for c in certs:
+            out.setdefault(c.subject, []).append(c)
     return out
 
 

@@ -49,8 +49,9 @@ def preflight_cmd(ctx: click.Context, config: Path, bundle: Path | None, skip: t
               help="Install this release instead of the site file's harbor.version "
                    "(one stop of an upgrade plan).")
 @inventory_option
-@click.option("--check", is_flag=True,
-              help="Show what would change on each host (Ansible check mode with diff).")
+@click.option("--check", "--dry-run", "check", is_flag=True,
+              help="Show what would change on each host (Ansible check mode with diff); "
+                   "change nothing.")
 @click.option("--skip-check", "skip_checks", multiple=True, metavar="CHECK",
               help="Skip a named preflight check (repeatable).")
 @click.option("--forks", type=click.IntRange(1, 100), default=None,
