@@ -15,12 +15,14 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harbor_ops import ansible_runner as runner
 from harbor_ops.errors import HealthError, PreflightFailed, RemoteError, UsageError
+from harbor_ops.lock import job_lock
 from harbor_ops.site_model import Site
 
 if TYPE_CHECKING:
@@ -132,7 +134,6 @@ def install(site: Site, *, bundle: Path, inventory: Path | None = None, check: b
             timeout: float = 3600) -> InstallResult:
     """Install (or, with ``check``, dry-run) Harbor from ``bundle`` on the site's hosts."""
     from harbor_ops.preflight import run_preflight
-    from harbor_ops.render import render_site
 
     bundle = Path(bundle).resolve()
     if not bundle.is_file():
@@ -152,6 +153,25 @@ def install(site: Site, *, bundle: Path, inventory: Path | None = None, check: b
     output_path = log_dir / f"install-{stamp}.out"
     for path in (log_path, output_path):
         path.touch(mode=0o600, exist_ok=True)
+    # One job at a time on this host: a nightly backup never dumps a database that
+    # install.sh is taking down (check mode changes nothing, so it needs no lock).
+    with nullcontext() if check else job_lock(job="install"):
+        outcome = _render_and_run(site, bundle=bundle, inventory=inventory, check=check,
+                                  forks=forks, ssh_config=ssh_config, log_path=log_path,
+                                  output_path=output_path, progress=progress, timeout=timeout)
+    _raise_for(outcome, log_path, output_path)
+    return InstallResult(version=str(site.release.version), bundle=bundle, check=check,
+                         elapsed=time.monotonic() - started, hosts=outcome.hosts,
+                         log_path=log_path)
+
+
+def _render_and_run(site: Site, *, bundle: Path, inventory: Path | None, check: bool,
+                    forks: int | None, ssh_config: Path | None, log_path: Path,
+                    output_path: Path, progress: Callable[[str], None],
+                    timeout: float) -> runner.PlaybookOutcome:
+    """Render into a private staging folder, run the playbook, delete the staging folder."""
+    from harbor_ops.render import render_site
+
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX))  # 0700: harbor.yml has secrets
     try:
         progress(f"render: harbor.yml and host files for Harbor {site.release.version}")
@@ -167,13 +187,9 @@ def install(site: Site, *, bundle: Path, inventory: Path | None = None, check: b
                                   timeout=timeout)
         for line in run:
             progress(line)
-        outcome = run.outcome
+        return run.outcome
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    _raise_for(outcome, log_path, output_path)
-    return InstallResult(version=str(site.release.version), bundle=bundle, check=check,
-                         elapsed=time.monotonic() - started, hosts=outcome.hosts,
-                         log_path=log_path)
 
 
 def _raise_for(outcome: runner.PlaybookOutcome, log_path: Path, output_path: Path) -> None:

@@ -13,7 +13,6 @@ from typing import Any
 
 from harbor_ops.backup import archive
 from harbor_ops.backup.engine import clean_partials
-from harbor_ops.backup.lock import job_lock
 from harbor_ops.backup.manifest import (
     Manifest,
     iso,
@@ -24,6 +23,7 @@ from harbor_ops.backup.manifest import (
 )
 from harbor_ops.backup.retention import BackupRef, KeepPolicy, keep_reasons
 from harbor_ops.errors import BackupError
+from harbor_ops.lock import job_lock
 
 
 @dataclass(frozen=True)

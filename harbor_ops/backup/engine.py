@@ -24,7 +24,6 @@ from typing import IO, Any, cast
 import zstandard
 
 from harbor_ops.backup import archive
-from harbor_ops.backup.lock import job_lock
 from harbor_ops.backup.manifest import (
     DB_MEMBER,
     FILES_MEMBER,
@@ -40,6 +39,7 @@ from harbor_ops.backup.manifest import (
 from harbor_ops.backup.sources import DbSource, SqlSession, pg_major_of
 from harbor_ops.errors import BackupError, NoSpace
 from harbor_ops.fsutil import fsync_dir
+from harbor_ops.lock import job_lock
 
 # Compressed dump size / pg_database_size: measured about 0.16 on Harbor-shaped data
 # (test-environment §7); 0.5 leaves room for data that compresses badly.

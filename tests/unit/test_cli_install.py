@@ -76,3 +76,20 @@ def test_preflight_json_lists_every_check_by_name(site: Path,
     names = {r["name"] for results in doc["hosts"].values() for r in results}
     assert {"cpu", "memory", "disk", "docker", "ports", "hostname"} <= names
     assert code in (0, 4) and (code == 4) == (not doc["ok"])
+
+
+def test_install_is_refused_while_a_backup_holds_the_lock(
+        site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from harbor_ops.lock import LOCK_ENV, job_lock
+
+    monkeypatch.setenv(LOCK_ENV, str(tmp_path / "harborctl.lock"))
+    bundle = tmp_path / "harbor-offline-installer-v2.15.2.tgz"
+    bundle.write_bytes(b"checked by preflight, skipped here")
+    skips = [a for name in CHECKS for a in ("--skip-check", name)]
+    with job_lock(job="backup create"):
+        code, _, err = _run(["install", "-c", str(site), "--bundle", str(bundle), *skips],
+                            capsys)
+    assert code == 7, err
+    assert "backup create" in err
+    assert not (tmp_path / "opt").exists()
