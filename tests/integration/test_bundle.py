@@ -29,7 +29,7 @@ from tests.bed.dockerd import DockerEngine
 pytestmark = pytest.mark.integration
 
 ADMIN_PASSWORD = "Harbor12345"  # the template's default; a throw-away test value
-VERSIONS = ("2.2.4", "2.4.3", "2.8.6", "2.10.3", "2.12.4")
+VERSIONS = ("2.2.4", "2.4.3", "2.8.6", "2.10.3", "2.12.4", "2.14.4", "2.15.2")
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +131,13 @@ class Harbor:
         return {t: int(self.sql(f"SELECT count(*) FROM {t}")[0])
                 for t in ("project", "repository", "artifact", "audit_log")}
 
+    def pg_version(self, layout: str) -> str:
+        """The major in ``/data/database/<layout>/PG_VERSION``: what initdb really wrote."""
+        return (self.data / "database" / layout / "PG_VERSION").read_text().strip()
+
+    def server_major(self) -> int:
+        return int(self.sql("SHOW server_version_num")[0]) // 10000
+
     def db_logs(self) -> str:
         proc = self.engine.run("logs", "harbor-db", check=False)
         return proc.stdout + proc.stderr
@@ -197,6 +204,7 @@ def test_an_allowed_hop_converts_with_pg_upgrade_and_keeps_every_row(
     harbor.wait_healthy()
     harbor.write_rows()
     before = harbor.counts()
+    assert harbor.pg_version("pg13") == "13" and harbor.server_major() == 13
 
     harbor.install(bundles["2.10.3"])
     harbor.wait_healthy()
@@ -204,12 +212,37 @@ def test_an_allowed_hop_converts_with_pg_upgrade_and_keeps_every_row(
     assert harbor.counts() == before
     assert harbor.sql("SELECT version, dirty FROM schema_migrations") == ["130|f"]
     assert [p.name for p in (harbor.data / "database").iterdir()] == ["pg14"]
+    # A real major upgrade: Harbor's "pg14" is PostgreSQL 15 here (no Debian suite has 14).
+    assert harbor.pg_version("pg14") == "15" and harbor.server_major() == 15
+
+
+def test_2152_converts_pg15_to_pg18_with_a_real_major_upgrade(
+        harbor: Harbor, bundles) -> None:
+    harbor.install(bundles["2.14.4"])
+    harbor.wait_healthy()
+    harbor.write_rows()
+    before = harbor.counts()
+    assert harbor.pg_version("pg15") == "15" and harbor.server_major() == 15
+
+    harbor.install(bundles["2.15.2"])
+    harbor.wait_healthy()
+    logs = harbor.db_logs()
+    assert "upgrade DB from 15 to 18" in logs
+    assert "refresh collation version metadata on all connectable databases." in logs
+    assert harbor.counts() == before
+    assert harbor.sql("SELECT version, dirty FROM schema_migrations") == ["180|f"]
+    assert [p.name for p in (harbor.data / "database").iterdir()] == ["pg18"]
+    # Harbor's "pg18" is PostgreSQL 17 (trixie's); the old cluster had no checksums, and
+    # 2.15.2's probe keeps it that way.
+    assert harbor.pg_version("pg18") == "17" and harbor.server_major() == 17
+    assert harbor.sql("SHOW data_checksums") == ["off"]
 
 
 def test_96_layout_is_refused_by_27_and_converted_by_24(harbor: Harbor, bundles) -> None:
     harbor.install(bundles["2.2.4"])
     harbor.wait_healthy()
     assert (harbor.data / "database/PG_VERSION").is_file()  # 9.6 layout: data at the root
+    assert harbor.pg_version("") == "13"  # stand-in: real 13 binaries in the 9.6 layout
     harbor.write_rows()
     before = harbor.counts()
 

@@ -7,8 +7,12 @@ Harbor's layout (reference/harbor-facts.md §11.1): ``harbor/install.sh``, ``pre
 ``Release.images``). It is the project's ONE test double: no Harbor image can be downloaded here.
 
 What is REAL:
-* PostgreSQL (Debian bookworm's postgresql-15 binaries: initdb, postgres, pg_ctl, psql,
-  pg_dump, pg_upgrade ...) in ``harbor-db``; conversions run a real ``pg_upgrade``;
+* PostgreSQL in ``harbor-db``, real Debian builds of three majors: bullseye's 13, bookworm's 15
+  and trixie's 17 (initdb, postgres, pg_ctl, psql, pg_dump, pg_upgrade ...). Harbor's 13 and
+  15 run as themselves; conversions run a real ``pg_upgrade``, between two majors in 2.9/2.10
+  (13 -> 15) and 2.15.2 (15 -> 17). The shared layer carries 13 (with its own libssl1.1,
+  libicu67 ... in a private ``syslib`` dir, see ``suites.add_pg13``) beside 15; 2.15.2's
+  harbor-db adds one layer with trixie's glibc and 17 (``suites.build_pg17_overlay``);
 * the distribution registry (Debian ``docker-registry`` 2.8) in ``registry`` on
   ``{data_volume}/registry`` (htpasswd auth: ``admin`` / ``harbor_admin_password``);
 * nginx (Debian 1.22) in ``nginx``, on ``http.port`` (and ``https.port`` with the cert),
@@ -26,10 +30,13 @@ What is REAL:
   (2.7+), and the SILENT new empty cluster in ``pgNEW`` beside the old directory.
 
 What is a STAND-IN:
-* every PostgreSQL major (9.6, 13, 14, 15, 18) is PostgreSQL 15: the data-directory layout
-  (``PG_VERSION`` at the root, ``pg13``, ``pg14``, ``pg15``, ``pg18``) and the entrypoint
-  rules are Harbor's, the binaries are one major (pg_upgrade 15 -> 15 between two clusters);
-  initdb uses ``C.UTF-8`` instead of ``en_US.UTF-8``;
+* the majors no Debian suite the image can run carries: 9.6 is played by 13 (2.0-2.2; the
+  2.3-2.6 "9.6 -> 13" conversion is a pg_upgrade 13 -> 13), 14 by 15 (so 2.11-2.15.1's
+  "14 -> 15" is 15 -> 15) and 18 by 17 (2.15.2 keeps its checksum probe and collation
+  refresh); ``releases.REAL_MAJOR`` is the map. The data-directory layout (``PG_VERSION`` at
+  the root, ``pg13``, ``pg14``, ``pg15``, ``pg18``) and the entrypoint rules are Harbor's;
+  initdb uses ``C.UTF-8`` instead of ``en_US.UTF-8``. A backup's ``verify`` on the controller
+  needs ``postgresql-<major>`` of the server it backs up (13 for 2.0-2.8, 17 for 2.15.2);
 * ``harbor-core`` is a small Python server: ``/api/v2.0/ping``, ``/health`` (each component's
   real state), ``/systeminfo`` (``harbor_version`` = ``vX.Y.Z-<8 hex>`` as Harbor prints it,
   admin only), and Harbor's schema handling at start (fresh DB -> tables + ``library`` project +
@@ -44,9 +51,11 @@ What is a STAND-IN:
   service-name DNS, as Harbor; only nginx publishes ports. This works with dockerd
   ``--bridge=none --iptables=false`` (docker-proxy forwards the published ports).
 
-Caching: the rootfs, and each finished bundle, live under
+Caching: the rootfs, the PostgreSQL 17 layer and each finished bundle live under
 ``${HARBORCTL_TESTBED_CACHE:-/var/cache/harborctl-testbed}/bundle/``, keyed by a hash of the
-assets, this code and the Debian package versions; a cached bundle needs no Docker engine.
+assets, this code, the Debian package versions and the keys of the bullseye and trixie roots
+(``suites.py``: debootstraps cached beside the golden root); a cached bundle needs no Docker
+engine.
 """
 from __future__ import annotations
 
@@ -65,7 +74,7 @@ from harbor_ops.versions import Release, release
 from tests.bed import golden
 from tests.bed._run import BedError
 from tests.bed._run import run as run_cmd
-from tests.bed.bundle import releases, rootfs
+from tests.bed.bundle import releases, rootfs, suites
 from tests.bed.dockerd import DockerEngine, docker_cli
 
 ASSETS = Path(__file__).parent / "assets"
@@ -112,7 +121,8 @@ def build_bundles(versions: list[str] | tuple[str, ...], out_dir: Path, *,
         with _lock(cache_dir() / "build.lock"):
             missing = [release(v) for v, path in cached.items() if not path.is_file()]
             if missing:
-                _prune(keep={key, f"rootfs-{rootfs.rootfs_key(IMAGE_ASSETS)}"})
+                rkey = rootfs.rootfs_key(IMAGE_ASSETS)
+                _prune(keep={key, f"rootfs-{rkey}", f"overlay17-{rkey}"})
                 _build_with_engine(missing, cache_dir() / key, engine_env)
     result = {}
     for version, path in cached.items():
@@ -151,12 +161,14 @@ def _build_with_engine(rels: list[Release], dest_dir: Path,
 
 
 def _build(rel: Release, dest: Path, env: dict[str, str]) -> None:
-    base = _base_image(env)
+    bases = {"shared": _base_image(env)}
     tag = f"v{rel.version}"
     names = []
     for name, spec in releases.image_specs(rel).items():
         image = f"goharbor/{name}:{tag}"
-        dockerfile = releases.dockerfile(base, spec)
+        if spec.base not in bases:  # only releases whose harbor-db runs trixie's 17
+            bases[spec.base] = _pg17_image(bases["shared"], env)
+        dockerfile = releases.dockerfile(bases[spec.base], spec)
         run_cmd([docker_cli(), "build", "-q", "-t", image, "-"], input=dockerfile.encode(),
                 env={**env, "DOCKER_BUILDKIT": "0"})
         names.append(image)
@@ -203,6 +215,32 @@ def _base_image(env: dict[str, str]) -> str:
     tar.stdout.close()
     if tar.wait() != 0 or imp.returncode != 0:
         raise BedError(f"docker import of the bundle rootfs failed: {imp.stderr}")
+    return tag
+
+
+def _pg17_image(base: str, env: dict[str, str]) -> str:
+    """The shared image + one layer with trixie's glibc and PostgreSQL 17 (suites.py)."""
+    key = rootfs.rootfs_key(IMAGE_ASSETS)
+    tag = f"harborctl-bed/harbor-db17:{key}"
+    if run_cmd([docker_cli(), "image", "inspect", tag], env=env, check=False).returncode == 0:
+        return tag
+    context = cache_dir() / f"overlay17-{key}"
+    if not (context / ".complete").is_file():
+        shutil.rmtree(context, ignore_errors=True)
+        suites.build_pg17_overlay(suites.suite_root(suites.TRIXIE_PG17, golden.cache_dir()),
+                                  context / "overlay")
+        (context / "Dockerfile").write_text(f"FROM {base}\nCOPY overlay/ /\n")
+        (context / ".dockerignore").write_text(".complete\n")
+        (context / ".complete").write_text("\n")
+    tar = subprocess.Popen(["tar", "--numeric-owner", "--exclude", "./.complete", "-C",
+                            str(context), "-cf", "-", "."], stdout=subprocess.PIPE)
+    build = subprocess.run([docker_cli(), "build", "-q", "-t", tag, "-"], stdin=tar.stdout,
+                           capture_output=True, text=True,
+                           env={**os.environ, **env, "DOCKER_BUILDKIT": "0"}, check=False)
+    assert tar.stdout is not None
+    tar.stdout.close()
+    if tar.wait() != 0 or build.returncode != 0:
+        raise BedError(f"docker build of the PostgreSQL 17 layer failed: {build.stderr}")
     return tag
 
 

@@ -25,11 +25,41 @@ STUB_PORTS: dict[str, int] = {
 }
 
 
+# The real PostgreSQL major that stands in for each of Harbor's data layouts: the nearest one
+# a Debian suite carries (bullseye 13, bookworm 15, trixie 17). Harbor's 9.6 and 14 have no
+# Debian suite the image can run, 18 none yet.
+REAL_MAJOR: dict[str, str] = {"9.6": "13", "pg13": "13", "pg14": "15", "pg15": "15",
+                              "pg18": "17"}
+# Images whose PostgreSQL needs trixie's glibc are built on the shared layer + this overlay.
+PG17_BASE = "pg17"
+PG13_LIBS = "/usr/lib/postgresql/13/syslib"
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
 @dataclass(frozen=True)
 class ImageSpec:
     entrypoint: list[str]
     user: str = "10000:10000"
     env: dict[str, str] = field(default_factory=dict)
+    base: str = "shared"
+
+
+def db_majors(rel: Release) -> tuple[str, str | None]:
+    """(real major harbor-db runs, real major of the layout it converts from, if any)."""
+    new = REAL_MAJOR[rel.data_layout]
+    old = REAL_MAJOR[rel.converts_from] if rel.converts_from else None
+    return new, old
+
+
+def db_env(rel: Release) -> dict[str, str]:
+    """PATH to the real major's binaries, the old side's bindir for pg_upgrade, and the
+    private library dir of bullseye's 13 wherever 13 runs (see suites.add_pg13)."""
+    new, old = db_majors(rel)
+    env = {"PATH": f"/usr/lib/postgresql/{new}/bin:{SYSTEM_PATH}",
+           "HARBOR_DB_OLD_BINDIR": f"/usr/lib/postgresql/{old or new}/bin"}
+    if "13" in (new, old):
+        env["LD_LIBRARY_PATH"] = PG13_LIBS
+    return env
 
 
 def prepare_knobs(rel: Release) -> dict[str, object]:
@@ -69,8 +99,7 @@ def build_id(rel: Release) -> str:
 def image_specs(rel: Release) -> dict[str, ImageSpec]:
     tag = f"v{rel.version}"
     common = {"HARBOR_VERSION": tag, "HARBOR_BUILD": build_id(rel),
-              "PATH": "/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:"
-                      "/usr/bin:/sbin:/bin"}
+              "PATH": f"/usr/lib/postgresql/15/bin:{SYSTEM_PATH}"}
     generation, args = db_entrypoint(rel)
     newest = rel.version >= V("2.15.2")
     specs: dict[str, ImageSpec] = {}
@@ -83,7 +112,8 @@ def image_specs(rel: Release) -> dict[str, ImageSpec]:
                 "PGDATA": "/var/lib/postgresql/data", "HARBOR_DB_ENTRYPOINT": generation,
                 "HARBOR_DB_AUTH": "scram-sha-256" if newest else "md5",
                 "HARBOR_DB_CHECKSUM_PROBE": "1" if newest else "0",
-                "HARBOR_DB_REFRESH_COLLATION": "1" if newest else "0"})
+                "HARBOR_DB_REFRESH_COLLATION": "1" if newest else "0"},
+                PG17_BASE if db_majors(rel)[0] == "17" else "shared")
         elif name == "harbor-core":
             specs[name] = ImageSpec(["python3", "/harbor/core.py"], env={
                 "HARBOR_SCHEMA_VERSION": str(rel.schema_version)})
@@ -96,6 +126,8 @@ def image_specs(rel: Release) -> dict[str, ImageSpec]:
         else:
             specs[name] = ImageSpec(["python3", "/harbor/stub.py", name, str(STUB_PORTS[name])])
         specs[name].env.update(common)
+        if name == "harbor-db":
+            specs[name].env.update(db_env(rel))
     return specs
 
 

@@ -9,7 +9,8 @@ already installs Debian bookworm's ``postgresql-15``, ``nginx``, ``python3``, ``
 (a dependency of ``docker-compose``), ``docker-registry`` and ``busybox-static``; copying their
 files plus the shared libraries ``ldd`` names gives the SAME Debian binaries in a rootfs of
 about 150 MB (a debootstrap with postgresql-15 is 500 MB and takes a minute). The cache key
-includes the versions of those packages, so an apt upgrade rebuilds the rootfs.
+includes the versions of those packages, so an apt upgrade rebuilds the rootfs. PostgreSQL 13,
+which the controller lacks, comes from a cached bullseye debootstrap (``suites.py``).
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from tests.bed import golden
 from tests.bed._run import BedError, run
+from tests.bed.bundle import suites
 
 # Debian packages whose files go into the rootfs (their versions are part of the cache key).
 SOURCE_PACKAGES: tuple[str, ...] = (
@@ -65,6 +68,9 @@ def rootfs_key(image_assets: Path) -> str:
     """Changes when a source package or an in-image asset changes."""
     digest = hashlib.sha256(json.dumps(source_versions(), sort_keys=True).encode())
     digest.update(Path(__file__).read_bytes())
+    digest.update(Path(suites.__file__).read_bytes())
+    for spec in suites.ALL:
+        digest.update(spec.key().encode())
     for path in sorted(p for p in image_assets.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(image_assets)).encode())
         digest.update(path.read_bytes())
@@ -94,9 +100,10 @@ def build_rootfs(dest: Path, image_assets: Path) -> None:
             if name.endswith(".so") or ".so." in name or (
                     str(path).startswith(str(dest / PG_ROOT.lstrip("/") / "bin"))):
                 elfs.append("/" + str(path.relative_to(dest)))
-    for lib in sorted(_library_closure(elfs)):
+    for lib in sorted(library_closure(elfs)):
         if not (dest / lib.lstrip("/")).exists():
             _copy_file(lib, dest)
+    suites.add_pg13(suites.suite_root(suites.BULLSEYE_PG13, golden.cache_dir()), dest)
     _install_busybox(dest)
     _write_etc(dest)
     shutil.copytree(image_assets, dest / "harbor")
@@ -121,12 +128,15 @@ def build_rootfs(dest: Path, image_assets: Path) -> None:
                     dest / "docker-entrypoint-initdb.d/initial-registry.sql")
 
 
-def _library_closure(elfs: list[str]) -> set[str]:
-    """Every shared library (and the loader) the given ELF files need, per ``ldd``."""
+def library_closure(elfs: list[str], *, prefix: list[str] | None = None) -> set[str]:
+    """Every shared library (and the loader) the given ELF files need, per ``ldd``.
+
+    ``prefix`` (``["chroot", root]``) asks another Debian root's ``ldd`` about its own files.
+    """
     libs: set[str] = set()
     for chunk in range(0, len(elfs), 200):
-        proc = subprocess.run(["ldd", *elfs[chunk:chunk + 200]], capture_output=True, text=True,
-                              check=False)
+        proc = subprocess.run([*(prefix or []), "ldd", *elfs[chunk:chunk + 200]],
+                              capture_output=True, text=True, check=False)
         for line in proc.stdout.splitlines():
             match = re.search(r"(?:=>\s*)?(/\S+)\s+\(0x", line)
             if match:

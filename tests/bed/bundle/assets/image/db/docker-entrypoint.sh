@@ -6,7 +6,10 @@
 #                     deletes everything in $PGDATA except pg13.
 #   v2.7  (2.7+)      args OLD NEW: refuses a root (9.6) layout; converts pgOLD -> pgNEW;
 #                     any other case with no pgNEW: a NEW EMPTY cluster in pgNEW (the trap).
-# Stand-in: every "major" is PostgreSQL 15; the directory names and the rules are Harbor's.
+# Real majors stand in for Harbor's (9.6 and 13 -> 13, 14 and 15 -> 15, 18 -> 17): PATH names
+# the new one, HARBOR_DB_OLD_BINDIR the old one, so pg_upgrade runs between real majors where
+# they differ (13 -> 15 in 2.9/2.10, 15 -> 17 in 2.15.2); the directory names and the rules
+# are Harbor's.
 set -e
 cd /harbor/db
 . ./initdb.sh
@@ -14,7 +17,7 @@ cd /harbor/db
 PG_VERSION_OLD=$1
 PG_VERSION_NEW=$2
 PGBIN=$(dirname "$(command -v postgres)")
-PGBINOLD=$PGBIN
+PGBINOLD=${HARBOR_DB_OLD_BINDIR:-$PGBIN}
 MODE=${HARBOR_DB_ENTRYPOINT:-v2.7}
 
 launch() {
@@ -29,7 +32,7 @@ checksum_args() {
     out=$(pg_controldata "$1") || { echo "failed to determine old cluster checksum setting: pg_controldata failed" >&2; exit 1; }
     sum=$(printf '%s\n' "$out" | sed -n 's/^Data page checksum version: *//p')
     case "$sum" in
-        # PG18 needs the flag; the PG15 stand-in has no such option and no checksums by default.
+        # PG18 needs the flag; the PG17 stand-in has no such option and no checksums by default.
         0) if initdb --help | grep -q -- --no-data-checksums; then echo "--no-data-checksums"; fi ;;
         [0-9]*) echo "" ;;
         *) echo "failed to determine old cluster checksum setting: unexpected pg_controldata output" >&2; exit 1 ;;

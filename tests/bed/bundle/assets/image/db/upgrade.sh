@@ -1,6 +1,7 @@
 #!/bin/sh
 # harborctl test bed: Harbor's make/photon/db/upgrade.sh: a real pg_upgrade, then keep the
-# old cluster's pg_hba.conf. Stand-in: old and new binaries are the same PostgreSQL 15.
+# old cluster's pg_hba.conf. The old binaries are --old-bindir (a real older major where the
+# image carries one: 13 -> 15, 15 -> 17; else the same major).
 set -e
 OLD_BINDIR=""; OLD_DATADIR=""; NEW_DATADIR=""
 while [ $# -gt 0 ]; do

@@ -1,0 +1,205 @@
+"""Cached Debian roots that carry the PostgreSQL majors the controller does not have.
+
+Why: harbor-db's stand-in should run REAL PostgreSQL majors and a real ``pg_upgrade`` between
+two of them (issue 3). The controller (bookworm) only has PostgreSQL 15; bullseye carries 13 and
+trixie 17. A ``debootstrap --variant=minbase`` of that suite plus ``postgresql-NN`` is the
+honest source of those binaries and of the shared libraries they were built against; the bundle
+builder copies only ``/usr/lib/postgresql/NN``, ``/usr/share/postgresql/NN`` and the libraries
+``ldd`` names out of it (see ``rootfs.py``), so the image stays small.
+
+Each root lives in ``${HARBORCTL_TESTBED_CACHE}/suite-<suite>-<key>/`` (beside the golden
+root, outside ``bundle/`` whose old keys are pruned), ``<key>`` hashing
+the suite, mirror, packages and recipe (as ``tests/bed/golden.py`` does); it is built in a temp
+directory renamed into place when complete, under a lock, so concurrent sessions build it once.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.bed import golden
+from tests.bed._run import BedError, run, unmount_all_under
+
+MIRROR = golden.MIRROR
+RECIPE_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class SuiteRoot:
+    """A Debian suite and the PostgreSQL major it carries."""
+
+    suite: str
+    major: str
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return (f"postgresql-{self.major}",)
+
+    def key(self) -> str:
+        material = json.dumps({"suite": self.suite, "mirror": MIRROR,
+                               "packages": sorted(self.packages), "recipe": RECIPE_VERSION},
+                              sort_keys=True)
+        return hashlib.sha256(material.encode()).hexdigest()[:12]
+
+    @property
+    def dirname(self) -> str:
+        return f"suite-{self.suite}-{self.key()}"
+
+
+BULLSEYE_PG13 = SuiteRoot("bullseye", "13")
+TRIXIE_PG17 = SuiteRoot("trixie", "17")
+ALL: tuple[SuiteRoot, ...] = (BULLSEYE_PG13, TRIXIE_PG17)
+
+
+def suite_root(spec: SuiteRoot, cache: Path) -> Path:
+    """Return the cached root of ``spec`` under ``cache``, debootstrapping it on a miss."""
+    final = cache / spec.dirname
+    marker = final / ".harborctl-suite.json"
+    if marker.is_file():
+        return final
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f"suite-{spec.suite}.lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not marker.is_file():
+            _build(spec, final)
+    return final
+
+
+def _build(spec: SuiteRoot, final: Path) -> None:
+    if shutil.which("debootstrap") is None:
+        raise BedError("debootstrap is not installed (apt-get install debootstrap)")
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    _remove_tree(tmp)
+    started = time.monotonic()
+    try:
+        run(["debootstrap", "--variant=minbase", spec.suite, str(tmp), MIRROR], timeout=1200)
+        (tmp / "usr/sbin/policy-rc.d").write_text("#!/bin/sh\nexit 101\n", encoding="utf-8")
+        (tmp / "usr/sbin/policy-rc.d").chmod(0o755)
+        shutil.copyfile("/etc/resolv.conf", tmp / "etc/resolv.conf")
+        # postgresql-common's postinst would create a cluster; the bed only needs the files.
+        _chroot_sh(tmp, "export DEBIAN_FRONTEND=noninteractive; set -e; "
+                        "mkdir -p /etc/postgresql-common; "
+                        "echo 'create_main_cluster = false' "
+                        "> /etc/postgresql-common/createcluster.conf; "
+                        "apt-get update -qq; apt-get install -y -qq --no-install-recommends "
+                        + " ".join(spec.packages) + "; apt-get clean; rm -rf /var/lib/apt/lists/*")
+        (tmp / ".harborctl-suite.json").write_text(json.dumps({
+            "key": spec.key(), "suite": spec.suite, "packages": list(spec.packages),
+            "build_seconds": round(time.monotonic() - started, 1)}) + "\n", encoding="utf-8")
+        os.rename(tmp, final)
+    except BaseException:
+        _remove_tree(tmp)
+        raise
+
+
+def _chroot_sh(root: Path, script: str) -> None:
+    """Run ``script`` in the chroot inside a private mount namespace, so /proc cannot leak."""
+    run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f'mount -t proc proc "{root}/proc" && exec chroot "{root}" /bin/sh -c "$0"', script],
+        timeout=1200)
+
+
+def _remove_tree(path: Path) -> None:
+    if path.exists():
+        unmount_all_under(str(path))
+        shutil.rmtree(path)
+
+
+PG_TREES = ("/usr/lib/postgresql/{major}", "/usr/share/postgresql/{major}")
+LIBDIR = "/usr/lib/x86_64-linux-gnu"
+LOADER = "ld-linux-x86-64.so.2"
+# The PostgreSQL 13 libraries the bookworm image lacks (other sonames: bookworm's newer ones).
+PG13_SYSLIB = "/usr/lib/postgresql/13/syslib"
+
+
+def copy_pg_trees(root: Path, major: str, dest: Path) -> list[str]:
+    """Copy PostgreSQL ``major``'s bin/lib/share trees out of ``root``; return its ELF files.
+
+    JIT (llvmjit, bitcode: 100 MB of libLLVM) is left out, as for the controller's 15.
+    """
+    elfs: list[str] = []
+    for pattern in PG_TREES:
+        tree = pattern.format(major=major)
+        shutil.copytree(root / tree.lstrip("/"), dest / tree.lstrip("/"), symlinks=True,
+                        dirs_exist_ok=True, ignore=lambda _d, names: [
+                            n for n in names if n == "bitcode" or n.startswith("llvmjit")])
+    pkg = dest / f"usr/lib/postgresql/{major}"
+    for path in sorted(pkg.rglob("*")):
+        if path.is_file() and not path.is_symlink() and (
+                path.parent.name == "bin" or path.name.endswith(".so")):
+            elfs.append("/" + str(path.relative_to(dest)))
+    sample = dest / f"usr/share/postgresql/{major}/postgresql.conf.sample"
+    # As Harbor's harbor-db Dockerfile does: every cluster initdb makes listens on all addresses.
+    sample.write_text(sample.read_text().replace(
+        "#listen_addresses = 'localhost'", "listen_addresses = '*'     "))
+    return elfs
+
+
+def glibc_sonames(root: Path) -> set[str]:
+    """File names of the suite's libc6 libraries (they must match the image's libc)."""
+    listing = (root / "var/lib/dpkg/info/libc6:amd64.list").read_text().split()
+    return {Path(p).name for p in listing if ".so" in Path(p).name}
+
+
+def suite_closure(root: Path, elfs: list[str]) -> set[str]:
+    """Library paths (inside ``root``) the ELF files need, per the suite's own ``ldd``."""
+    from tests.bed.bundle.rootfs import library_closure
+    return library_closure(elfs, prefix=["chroot", str(root)])
+
+
+def copy_from(root: Path, path: str, target: Path) -> None:
+    """Copy ``root``+``path`` (symlinks resolved inside ``root``) to ``target``."""
+    real = Path(os.path.realpath(root / path.lstrip("/")))
+    if not real.is_relative_to(root.resolve()) or not real.is_file():
+        raise BedError(f"{path} in {root} does not resolve to a file inside it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(real, target)
+
+
+def add_pg13(root: Path, dest: Path) -> None:
+    """Bullseye's PostgreSQL 13 beside bookworm's 15 in the image rootfs ``dest``.
+
+    Bullseye's binaries (glibc 2.31) run on bookworm's glibc 2.36. A library whose soname the
+    image already has is taken from bookworm (a newer build of the same ABI, as Debian itself
+    pairs every major with the newest libpq5); the others (libssl1.1, libicu67, libldap 2.4
+    ...) go to a private ``syslib`` directory that only harbor-db's ``LD_LIBRARY_PATH`` names.
+    Since it holds no soname the image has elsewhere, it cannot shadow a bookworm library.
+    """
+    elfs = copy_pg_trees(root, "13", dest)
+    glibc = glibc_sonames(root)
+    for lib in sorted(suite_closure(root, elfs)):
+        name = Path(lib).name
+        if name == LOADER or (dest / LIBDIR.lstrip("/") / name).exists():
+            continue
+        if name in glibc:  # a glibc stub (libdl, libpthread, librt): bookworm's own
+            shutil.copy2(Path(LIBDIR) / name, dest / LIBDIR.lstrip("/") / name)
+        else:
+            copy_from(root, lib, dest / PG13_SYSLIB.lstrip("/") / name)
+
+
+def build_pg17_overlay(root: Path, dest: Path) -> None:
+    """Files that turn the bookworm image into one that runs trixie's PostgreSQL 17.
+
+    Trixie's binaries need trixie's glibc (2.41), and older-glibc binaries (bookworm's 15, the
+    old side of pg_upgrade) run on a newer one; so the overlay replaces the image's whole glibc
+    with trixie's and every library PostgreSQL 17 needs with trixie's build (same sonames are
+    backward compatible). It is one extra layer on top of the shared one, in harbor-db only.
+    """
+    elfs = copy_pg_trees(root, "17", dest)
+    listing = (root / "var/lib/dpkg/info/libc6:amd64.list").read_text().split()
+    for path in listing:
+        name = Path(path).name
+        if ".so" in name and Path(path).parent.as_posix() in (LIBDIR, "/lib/x86_64-linux-gnu"):
+            copy_from(root, path, dest / LIBDIR.lstrip("/") / name)
+    copy_from(root, f"{LIBDIR}/{LOADER}", dest / "usr/lib64" / LOADER)
+    shutil.copytree(root / "usr/lib/locale/C.utf8", dest / "usr/lib/locale/C.utf8")
+    for lib in sorted(suite_closure(root, elfs)):
+        name = Path(lib).name
+        if name != LOADER and not (dest / LIBDIR.lstrip("/") / name).exists():
+            copy_from(root, lib, dest / LIBDIR.lstrip("/") / name)
