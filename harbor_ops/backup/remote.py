@@ -36,6 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harbor_ops.backup.archive import file_sha256
 from harbor_ops.backup.manifest import (
     PARTIAL_SUFFIX,
     VERIFIED_SUFFIX,
@@ -119,7 +120,7 @@ def push_backup(path: Path, remote: Remote, *, ssh_config: Path | None = None) -
         size = path.stat().st_size
         existing = _stat(sftp, final)
         if existing is not None and existing.st_size == size:
-            digest = _local_sha256(path)
+            digest = file_sha256(path)
             out = _remote_sha256(client, final, size, where)
             if checksums_match(digest, out):
                 _push_sidecar(sftp, path, final)
@@ -390,11 +391,3 @@ def _remove_quietly(sftp: paramiko.SFTPClient, path: str) -> None:
     # Best effort: a dead connection must not mask the error being reported.
     with contextlib.suppress(Exception):
         sftp.remove(path)
-
-
-def _local_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

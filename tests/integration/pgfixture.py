@@ -211,3 +211,15 @@ def make_harbor_host(tmp_path: Path) -> HarborHost:
     (tmp_path / "bundles").mkdir()
     return HarborHost(tmp_path, data, yml, cert, tmp_path / "harborctl.lock",
                       tmp_path / "backups")
+
+
+@contextmanager
+def small_tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``folder`` (created), unmounted on exit."""
+    folder.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
+                    str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)

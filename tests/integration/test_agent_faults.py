@@ -26,6 +26,7 @@ from tests.integration.pgfixture import (
     free_port,
     make_harbor_host,
     running_cluster,
+    small_tmpfs,
 )
 
 pytestmark = pytest.mark.integration
@@ -133,14 +134,8 @@ def test_refused_sessions_are_retried_exactly_within_bounds(cluster: Cluster,
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A tmpfs whose size the test sets (``remount``); unmounted in the finalizer."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", str(mnt)],
-                   check=True)
-    try:
+    with small_tmpfs(tmp_path / "small", "64m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 def test_backup_folder_fills_during_the_dump(cluster: Cluster, harbor_host: HarborHost,

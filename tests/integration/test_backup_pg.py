@@ -33,6 +33,7 @@ from tests.integration.pgfixture import (
     free_port,
     make_harbor_host,
     running_cluster,
+    small_tmpfs,
 )
 
 pytestmark = pytest.mark.integration
@@ -163,14 +164,8 @@ def test_missing_secret_key_is_refused(cluster: Cluster, host: HarborHost) -> No
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)],
-                   check=True)
-    try:
+    with small_tmpfs(tmp_path / "small", "4m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 def test_full_backup_folder(cluster: Cluster, host: HarborHost, small_fs: Path) -> None:
