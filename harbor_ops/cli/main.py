@@ -64,7 +64,7 @@ def _available(spec: tuple[str, str, str]) -> bool:
 @click.option("--debug", is_flag=True, help="Show tracebacks for unexpected errors.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
-    """harborctl: install, configure, back up, upgrade and diagnose Harbor.
+    """harborctl: install, configure, check, back up Harbor and plan its upgrades.
 
     Exit codes: 0 ok, 1 unexpected error, 2 invalid input, 3 refused upgrade,
     4 preflight failed, 5 render failed, 6 remote failure, 7 busy (lock held),
