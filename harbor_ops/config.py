@@ -18,7 +18,6 @@ import yaml
 
 from harbor_ops import checks
 from harbor_ops import site_model as m
-from harbor_ops import yml_schema as schema
 from harbor_ops.errors import ConfigError, UsageError
 from harbor_ops.versions import Release, release
 
@@ -95,7 +94,7 @@ def validate(data: dict[str, Any], *, source: str, base_dir: Path,
         from harbor_ops import config_harbor
 
         config_harbor.check_harbor(harbor, rel, p, resolver)
-    front = _section(data, "front", _front, p, resolver, optional=True)
+    front = _section(data, "front", _front, p, resolver)
     site = m.Site(
         release=rel or release("2.15.2"),
         harbor=resolver.absolutize_harbor(harbor),
@@ -174,7 +173,7 @@ Builder = Callable[[dict[str, Any], Problems, _PathResolver], Any]
 
 
 def _section(data: dict[str, Any], name: str, build: Builder, p: Problems,
-             resolver: _PathResolver, optional: bool = False) -> Any:
+             resolver: _PathResolver) -> Any:
     raw = data.get(name)
     if raw is None:
         return None
@@ -358,12 +357,3 @@ def _resolve_node(node: dict[str, Any], prefix: str, problems: list[str]) -> Non
                                     "(export it, or use a _file instead)")
                 else:
                     node[target] = secret
-
-
-def secret_paths(harbor: dict[str, Any]) -> list[str]:
-    """Dotted paths of every secret-bearing key in a harbor mapping (for masking)."""
-    out = []
-    for k in schema.KEYS:
-        if k.secret:
-            out.append(k.path)
-    return out

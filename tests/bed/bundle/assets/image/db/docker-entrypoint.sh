@@ -39,6 +39,22 @@ checksum_args() {
     esac
 }
 
+# Both converting generations: init the new cluster, start and stop the old one cleanly,
+# pg_upgrade; on failure remove the half-made new cluster and stop.
+upgrade_cluster() {  # OLD_DIR NEW_DIR INITDB_EXTRA
+    initPG "$2" false "$3"
+    set +e
+    "$PGBINOLD/pg_ctl" -D "$1" -w -o "-p 5433 -c listen_addresses=''" start
+    "$PGBINOLD/pg_ctl" -D "$1" -m fast -w stop
+    /harbor/db/upgrade.sh --old-bindir "$PGBINOLD" --old-datadir "$1" --new-datadir "$2"
+    if [ $? -ne 0 ]; then
+        echo "remove the $2 after fail to upgrade."
+        rm -rf "$2"
+        exit 1
+    fi
+    set -e
+}
+
 case "$MODE" in
 v2.0)
     if [ ! -s "$PGDATA/PG_VERSION" ]; then
@@ -54,17 +70,7 @@ v2.3)
             echo "incorrect data: $PGDATAOLD, make sure $PGDATAOLD is not empty and with PG_VERSION inside."
             exit 1
         fi
-        initPG "$PGDATANEW" false
-        set +e
-        "$PGBINOLD/pg_ctl" -D "$PGDATAOLD" -w -o "-p 5433 -c listen_addresses=''" start
-        "$PGBINOLD/pg_ctl" -D "$PGDATAOLD" -m fast -w stop
-        /harbor/db/upgrade.sh --old-bindir "$PGBINOLD" --old-datadir "$PGDATAOLD" --new-datadir "$PGDATANEW"
-        if [ $? -ne 0 ]; then
-            echo "remove the $PGDATANEW after fail to upgrade."
-            rm -rf "$PGDATANEW"
-            exit 1
-        fi
-        set -e
+        upgrade_cluster "$PGDATAOLD" "$PGDATANEW" ""
         echo "remove the $PGDATAOLD after upgrade success."
         find "$PGDATA" -mindepth 1 -maxdepth 1 ! -name "pg$PG_VERSION_NEW" -exec rm -rf {} +
     elif [ -s "$PGDATANEW/PG_VERSION" ]; then
@@ -85,18 +91,8 @@ v2.7)
     if [ ! -s "$PGDATANEW/PG_VERSION" ]; then
         if [ -n "$PG_VERSION_OLD" ] && [ -s "$PGDATAOLD/PG_VERSION" ]; then
             echo "upgrade DB from $PG_VERSION_OLD to $PG_VERSION_NEW"
-            extra=$(checksum_args "$PGDATAOLD")
-            initPG "$PGDATANEW" false "$extra"
-            set +e
-            "$PGBINOLD/pg_ctl" -D "$PGDATAOLD" -w -o "-p 5433 -c listen_addresses=''" start
-            "$PGBINOLD/pg_ctl" -D "$PGDATAOLD" -m fast -w stop
-            /harbor/db/upgrade.sh --old-bindir "$PGBINOLD" --old-datadir "$PGDATAOLD" --new-datadir "$PGDATANEW"
-            if [ $? -ne 0 ]; then
-                echo "remove the $PGDATANEW after fail to upgrade."
-                rm -rf "$PGDATANEW"
-                exit 1
-            fi
-            set -e
+            extra=$(checksum_args "$PGDATAOLD")  # an assignment, so set -e stops on failure
+            upgrade_cluster "$PGDATAOLD" "$PGDATANEW" "$extra"
             echo "remove the $PGDATAOLD after upgrade success."
             rm -rf "$PGDATAOLD"
         else
