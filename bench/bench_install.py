@@ -25,9 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from harbor_ops.config import load_site
-from harbor_ops.install import InstallResult, install
-from harbor_ops.site_model import Site
+from harbor_ops.install.run import InstallResult, install
+from harbor_ops.site.load import load_site
+from harbor_ops.site.model import Site
 from tests.bed.bundle.builder import build_bundle
 from tests.bed.hosts import Host, TestBed
 

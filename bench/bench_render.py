@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from harbor_ops.config import example_text, load_site_text
-from harbor_ops.render import render_all_versions, render_site
+from harbor_ops.render.engine import render_all_versions, render_site
+from harbor_ops.site.load import example_text, load_site_text
 
 
 def main() -> None:

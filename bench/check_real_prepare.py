@@ -46,12 +46,12 @@ from typing import Any
 
 import yaml
 
-from harbor_ops import yml_schema as schema
-from harbor_ops.config import example_text, load_site_text, resolve_secrets
-from harbor_ops.errors import HarborctlError
-from harbor_ops.render import render_texts
-from harbor_ops.render_harbor_yml import build
-from harbor_ops.versions import Release, latest_patch, minors, release
+from harbor_ops.core.errors import HarborctlError
+from harbor_ops.releases import yml_schema as schema
+from harbor_ops.releases.versions import Release, latest_patch, minors, release
+from harbor_ops.render.engine import render_texts
+from harbor_ops.render.harbor_yml import build
+from harbor_ops.site.load import example_text, load_site_text, resolve_secrets
 
 # Secrets chosen to break naive YAML quoting: ':' '#' quotes, braces, leading '@', a '%'.
 SECRETS = {

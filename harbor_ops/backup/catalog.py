@@ -22,8 +22,8 @@ from harbor_ops.backup.manifest import (
     utc_now,
 )
 from harbor_ops.backup.retention import BackupRef, KeepPolicy, keep_reasons
-from harbor_ops.errors import BackupError
-from harbor_ops.lock import job_lock
+from harbor_ops.core.errors import BackupError
+from harbor_ops.core.lock import job_lock
 
 
 @dataclass(frozen=True)

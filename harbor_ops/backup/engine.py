@@ -37,9 +37,9 @@ from harbor_ops.backup.manifest import (
     utc_now,
 )
 from harbor_ops.backup.sources import DbSource, SqlSession, pg_major_of
-from harbor_ops.errors import BackupError, NoSpace
-from harbor_ops.fsutil import fsync_dir
-from harbor_ops.lock import job_lock
+from harbor_ops.core.errors import BackupError, NoSpace
+from harbor_ops.core.fsutil import fsync_dir
+from harbor_ops.core.lock import job_lock
 
 # Compressed dump size / pg_database_size: measured about 0.16 on Harbor-shaped data
 # (test-environment §7); 0.5 leaves room for data that compresses badly.

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harbor_ops.fsutil import atomic_write
+from harbor_ops.core.fsutil import atomic_write
 
 FORMAT = 1
 SUFFIX = ".hbk"

@@ -15,7 +15,7 @@ trusted on first use: unknown keys are rejected (``RejectPolicy``); the known ke
 come from the config's ``UserKnownHostsFile`` when it names one, else from the user's
 ``~/.ssh/known_hosts`` and ``/etc/ssh/ssh_known_hosts``.
 
-Every failure is a :class:`~harbor_ops.errors.RemoteError` (exit 6) naming the host
+Every failure is a :class:`~harbor_ops.core.errors.RemoteError` (exit 6) naming the host
 and folder; no key material or passphrase is ever part of a message.
 """
 
@@ -46,8 +46,8 @@ from harbor_ops.backup.manifest import (
     utc_now,
 )
 from harbor_ops.backup.retention import BackupRef, KeepPolicy, select_to_prune
-from harbor_ops.errors import RemoteError
-from harbor_ops.site_model import Remote
+from harbor_ops.core.errors import RemoteError
+from harbor_ops.site.model import Remote
 
 if TYPE_CHECKING:
     import paramiko

@@ -34,8 +34,8 @@ from harbor_ops.backup.manifest import (
 )
 from harbor_ops.backup.sources import DbSource, ExternalSource, SqlSession, pg_bindir, pg_major_of
 from harbor_ops.backup.stack import HEALTH_TIMEOUT, HarborStack, wait_healthy
-from harbor_ops.errors import BackupError
-from harbor_ops.lock import job_lock
+from harbor_ops.core.errors import BackupError
+from harbor_ops.core.lock import job_lock
 
 Progress = Callable[[str], None]
 _RESTORE_FLAGS = ["--no-owner", "--no-privileges", "--clean", "--if-exists",

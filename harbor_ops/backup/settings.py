@@ -12,7 +12,7 @@ from typing import Any
 
 from harbor_ops.backup.engine import HostFiles
 from harbor_ops.backup.sources import DbSource, DockerExecSource, ExternalSource
-from harbor_ops.site_model import Keep, Remote, Site
+from harbor_ops.site.model import Keep, Remote, Site
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class BackupSettings:
     def from_site(cls, site: Site, *, with_secrets: bool = True) -> BackupSettings:
         harbor: dict[str, Any] = site.harbor
         if with_secrets and "external_database" in harbor:
-            from harbor_ops.config import resolve_secrets
+            from harbor_ops.site.load import resolve_secrets
 
             harbor = resolve_secrets(site)
         ext = (harbor.get("external_database") or {}).get("harbor")
@@ -67,6 +67,6 @@ def health_url(harbor: dict[str, Any]) -> str:
 
 
 def load_settings(config: Path) -> BackupSettings:
-    from harbor_ops.config import load_site
+    from harbor_ops.site.load import load_site
 
     return BackupSettings.from_site(load_site(config))

@@ -11,8 +11,8 @@ from harbor_ops.backup.catalog import find_backup, prune_backups
 from harbor_ops.backup.engine import BackupResult, create_backup
 from harbor_ops.backup.restore import verify_backup
 from harbor_ops.backup.settings import BackupSettings
-from harbor_ops.errors import BackupError, NoSpace, RemoteError, UsageError
-from harbor_ops.site_model import Site
+from harbor_ops.core.errors import BackupError, NoSpace, RemoteError, UsageError
+from harbor_ops.site.model import Site
 
 if TYPE_CHECKING:
     from harbor_ops.backup.remote import PushResult

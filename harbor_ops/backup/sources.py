@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from harbor_ops.errors import BackupError
+from harbor_ops.core.errors import BackupError
 
 PG_ROOT = Path("/usr/lib/postgresql")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from harbor_ops.backup.sources import DbSource
-from harbor_ops.errors import BackupError, HealthError
+from harbor_ops.core.errors import BackupError, HealthError
 
 # Harbor's core migrates its schema at start; a first start after a restore can take minutes.
 HEALTH_TIMEOUT = 300.0

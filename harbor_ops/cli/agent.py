@@ -21,8 +21,8 @@ def agent_group() -> None:
               help="Stop after this long (for tests).")
 def run_cmd(config: Path, max_seconds: float | None) -> None:
     """Run in the foreground until SIGTERM (one instance at a time)."""
-    from harbor_ops.agent import run_forever
-    from harbor_ops.config import load_site
+    from harbor_ops.agent.loop import run_forever
+    from harbor_ops.site.load import load_site
 
     run_forever(load_site(config), max_seconds=max_seconds,
                 log=lambda line: click.echo(line, err=True))
@@ -33,8 +33,8 @@ def run_cmd(config: Path, max_seconds: float | None) -> None:
 @output_option
 def once_cmd(config: Path, output: str) -> None:
     """One timer tick: run every job that is due, then exit."""
-    from harbor_ops.agent import run_once
-    from harbor_ops.config import load_site
+    from harbor_ops.agent.loop import run_once
+    from harbor_ops.site.load import load_site
 
     emit(run_once(load_site(config)), output, text=_status_text)
 
@@ -44,8 +44,8 @@ def once_cmd(config: Path, output: str) -> None:
 @output_option
 def status_cmd(config: Path, output: str) -> None:
     """Show the last run, result and next run of each job."""
-    from harbor_ops.agent import load_status
-    from harbor_ops.config import load_site
+    from harbor_ops.agent.loop import load_status
+    from harbor_ops.site.load import load_site
 
     site = load_site(config)
     records = load_status(site.agent.status_file)

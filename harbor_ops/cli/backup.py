@@ -33,7 +33,7 @@ def create_cmd(config: Path, dry_run: bool, output: str) -> None:
     checked there.
     """
     from harbor_ops.backup.site_ops import create_for_site
-    from harbor_ops.config import load_site
+    from harbor_ops.site.load import load_site
 
     result = create_for_site(load_site(config), dry_run=dry_run, progress=_progress(output))
     emit(result, output, lambda r: (
@@ -100,7 +100,7 @@ def restore_cmd(name: str | None, latest: bool, yes: bool, force: bool, force_ve
     from harbor_ops.backup.catalog import find_backup
     from harbor_ops.backup.restore import restore_backup
     from harbor_ops.backup.settings import load_settings
-    from harbor_ops.errors import Aborted, UsageError
+    from harbor_ops.core.errors import Aborted, UsageError
 
     if not name and not latest:
         raise UsageError("restore: name a backup (see `harborctl backup list`) or pass --latest")
@@ -148,7 +148,7 @@ def push_cmd(name: str | None, config: Path, output: str) -> None:
     """Copy a backup (default: the newest) to backup.remote, checked by SHA-256 there."""
     from harbor_ops.backup.catalog import find_backup
     from harbor_ops.backup.site_ops import push_for_site
-    from harbor_ops.config import load_site
+    from harbor_ops.site.load import load_site
 
     site = load_site(config)
     result = push_for_site(site, find_backup(site.backup.dir, name))

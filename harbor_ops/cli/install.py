@@ -29,9 +29,9 @@ def preflight_cmd(ctx: click.Context, config: Path, bundle: Path | None, skip: t
 
     Nothing is changed anywhere: this is the first step of `harborctl install`.
     """
-    from harbor_ops.config import load_site
-    from harbor_ops.install import failed_checks
-    from harbor_ops.preflight import run_preflight
+    from harbor_ops.install.run import failed_checks
+    from harbor_ops.preflight.run import run_preflight
+    from harbor_ops.site.load import load_site
 
     site = load_site(config)
     report = run_preflight(site, bundle=bundle, skip=list(skip), inventory=inventory,
@@ -70,8 +70,8 @@ def install_cmd(bundle: Path, config: Path, harbor_version: str | None,
     Preflight runs first and refuses bad input before any host is touched. Progress
     goes to stderr, one line per step and host; a second run changes nothing.
     """
-    from harbor_ops.config import load_site
-    from harbor_ops.install import default_log_dir, install
+    from harbor_ops.install.run import default_log_dir, install
+    from harbor_ops.site.load import load_site
 
     site = load_site(config, version=harbor_version)
     for warning in site.warnings:

@@ -1,6 +1,6 @@
 """The `harborctl` command group: shared options, error handling, sub-commands.
 
-Only this module turns a :class:`~harbor_ops.errors.HarborctlError` into a one-line
+Only this module turns a :class:`~harbor_ops.core.errors.HarborctlError` into a one-line
 message and its exit code. Sub-command modules are imported lazily so that
 ``harborctl --help`` stays fast (no jinja2, yaml, ansible or paramiko at start-up).
 """
@@ -76,7 +76,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def main(argv: list[str] | None = None) -> Any:
     """Console entry point: run the group and map errors to exit codes."""
-    from harbor_ops.errors import HarborctlError
+    from harbor_ops.core.errors import HarborctlError
 
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:

@@ -23,7 +23,7 @@ def init_cmd(config: Path, harbor_version: str | None, hostname: str | None, for
     Secrets are never taken from arguments: the file names environment variables
     (or files) that hold them.
     """
-    from harbor_ops.sitefile import init_site
+    from harbor_ops.site.init import init_site
 
     emit(init_site(path=config, version=harbor_version, hostname=hostname, force=force,
                    dry_run=dry_run), output)
@@ -44,8 +44,8 @@ def render_cmd(config: Path, harbor_version: str | None, output_dir: Path, dry_r
     Every file is validated before it replaces the old one; the summary shows what
     changed (secret values masked).
     """
-    from harbor_ops.config import load_site
-    from harbor_ops.render import render_site
+    from harbor_ops.render.engine import render_site
+    from harbor_ops.site.load import load_site
 
     site = load_site(config, version=harbor_version)
     for warning in site.warnings:

@@ -1,7 +1,7 @@
 """`harborctl upgrade plan` (read-only, kubeadm-style) and `harborctl versions`.
 
 The commands only parse options, call the planner and print; the text layouts below are
-presentation, the decisions are all in :mod:`harbor_ops.planner`.
+presentation, the decisions are all in :mod:`harbor_ops.releases.planner`.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import click
 
-from harbor_ops import planner
 from harbor_ops.cli.options import config_option, emit, output_option
-from harbor_ops.errors import UsageError
-from harbor_ops.versions import LAYOUTS
+from harbor_ops.core.errors import UsageError
+from harbor_ops.releases import planner
+from harbor_ops.releases.versions import LAYOUTS
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -68,7 +68,7 @@ def plan_cmd(current: str | None, target: str, data_layout: str | None, db_size:
 def _site_version(config: Path) -> str:
     """The installed version as the site file states it (only when --from is absent)."""
     try:
-        from harbor_ops.config import load_site
+        from harbor_ops.site.load import load_site
     except ImportError:  # pragma: no cover - config.py ships with the package
         raise UsageError("--from is required (no site file support in this build)") from None
     if not config.exists():

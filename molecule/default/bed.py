@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from harbor_ops.config import load_site_text  # noqa: E402
-from harbor_ops.install import role_vars, sha256_of  # noqa: E402
-from harbor_ops.render import render_site  # noqa: E402
+from harbor_ops.install.run import role_vars, sha256_of  # noqa: E402
+from harbor_ops.render.engine import render_site  # noqa: E402
+from harbor_ops.site.load import load_site_text  # noqa: E402
 from tests.bed.bundle.builder import build_bundle  # noqa: E402
 from tests.bed.hosts import TestBed  # noqa: E402
 

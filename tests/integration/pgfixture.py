@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from harbor_ops.backup.sources import ExternalSource
-from harbor_ops.lock import LOCK_ENV
+from harbor_ops.core.lock import LOCK_ENV
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PASSWORD = "s3cret-test-pw"  # test-only credential of a throw-away cluster

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from harbor_ops.agent_jobs import BACKUP_ATTEMPTS, BACKUP_RETRY_ENV
+from harbor_ops.agent.jobs import BACKUP_ATTEMPTS, BACKUP_RETRY_ENV
 from harbor_ops.backup.catalog import list_backups
 from harbor_ops.backup.manifest import PARTIAL_SUFFIX
 from harbor_ops.backup.restore import verify_backup

@@ -23,9 +23,9 @@ from harbor_ops.backup.catalog import list_backups, prune_backups
 from harbor_ops.backup.engine import BackupResult, HostFiles, create_backup
 from harbor_ops.backup.manifest import PARTIAL_SUFFIX, read_sidecar
 from harbor_ops.backup.restore import restore_backup, verify_backup
-from harbor_ops.errors import BackupError, LockHeld
-from harbor_ops.lock import job_lock
-from harbor_ops.site_model import Keep
+from harbor_ops.core.errors import BackupError, LockHeld
+from harbor_ops.core.lock import job_lock
+from harbor_ops.site.model import Keep
 from tests.integration.pgfixture import (
     PASSWORD,
     Cluster,

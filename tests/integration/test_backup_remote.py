@@ -14,8 +14,8 @@ import pytest
 from harbor_ops.backup.engine import BackupResult, HostFiles, create_backup
 from harbor_ops.backup.manifest import PARTIAL_SUFFIX, write_sidecar
 from harbor_ops.backup.remote import checksums_match, list_remote, prune_remote, push_backup
-from harbor_ops.errors import RemoteError
-from harbor_ops.site_model import Keep, Remote
+from harbor_ops.core.errors import RemoteError
+from harbor_ops.site.model import Keep, Remote
 from tests.bed.hosts import Host, TestBed
 from tests.integration.pgfixture import Cluster, HarborHost, make_harbor_host, running_cluster
 

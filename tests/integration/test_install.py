@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 import testinfra
 
-from harbor_ops.config import load_site
-from harbor_ops.errors import PreflightFailed
-from harbor_ops.install import InstallResult, install
-from harbor_ops.site_model import Site
+from harbor_ops.core.errors import PreflightFailed
+from harbor_ops.install.run import InstallResult, install
+from harbor_ops.site.load import load_site
+from harbor_ops.site.model import Site
 from tests.bed.bundle.builder import build_bundle
 from tests.bed.hosts import Host, TestBed
 from tests.integration.test_bundle import _tiny_oci_layout

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from harbor_ops import render
-from harbor_ops.site_model import Logrotate
+from harbor_ops.render import engine as render
+from harbor_ops.site.model import Logrotate
 from tests.unit.test_render import example_harbor, make_site
 
 pytestmark = pytest.mark.integration

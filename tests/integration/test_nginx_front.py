@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from harbor_ops import render
-from harbor_ops.site_model import Front, FrontCache
+from harbor_ops.render import engine as render
+from harbor_ops.site.model import Front, FrontCache
 from tests.unit.test_render import make_site
 
 pytestmark = pytest.mark.integration

@@ -22,7 +22,7 @@ def test_wheel_installs_and_renders_outside_the_checkout(tmp_path: Path) -> None
     (wheel,) = wheels.glob("harborctl-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "harbor_ops/templates/harbor.yml.j2" in names
-    assert "harbor_ops/examples/harborctl.yml" in names
+    assert "harbor_ops/site/example.yml" in names
     assert any(n.startswith("harbor_ops/playbooks/") for n in names)
     target = tmp_path / "site-packages"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",

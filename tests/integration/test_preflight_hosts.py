@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harbor_ops.bundle import inspect_bundle
-from harbor_ops.config import load_site_text
-from harbor_ops.preflight import hosts_from_inventory, run_preflight
-from harbor_ops.site_model import HostEntry, Site
+from harbor_ops.preflight.run import hosts_from_inventory, run_preflight
+from harbor_ops.releases.bundle import inspect_bundle
+from harbor_ops.site.load import load_site_text
+from harbor_ops.site.model import HostEntry, Site
 
 pytestmark = pytest.mark.integration
 

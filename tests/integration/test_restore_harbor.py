@@ -24,8 +24,8 @@ import pytest
 from harbor_ops.backup.manifest import sidecar_path
 from harbor_ops.backup.restore import restore_backup
 from harbor_ops.backup.sources import DockerExecSource
-from harbor_ops.errors import HealthError
-from harbor_ops.lock import LOCK_ENV
+from harbor_ops.core.errors import HealthError
+from harbor_ops.core.lock import LOCK_ENV
 from tests.bed.bundle import build_bundles
 from tests.bed.dockerd import DockerEngine
 from tests.integration.test_bundle import ADMIN_PASSWORD, Harbor

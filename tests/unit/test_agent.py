@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harbor_ops import agent
-from harbor_ops.config import load_site_text
-from harbor_ops.errors import HarborctlError, LockHeld
+from harbor_ops.agent import loop as agent
+from harbor_ops.core.errors import HarborctlError, LockHeld
+from harbor_ops.site.load import load_site_text
 
 NIGHTLY = agent.JobSpec("backup", at="02:30")
 WEEKLY = agent.JobSpec("drill", at="04:30", weekday="sunday")
@@ -87,7 +87,7 @@ def test_jobs_are_recorded_in_status_and_metrics(tmp_path: Path) -> None:
 
 
 def test_real_disk_and_log_job_flags_oversized_logs(tmp_path: Path) -> None:
-    from harbor_ops import agent_jobs
+    from harbor_ops.agent import jobs as agent_jobs
 
     site = _site(tmp_path)
     (tmp_path / "logs").mkdir()
@@ -98,7 +98,7 @@ def test_real_disk_and_log_job_flags_oversized_logs(tmp_path: Path) -> None:
 
 
 def test_upgrade_check_reads_bundles_and_support(tmp_path: Path) -> None:
-    from harbor_ops import agent_jobs
+    from harbor_ops.agent import jobs as agent_jobs
 
     site = _site(tmp_path)
     (tmp_path / "bundles").mkdir()
@@ -117,7 +117,7 @@ def test_a_second_agent_is_refused(tmp_path: Path) -> None:
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time
             from pathlib import Path
-            from harbor_ops.agent import single_instance
+            from harbor_ops.agent.loop import single_instance
             with single_instance(Path({str(status)!r})):
                 print("locked", flush=True)
                 sys.stdin.read()

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harbor_ops import ansible_runner as runner
-from harbor_ops.config import load_site_text
-from harbor_ops.install import role_vars
-from harbor_ops.site_model import HostEntry
+from harbor_ops.hosts import playbook as runner
+from harbor_ops.install.run import role_vars
+from harbor_ops.site.load import load_site_text
+from harbor_ops.site.model import HostEntry
 
 SECRET = "s3cr3t-Value-never-shown"
 ROLE = runner.playbook_dir() / "roles" / "harbor"

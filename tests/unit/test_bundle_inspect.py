@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
-from harbor_ops import bundle
-from harbor_ops.errors import UsageError
+from harbor_ops.core.errors import UsageError
+from harbor_ops.releases import bundle
 
 LAYOUT = ("install.sh", "prepare", "common.sh", "harbor.yml.tmpl", "LICENSE")
 

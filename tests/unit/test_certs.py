@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from harbor_ops import certs
+from harbor_ops.hosts import certs
 
 NOW = dt.datetime.now(dt.UTC)
 HOST = "harbor.test.internal"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harbor_ops.cli.main import main
-from harbor_ops.preflight import CHECKS
+from harbor_ops.preflight.run import CHECKS
 
 SITE = """\
 harbor:
@@ -81,7 +81,7 @@ def test_preflight_json_lists_every_check_by_name(site: Path,
 def test_install_is_refused_while_a_backup_holds_the_lock(
         site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    from harbor_ops.lock import LOCK_ENV, job_lock
+    from harbor_ops.core.lock import LOCK_ENV, job_lock
 
     monkeypatch.setenv(LOCK_ENV, str(tmp_path / "harborctl.lock"))
     bundle = tmp_path / "harbor-offline-installer-v2.15.2.tgz"

@@ -115,7 +115,7 @@ def test_to_is_required() -> None:
 
 
 def test_from_defaults_to_site_file_version(tmp_path: Path) -> None:
-    example = resources.files("harbor_ops").joinpath("examples/harborctl.yml").read_text()
+    example = resources.files("harbor_ops").joinpath("site/example.yml").read_text()
     assert "version: 2.15.2" in example
     site = tmp_path / "harborctl.yml"
     site.write_text(example.replace("version: 2.15.2", "version: 2.10.3", 1))

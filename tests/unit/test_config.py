@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harbor_ops import config
-from harbor_ops.errors import ConfigError
+from harbor_ops.core.errors import ConfigError
+from harbor_ops.site import load as config
 
 CORPUS = sorted((Path(__file__).parent / "bad_sites").glob("*.yml"))
 

@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
-from harbor_ops import planner
-from harbor_ops import versions as hv
-from harbor_ops.errors import UpgradePathError, UsageError
+from harbor_ops.core.errors import UpgradePathError, UsageError
+from harbor_ops.releases import planner
+from harbor_ops.releases import versions as hv
 
 
 def stops(current: str, target: str) -> list[str]:

@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 import yaml
 
-from harbor_ops import facts, preflight
-from harbor_ops.config import load_site_text
-from harbor_ops.errors import UsageError
-from harbor_ops.preflight import CHECKS, Context, run_preflight
-from harbor_ops.site_model import HostEntry, Site
+from harbor_ops.core.errors import UsageError
+from harbor_ops.hosts import facts
+from harbor_ops.preflight import run as preflight
+from harbor_ops.preflight.run import CHECKS, Context, run_preflight
+from harbor_ops.site.load import load_site_text
+from harbor_ops.site.model import HostEntry, Site
 from tests.unit.test_bundle_inspect import make_bundle
 
 GIB = 1 << 30

@@ -19,11 +19,13 @@ import pytest
 import yaml
 from packaging.version import Version
 
-from harbor_ops import render, render_checks
-from harbor_ops import render_harbor_yml as hyml
-from harbor_ops import yml_schema as schema
-from harbor_ops.errors import RenderError
-from harbor_ops.site_model import (
+from harbor_ops.core.errors import RenderError
+from harbor_ops.releases import yml_schema as schema
+from harbor_ops.releases.versions import all_releases, latest_patch, minors, release
+from harbor_ops.render import engine as render
+from harbor_ops.render import harbor_yml as hyml
+from harbor_ops.render import validate as render_checks
+from harbor_ops.site.model import (
     Agent,
     Backup,
     Front,
@@ -34,7 +36,6 @@ from harbor_ops.site_model import (
     Logrotate,
     Site,
 )
-from harbor_ops.versions import all_releases, latest_patch, minors, release
 
 GOLDEN = Path(__file__).parent / "golden"
 ADMIN_PW = "Adm1n: #not-a-comment 'quoted\""
@@ -421,7 +422,7 @@ def test_systemd_verify_result_is_ok_or_skipped_with_reason() -> None:
 
 
 def test_unknown_version_is_a_usage_error(tmp_path: Path) -> None:
-    from harbor_ops.errors import UsageError
+    from harbor_ops.core.errors import UsageError
     with pytest.raises(UsageError):
         render.render_site(make_site(), output_dir=tmp_path, version="2.16.0",
                            harbor_values=example_harbor())

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from harbor_ops.backup.retention import BackupRef, keep_reasons, select_to_prune
-from harbor_ops.site_model import Keep
+from harbor_ops.site.model import Keep
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 

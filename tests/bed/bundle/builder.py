@@ -70,7 +70,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from harbor_ops.versions import Release, release
+from harbor_ops.releases.versions import Release, release
 from tests.bed import golden
 from tests.bed._run import BedError
 from tests.bed._run import run as run_cmd

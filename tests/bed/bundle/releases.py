@@ -1,7 +1,8 @@
 """What differs between the bundles of two Harbor releases, in one place.
 
-Facts come from harbor_ops.versions (install flags, data layout, schema version, images) where
-harborctl already holds them, and otherwise from reference/harbor-facts.md, cited per item.
+Facts come from harbor_ops.releases.versions (install flags, data layout, schema version,
+images) where harborctl already holds them, and otherwise from reference/harbor-facts.md,
+cited per item.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from packaging.version import Version
 
-from harbor_ops.versions import Release
+from harbor_ops.releases.versions import Release
 
 V = Version
 # Port each stand-in listens on (the port Harbor's service uses on the `harbor` network).

@@ -16,28 +16,15 @@ from typing import Any
 
 import yaml
 
-from harbor_ops import checks
-from harbor_ops import site_model as m
-from harbor_ops.errors import ConfigError, UsageError
-from harbor_ops.versions import Release, release
+from harbor_ops.core.errors import ConfigError, UsageError
+from harbor_ops.releases.versions import Release, release
+from harbor_ops.site import checks, harbor_section
+from harbor_ops.site import model as m
+from harbor_ops.site.problems import PathResolver, Problems
 
 SECTIONS = ("harbor", "front", "logrotate", "backup", "agent", "install", "hosts")
 SECRET_SUFFIXES = ("_file", "_env")
-EXAMPLE = "examples/harborctl.yml"
-
-
-class Problems:
-    """Collects validation problems with their field paths."""
-
-    def __init__(self) -> None:
-        self.items: list[str] = []
-        self.warnings: list[str] = []
-
-    def add(self, path: str, message: str) -> None:
-        self.items.append(f"{path}: {message}")
-
-    def warn(self, path: str, message: str) -> None:
-        self.warnings.append(f"{path}: {message}")
+EXAMPLE = "site/example.yml"
 
 
 def example_text() -> str:
@@ -89,11 +76,9 @@ def validate(data: dict[str, Any], *, source: str, base_dir: Path,
         raise ConfigError(p.items, source=source)
     rel = _release(harbor.get("version"), version, p)
     harbor = {k: v for k, v in harbor.items() if k != "version"}
-    resolver = _PathResolver(base_dir)
+    resolver = PathResolver(base_dir)
     if rel is not None:
-        from harbor_ops import config_harbor
-
-        config_harbor.check_harbor(harbor, rel, p, resolver)
+        harbor_section.check_harbor(harbor, rel, p, resolver)
     front = _section(data, "front", _front, p, resolver)
     site = m.Site(
         release=rel or release("2.15.2"),
@@ -127,53 +112,11 @@ def _release(value: Any, override: str | None, p: Problems) -> Release | None:
         return None
 
 
-class _PathResolver:
-    """Resolves relative paths against the site file's folder."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-
-    def path(self, value: str) -> Path:
-        pth = Path(os.path.expanduser(str(value)))
-        return pth if pth.is_absolute() else (self.base / pth)
-
-    def absolutize_harbor(self, harbor: dict[str, Any]) -> dict[str, Any]:
-        out = copy.deepcopy(harbor)
-        for dotted in ("https.certificate", "https.private_key", "internal_tls.dir",
-                       "storage_service.ca_bundle", "uaa.ca_file",
-                       "external_redis.tlsOptions.rootCA"):
-            parent, _, leaf = dotted.rpartition(".")
-            node = _get(out, parent) if parent else out
-            if isinstance(node, dict) and isinstance(node.get(leaf), str):
-                node[leaf] = str(self.path(node[leaf]))
-        for node in _walk_dicts(out):
-            for key in list(node):
-                if key.endswith("_file") and isinstance(node[key], str):
-                    node[key] = str(self.path(node[key]))
-        return out
-
-
-def _get(d: dict[str, Any], dotted: str) -> Any:
-    node: Any = d
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _walk_dicts(d: dict[str, Any]):  # type: ignore[no-untyped-def]
-    yield d
-    for v in d.values():
-        if isinstance(v, dict):
-            yield from _walk_dicts(v)
-
-
-Builder = Callable[[dict[str, Any], Problems, _PathResolver], Any]
+Builder = Callable[[dict[str, Any], Problems, PathResolver], Any]
 
 
 def _section(data: dict[str, Any], name: str, build: Builder, p: Problems,
-             resolver: _PathResolver) -> Any:
+             resolver: PathResolver) -> Any:
     raw = data.get(name)
     if raw is None:
         return None
@@ -200,7 +143,7 @@ def _fields(raw: dict[str, Any], prefix: str, spec: dict[str, str], p: Problems)
     return out
 
 
-def _front(raw: dict[str, Any], p: Problems, r: _PathResolver) -> m.Front | None:
+def _front(raw: dict[str, Any], p: Problems, r: PathResolver) -> m.Front | None:
     f = _fields(raw, "front", {"listen": "listen", "server_name": "host", "upstream": "url",
                                "tls": "dict", "cache": "dict"}, p)
     for need in ("listen", "server_name", "upstream"):
@@ -230,7 +173,7 @@ def _front(raw: dict[str, Any], p: Problems, r: _PathResolver) -> m.Front | None
                    upstream=str(f["upstream"]), tls=tls, cache=cache)
 
 
-def _logrotate(raw: dict[str, Any], p: Problems, r: _PathResolver) -> m.Logrotate:
+def _logrotate(raw: dict[str, Any], p: Problems, r: PathResolver) -> m.Logrotate:
     f = _fields(raw, "logrotate", {"rotate": "posint", "max_size": "size",
                                    "max_age_days": "posint"}, p)
     return m.Logrotate(**f)
@@ -247,7 +190,7 @@ def _keep(raw: Any, prefix: str, p: Problems) -> m.Keep:
     return keep
 
 
-def _backup(raw: dict[str, Any], p: Problems, r: _PathResolver) -> m.Backup:
+def _backup(raw: dict[str, Any], p: Problems, r: PathResolver) -> m.Backup:
     f = _fields(raw, "backup", {"dir": "path", "at": "clock", "jitter_minutes": "count",
                                 "keep": "dict", "include_redis": "bool", "remote": "dict"}, p)
     remote = None
@@ -271,7 +214,7 @@ def _backup(raw: dict[str, Any], p: Problems, r: _PathResolver) -> m.Backup:
                     include_redis=bool(f.get("include_redis", False)), remote=remote)
 
 
-def _agent(raw: dict[str, Any], p: Problems, r: _PathResolver) -> m.Agent:
+def _agent(raw: dict[str, Any], p: Problems, r: PathResolver) -> m.Agent:
     f = _fields(raw, "agent", {"status_file": "path", "metrics_dir": "path", "bundle_dir": "path",
                                "drill_weekday": "weekday", "disk_threshold_percent": "percent"}, p)
     for k in ("status_file", "metrics_dir", "bundle_dir"):
@@ -280,7 +223,7 @@ def _agent(raw: dict[str, Any], p: Problems, r: _PathResolver) -> m.Agent:
     return m.Agent(**f)
 
 
-def _install(raw: dict[str, Any], p: Problems, r: _PathResolver) -> m.Install:
+def _install(raw: dict[str, Any], p: Problems, r: PathResolver) -> m.Install:
     f = _fields(raw, "install", {"dir": "path", "with_trivy": "bool", "bundle_dir": "path"}, p)
     for k in ("dir", "bundle_dir"):
         if k in f:
@@ -288,7 +231,7 @@ def _install(raw: dict[str, Any], p: Problems, r: _PathResolver) -> m.Install:
     return m.Install(**f)
 
 
-def _hosts(raw: Any, p: Problems, r: _PathResolver) -> tuple[m.HostEntry, ...]:
+def _hosts(raw: Any, p: Problems, r: PathResolver) -> tuple[m.HostEntry, ...]:
     if raw is None:
         return (m.HostEntry(name="localhost", connection="local"),)
     if not isinstance(raw, list) or not raw:

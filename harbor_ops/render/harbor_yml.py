@@ -2,7 +2,7 @@
 
 Why a builder instead of a hand-written template per release: what differs between
 releases (which keys exist, their defaults, renames, the old ``external_redis`` host/port
-split, ``_version``) is data in :mod:`harbor_ops.yml_schema`; this module only applies it.
+split, ``_version``) is data in :mod:`harbor_ops.releases.yml_schema`; this module only applies it.
 The result is an ordered mapping that ``templates/harbor.yml.j2`` prints with YAML-safe
 scalars, in the key order of Harbor's own template.
 """
@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from harbor_ops import yml_schema as schema
-from harbor_ops.errors import RenderError
-from harbor_ops.versions import Release
+from harbor_ops.core.errors import RenderError
+from harbor_ops.releases import yml_schema as schema
+from harbor_ops.releases.versions import Release
 
 VERSION_KEY = "_version"
 MASK = "<secret>"

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 
 from packaging.version import Version
 
-from harbor_ops.errors import UsageError
+from harbor_ops.core.errors import UsageError
 
 CHUNK = 1 << 20
 REQUIRED = ("harbor/install.sh", "harbor/prepare", "harbor/common.sh", "harbor/harbor.yml.tmpl",

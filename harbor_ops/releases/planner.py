@@ -1,6 +1,6 @@
 """The upgrade planner: (current, data layout, target, bundles) -> hops, or a refusal.
 
-Pure functions over :mod:`harbor_ops.versions` (no I/O), so the CLI, the agent and
+Pure functions over :mod:`harbor_ops.releases.versions` (no I/O), so the CLI, the agent and
 ``upgrade apply`` all get the same answer. A hop A -> B is allowed only when BOTH hold:
 
 1. Harbor's support policy and the target's upgrade guide admit it: B is at most two
@@ -23,10 +23,10 @@ from typing import Any
 
 from packaging.version import Version
 
-from harbor_ops import versions as hv
-from harbor_ops import yml_schema
-from harbor_ops.errors import UpgradePathError, UsageError
-from harbor_ops.versions import Release
+from harbor_ops.core.errors import UpgradePathError, UsageError
+from harbor_ops.releases import versions as hv
+from harbor_ops.releases import yml_schema
+from harbor_ops.releases.versions import Release
 
 # Policy (RELEASES.md): "Harbor only supports two previous minor releases to upgrade to".
 MAX_MINORS_PER_HOP = 2

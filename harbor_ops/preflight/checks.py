@@ -2,7 +2,7 @@
 host's probe facts, the inspected bundle) returning :class:`CheckResult` s.
 
 They are pure (no I/O beyond reading the controller's certificate files), so each is
-unit-tested over recorded probe facts; :mod:`harbor_ops.preflight` runs them per host,
+unit-tested over recorded probe facts; :mod:`harbor_ops.preflight.run` runs them per host,
 applies ``--skip`` and builds the report. Why each threshold is what it is lives with it.
 """
 
@@ -15,13 +15,14 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
-from harbor_ops import bundle as bundle_mod
-from harbor_ops import certs, facts, planner
-from harbor_ops import versions as hv
-from harbor_ops.checks import is_hostname
-from harbor_ops.errors import UpgradePathError, UsageError
-from harbor_ops.site_model import Site
-from harbor_ops.versions import Release
+from harbor_ops.core.errors import UpgradePathError, UsageError
+from harbor_ops.hosts import certs, facts
+from harbor_ops.releases import bundle as bundle_mod
+from harbor_ops.releases import planner
+from harbor_ops.releases import versions as hv
+from harbor_ops.releases.versions import Release
+from harbor_ops.site.checks import is_hostname
+from harbor_ops.site.model import Site
 
 VERDICTS = ("pass", "warn", "fail", "skip")
 MEM_SLACK = 0.9  # MemTotal of a "4 GB" machine is ~3.8 GiB (kernel reserves the rest)

@@ -5,7 +5,7 @@ location, install dir, site path), so they are rendered from one context, all va
 BEFORE anything is replaced (nginx -t, logrotate -d, systemd-analyze verify, our own
 harbor.yml round-trip), then staged next to their targets and renamed into place. A failed
 validator or a failed write leaves the output folder exactly as it was. Templates ship in
-the wheel under ``harbor_ops/templates`` and are read through importlib.resources.
+the top-level ``templates/`` folder (inside the package in a wheel), found by core.assets.
 """
 
 from __future__ import annotations
@@ -17,18 +17,18 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import jinja2
 
-from harbor_ops import render_checks
-from harbor_ops import render_harbor_yml as hyml
-from harbor_ops.errors import RenderError
-from harbor_ops.site_model import Site
-from harbor_ops.versions import Release, latest_patch, minors, release
+from harbor_ops.core.assets import shipped_dir
+from harbor_ops.core.errors import RenderError
+from harbor_ops.releases.versions import Release, latest_patch, minors, release
+from harbor_ops.render import harbor_yml as hyml
+from harbor_ops.render import validate as render_checks
+from harbor_ops.site.model import Site
 
 # output path -> (template, file mode). harbor.yml holds secrets: 0600.
 FILES: dict[str, tuple[str, int]] = {
@@ -100,7 +100,7 @@ class RenderResult:
 
 
 def _template_source(name: str) -> tuple[str, str, Any]:
-    text = (resources.files("harbor_ops") / "templates" / name).read_text(encoding="utf-8")
+    text = (shipped_dir("templates") / name).read_text(encoding="utf-8")
     return text, name, lambda: True
 
 
@@ -201,7 +201,7 @@ def render_all_versions(site: Site, *, harbor_values: dict[str, Any] | None = No
                         options: RenderOptions | None = None) -> dict[str, dict[str, str]]:
     """Texts for the latest patch of every minor line (or ``releases``): the benchmark path."""
     if harbor_values is None:
-        from harbor_ops.config import resolve_secrets
+        from harbor_ops.site.load import resolve_secrets
         harbor_values = resolve_secrets(site)
     chosen = list(releases) if releases is not None else [latest_patch(m) for m in minors()]
     return {str(r.version): render_texts(site, harbor_values=harbor_values, rel=r,
@@ -215,12 +215,12 @@ def render_site(site: Site, *, output_dir: Path, version: str | None = None,
     """Render, validate and (unless ``dry_run``) atomically write every file.
 
     ``harbor_values`` (the harbor mapping with secrets resolved) defaults to
-    :func:`harbor_ops.config.resolve_secrets` of the site.
+    :func:`harbor_ops.site.load.resolve_secrets` of the site.
     """
     rel = release(version, field="--harbor-version") if version else site.release
     options = options or RenderOptions()
     if harbor_values is None:
-        from harbor_ops.config import resolve_secrets
+        from harbor_ops.site.load import resolve_secrets
         harbor_values = resolve_secrets(site)
     doc, texts = _render(site, harbor_values, rel, options)
     result = RenderResult(version=str(rel.version), output_dir=Path(output_dir), dry_run=dry_run)

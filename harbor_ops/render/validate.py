@@ -27,8 +27,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from harbor_ops.errors import RenderError
-from harbor_ops.site_model import FrontTLS, Site
+from harbor_ops.core.errors import RenderError
+from harbor_ops.site.model import FrontTLS, Site
 
 TOOL_TIMEOUT = 60
 _EXTRA_PATH = ("/usr/sbin", "/sbin", "/usr/local/sbin")

@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harbor_ops.checks import size_bytes
-from harbor_ops.errors import BackupError, HarborctlError, HealthError
-from harbor_ops.site_model import Site
+from harbor_ops.core.errors import BackupError, HarborctlError, HealthError
+from harbor_ops.site.checks import size_bytes
+from harbor_ops.site.model import Site
 
 HEALTH_TIMEOUT = 10.0
 BACKUP_ATTEMPTS = 3
@@ -97,7 +97,7 @@ def disk_and_logs(site: Site) -> dict[str, Any]:
 
 def upgrade_check(site: Site) -> dict[str, Any]:
     """Is this release still supported; which bundles on disk are reachable, by which path."""
-    from harbor_ops import planner, versions
+    from harbor_ops.releases import planner, versions
 
     current = site.release
     supported = current.minor in versions.supported_minors()

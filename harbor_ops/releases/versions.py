@@ -14,7 +14,7 @@ from functools import cache
 
 from packaging.version import InvalidVersion, Version
 
-from harbor_ops.errors import UsageError
+from harbor_ops.core.errors import UsageError
 
 # §1: every GA patch per minor line.
 _PATCHES: dict[str, int] = {

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harbor_ops import ansible_runner as runner
-from harbor_ops.errors import HealthError, PreflightFailed, RemoteError, UsageError
-from harbor_ops.lock import job_lock
-from harbor_ops.site_model import Site
+from harbor_ops.core.errors import HealthError, PreflightFailed, RemoteError, UsageError
+from harbor_ops.core.lock import job_lock
+from harbor_ops.hosts import playbook as runner
+from harbor_ops.site.model import Site
 
 if TYPE_CHECKING:
-    from harbor_ops.preflight import PreflightReport
+    from harbor_ops.preflight.run import PreflightReport
 
 PLAYBOOK = "install.yml"
 HEALTH_TASK = "Fail naming the components that are not healthy"
@@ -133,7 +133,7 @@ def install(site: Site, *, bundle: Path, inventory: Path | None = None, check: b
             log_dir: Path, forks: int | None = None, ssh_config: Path | None = None,
             timeout: float = 3600) -> InstallResult:
     """Install (or, with ``check``, dry-run) Harbor from ``bundle`` on the site's hosts."""
-    from harbor_ops.preflight import run_preflight
+    from harbor_ops.preflight.run import run_preflight
 
     bundle = Path(bundle).resolve()
     if not bundle.is_file():
@@ -170,7 +170,7 @@ def _render_and_run(site: Site, *, bundle: Path, inventory: Path | None, check: 
                     output_path: Path, progress: Callable[[str], None],
                     timeout: float) -> runner.PlaybookOutcome:
     """Render into a private staging folder, run the playbook, delete the staging folder."""
-    from harbor_ops.render import render_site
+    from harbor_ops.render.engine import render_site
 
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX))  # 0700: harbor.yml has secrets
     try:

@@ -4,7 +4,7 @@ Why split in two: :func:`build_command` decides everything that matters for safe
 secret on the command line, the extra-vars file 0600, check mode, which inventory) and is
 tested without running Ansible; :func:`run_playbook` only executes it and turns the
 ``harborctl_events`` callback's JSON lines into one progress line per task and host.
-The playbooks and the callback plugin ship in the wheel (importlib.resources).
+The playbooks and the callback plugin ship in the wheel (core.assets finds them).
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import IO, Any
 
 import yaml
 
-from harbor_ops.errors import RemoteError
-from harbor_ops.site_model import HostEntry
+from harbor_ops.core.assets import shipped_dir
+from harbor_ops.core.errors import RemoteError
+from harbor_ops.site.model import HostEntry
 
 CALLBACK = "harborctl_events"
 EVENTS_FD_ENV = "HARBORCTL_EVENTS_FD"
@@ -38,8 +38,8 @@ REMOTE_PYTHON = "/usr/bin/python3"
 
 
 def playbook_dir() -> Path:
-    """The folder holding install.yml, roles/ and callback_plugins/ (inside the package)."""
-    return Path(str(resources.files("harbor_ops").joinpath("playbooks")))
+    """The folder holding the playbooks, roles/ and callback_plugins/."""
+    return shipped_dir("playbooks")
 
 
 def playbook_path(name: str) -> Path:

@@ -1,6 +1,6 @@
 """Preflight: named, individually skippable checks before anything on a host changes.
 
-Each check (in :mod:`harbor_ops.preflight_checks`) is a small function of a
+Each check (in :mod:`harbor_ops.preflight.checks`) is a small function of a
 :class:`Context` (the site, one host's probe facts, the inspected bundle) returning
 :class:`CheckResult` s with a verdict, the reason in numbers and how to fix it; this module
 runs them per host and builds the report. They cover what Harbor's install.sh misses
@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harbor_ops import bundle as bundle_mod
-from harbor_ops import facts
-from harbor_ops.errors import UsageError
-from harbor_ops.facts import hosts_from_inventory
-from harbor_ops.preflight_checks import (
+from harbor_ops.core.errors import UsageError
+from harbor_ops.hosts import facts
+from harbor_ops.hosts.facts import hosts_from_inventory
+from harbor_ops.preflight.checks import (
     BACKUP_FACTOR,
     BUNDLE_UNPACK_FACTOR,
     GIB,
@@ -51,10 +50,11 @@ from harbor_ops.preflight_checks import (
     installed_version,
     wanted_ports,
 )
-from harbor_ops.site_model import HostEntry, Site
+from harbor_ops.releases import bundle as bundle_mod
+from harbor_ops.site.model import HostEntry, Site
 
 # The checks and the inventory reader live in preflight_checks and facts; they are
-# re-exported here because callers know them as harbor_ops.preflight.<name>.
+# re-exported here because callers know them as harbor_ops.preflight.run.<name>.
 __all__ = [
     "BACKUP_FACTOR", "BUNDLE_UNPACK_FACTOR", "CHECKS", "CONTROLLER_CHECKS", "GIB",
     "HARBOR_CONTAINERS", "HOST_CHECKS", "MEM_SLACK", "VERDICTS", "CheckResult", "Context",

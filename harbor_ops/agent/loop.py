@@ -1,6 +1,6 @@
 """The scheduled agent: nightly backup, weekly restore drill, checks, status and metrics.
 
-It calls the same core functions as the CLI (:mod:`harbor_ops.agent_jobs`). One instance
+It calls the same core functions as the CLI (:mod:`harbor_ops.agent.jobs`). One instance
 runs at a time (an flock on ``<status file>.lock``). ``run_forever`` sleeps until the
 next job is due (``schedule.idle_seconds``) instead of polling; SIGTERM lets the running
 job finish, then exits. ``run_once`` is the timer/cron tick: it runs what is due
@@ -23,9 +23,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from harbor_ops.errors import HarborctlError, LockHeld
-from harbor_ops.fsutil import atomic_write
-from harbor_ops.site_model import Site
+from harbor_ops.core.errors import HarborctlError, LockHeld
+from harbor_ops.core.fsutil import atomic_write
+from harbor_ops.site.model import Site
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
@@ -164,7 +164,7 @@ class Agent:
     """Runs jobs, records their outcome in the status file and the metrics file."""
 
     def __init__(self, site: Site, jobs: dict[str, Job] | None = None) -> None:
-        from harbor_ops import agent_jobs
+        from harbor_ops.agent import jobs as agent_jobs
 
         self.site = site
         self.jobs = jobs if jobs is not None else agent_jobs.JOBS
@@ -246,7 +246,7 @@ def run_forever(site: Site, *, max_seconds: float | None = None,
 
     with single_instance(site.agent.status_file):
         agent = Agent(site)
-        from harbor_ops import agent_jobs
+        from harbor_ops.agent import jobs as agent_jobs
 
         def stop(*_: object) -> None:
             agent.stopping.set()

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from harbor_ops.errors import LockHeld
+from harbor_ops.core.errors import LockHeld
 
 DEFAULT_LOCK_PATH = Path("/run/harborctl.lock")
 LOCK_ENV = "HARBORCTL_LOCK_FILE"

@@ -6,10 +6,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from harbor_ops.config import example_text, load_site_text
-from harbor_ops.errors import UsageError
-from harbor_ops.fsutil import atomic_write
-from harbor_ops.versions import release
+from harbor_ops.core.errors import UsageError
+from harbor_ops.core.fsutil import atomic_write
+from harbor_ops.releases.versions import release
+from harbor_ops.site.load import example_text, load_site_text
 
 
 @dataclass(frozen=True)

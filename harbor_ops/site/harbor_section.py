@@ -1,7 +1,7 @@
 """Validation of the site file's ``harbor:`` section against one Harbor release.
 
 The section uses harbor.yml's own (newest) key names. Every key is checked against
-the key table in :mod:`harbor_ops.yml_schema` for THIS release, then the rules that
+the key table in :mod:`harbor_ops.releases.yml_schema` for THIS release, then the rules that
 Harbor's ``prepare`` applies (reference/harbor-facts.md §2.5, §7) and the ones it
 should apply but does not (localhost, missing files, clashing ports).
 """
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from harbor_ops import checks
-from harbor_ops import yml_schema as schema
-from harbor_ops.versions import Release
+from harbor_ops.releases import yml_schema as schema
+from harbor_ops.releases.versions import Release
+from harbor_ops.site import checks
 
 if TYPE_CHECKING:
-    from harbor_ops.config import Problems, _PathResolver
+    from harbor_ops.site.problems import PathResolver, Problems
 
 PLACEHOLDER_PATHS = ("/your/certificate/path", "/your/private/key/path")
 
@@ -24,7 +24,7 @@ def _known_paths() -> list[str]:
     return sorted({k.path for k in schema.KEYS} | schema.group_prefixes())
 
 
-def check_harbor(harbor: dict[str, Any], rel: Release, p: Problems, r: _PathResolver) -> None:
+def check_harbor(harbor: dict[str, Any], rel: Release, p: Problems, r: PathResolver) -> None:
     _walk(harbor, "", rel, p, r)
     _check_hostname(harbor, p)
     _check_secrets_present(harbor, p)
@@ -49,7 +49,7 @@ def _secret_base(path: str) -> str | None:
     return None
 
 
-def _walk(node: dict[str, Any], prefix: str, rel: Release, p: Problems, r: _PathResolver) -> None:
+def _walk(node: dict[str, Any], prefix: str, rel: Release, p: Problems, r: PathResolver) -> None:
     groups = schema.group_prefixes()
     for key, value in node.items():
         path = f"{prefix}{key}"
@@ -123,7 +123,7 @@ def _check_leaf(spec: schema.Key, path: str, value: Any, rel: Release, p: Proble
 
 
 def _check_secret_ref(path: str, base: str, value: Any, node: dict[str, Any], p: Problems,
-                      r: _PathResolver) -> None:
+                      r: PathResolver) -> None:
     leaf = base.rsplit(".", 1)[-1]
     given = [k for k in (leaf, f"{leaf}_file", f"{leaf}_env") if k in node]
     if len(given) > 1 and path.endswith(given[-1]):
@@ -138,7 +138,7 @@ def _check_secret_ref(path: str, base: str, value: Any, node: dict[str, Any], p:
 
 
 def _check_driver(driver: str, settings: Any, rel: Release, p: Problems,
-                  r: _PathResolver) -> None:
+                  r: PathResolver) -> None:
     path = f"storage_service.{driver}"
     required, optional = schema.STORAGE_DRIVERS[driver]
     if driver != "filesystem" and not settings:
@@ -191,7 +191,7 @@ def _check_secrets_present(h: dict[str, Any], p: Problems) -> None:
               "database.password_env")
 
 
-def _check_https(h: dict[str, Any], p: Problems, r: _PathResolver) -> None:
+def _check_https(h: dict[str, Any], p: Problems, r: PathResolver) -> None:
     https = h.get("https")
     if https is None:
         return

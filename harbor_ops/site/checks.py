@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 if TYPE_CHECKING:
-    from harbor_ops.config import Problems
-    from harbor_ops.site_model import Site
+    from harbor_ops.site.model import Site
+    from harbor_ops.site.problems import Problems
 
 _SIZE = re.compile(r"^[0-9]+[kKmMgG]?$")
 _GO_DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$")

@@ -1,9 +1,9 @@
 """The validated site file, as plain frozen dataclasses.
 
-:func:`harbor_ops.config.load_site` builds a :class:`Site`; everything else reads it.
+:func:`harbor_ops.site.load.load_site` builds a :class:`Site`; everything else reads it.
 The ``harbor`` mapping keeps harbor.yml's own (newest) key names; secrets stay
 unresolved there (``password_file`` / ``password_env`` siblings) until
-:func:`harbor_ops.config.resolve_secrets` is called by the one step that writes them.
+:func:`harbor_ops.site.load.resolve_secrets` is called by the one step that writes them.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harbor_ops.versions import Release
+from harbor_ops.releases.versions import Release
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ from typing import Any
 
 import paramiko
 
-from harbor_ops.errors import UsageError
-from harbor_ops.site_model import HostEntry
+from harbor_ops.core.errors import UsageError
+from harbor_ops.site.model import HostEntry
 
 CONNECT_TIMEOUT = 10.0
 PROBE_TIMEOUT = 180.0
