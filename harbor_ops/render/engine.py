@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
@@ -25,6 +23,7 @@ import jinja2
 
 from harbor_ops.core.assets import shipped_dir
 from harbor_ops.core.errors import RenderError
+from harbor_ops.core.fsutil import atomic_write_all
 from harbor_ops.releases.versions import Release, latest_patch, minors, release
 from harbor_ops.render import harbor_yml as hyml
 from harbor_ops.render import validate as render_checks
@@ -283,45 +282,10 @@ def _diff(old: str, new: str, name: str, *, secrets: bool, created: bool = False
 
 
 def write_files(planned: list[tuple[Path, str, int]]) -> None:
-    """All-or-nothing as far as a filesystem allows: stage every file (written and fsynced
-    beside its target) first; only when all are staged, keep each old file as
-    ``<name>.prev`` and rename the new one into place."""
-    staged: list[tuple[Path, str]] = []
+    """All-or-nothing as far as a filesystem allows (core.fsutil.atomic_write_all): every
+    file is staged before any is replaced, and each replaced one is kept as ``<name>.prev``."""
     try:
-        for target, text, mode in planned:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
-                                       dir=target.parent)
-            staged.append((target, tmp))
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(text.encode("utf-8"))
-                fh.flush()
-                os.fsync(fh.fileno())
+        atomic_write_all(planned, keep_previous=True)
     except OSError as exc:
-        for _, tmp in staged:
-            Path(tmp).unlink(missing_ok=True)
         raise RenderError(f"cannot write {exc.filename or 'output'}: {exc.strerror}",
                           hint="nothing was replaced") from None
-    for target, tmp in staged:
-        if target.exists():
-            _keep_previous(target)
-        os.replace(tmp, target)
-    for folder in {t.parent for t, _ in staged}:
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def _keep_previous(target: Path) -> None:
-    prev = target.with_name(target.name + ".prev")
-    tmp = target.with_name(f".{target.name}.prev.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(target, tmp)  # the old inode, with its mode: no copy, no window
-    except OSError:
-        shutil.copy2(target, tmp)
-    os.replace(tmp, prev)
-
