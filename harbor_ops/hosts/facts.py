@@ -22,100 +22,19 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import paramiko
 
 from harbor_ops.core.errors import UsageError
+from harbor_ops.hosts import probe
 from harbor_ops.site.model import HostEntry
 
 CONNECT_TIMEOUT = 10.0
 PROBE_TIMEOUT = 180.0
 
-PROBE = r'''
-import json, os, re, subprocess
-A = json.loads(ARGS)
-OUT = {"probe": 1}
-
-def run(argv, timeout=20):
-    try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-        return {"rc": p.returncode, "out": p.stdout.strip(), "err": p.stderr.strip()[-400:]}
-    except FileNotFoundError:
-        return {"rc": 127, "out": "", "err": "not found"}
-    except subprocess.TimeoutExpired:
-        return {"rc": 124, "out": "", "err": "timed out after %ss" % timeout}
-
-def read(path):
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return None
-
-OUT["hostname"] = os.uname()[1]
-try:
-    OUT["nproc"] = len(os.sched_getaffinity(0))
-except AttributeError:
-    OUT["nproc"] = os.cpu_count()
-m = re.search(r"^MemTotal:\s+(\d+) kB", read("/proc/meminfo") or "", re.M)
-OUT["mem_total_kb"] = int(m.group(1)) if m else None
-
-p = A["data_volume"]
-while not os.path.exists(p):
-    p = os.path.dirname(p) or "/"
-st = os.statvfs(p)
-OUT["disk"] = {"path": p, "free": st.f_bavail * st.f_frsize, "total": st.f_blocks * st.f_frsize}
-
-db = os.path.join(A["data_volume"], "database")
-info = {"path": db, "exists": os.path.isdir(db), "entries": [], "pg_dirs": [],
-        "root_pg_version": False, "size": 0, "readable": True}
-if info["exists"]:
-    try:
-        info["entries"] = sorted(os.listdir(db))
-    except OSError:
-        info["readable"] = False
-    info["root_pg_version"] = os.path.isfile(os.path.join(db, "PG_VERSION"))
-    info["pg_dirs"] = [e for e in info["entries"] if re.match(r"^pg\d+$", e)
-                       and os.path.isfile(os.path.join(db, e, "PG_VERSION"))]
-    for root, dirs, files in os.walk(db, onerror=lambda e: info.__setitem__("readable", False)):
-        for f in files:
-            try:
-                info["size"] += os.lstat(os.path.join(root, f)).st_blocks * 512
-            except OSError:
-                pass
-OUT["database"] = info
-
-OUT["docker"] = run(["docker", "version", "--format", "{{.Server.Version}}"])
-OUT["compose_v2"] = run(["docker", "compose", "version", "--short"])
-OUT["compose_v1"] = run(["docker-compose", "version", "--short"])
-OUT["ss"] = run(["ss", "-ltnpH"])
-OUT["proc_net_tcp"] = (read("/proc/net/tcp") or "") + (read("/proc/net/tcp6") or "")
-OUT["getent"] = run(["getent", "hosts", A["hostname"]]) if A["hostname"] else None
-OUT["containers"] = None
-if OUT["docker"]["rc"] == 0:
-    ps = run(["docker", "ps", "--format", "{{.Names}}\t{{.Image}}\t{{.Ports}}"])
-    OUT["containers"] = ps["out"] if ps["rc"] == 0 else None
-    if OUT["containers"] and re.search(r"^harbor-db\t", OUT["containers"], re.M):
-        OUT["schema"] = run(["docker", "exec", "harbor-db", "psql", "-U", "postgres", "-d",
-                             "registry", "-tAc", "select version, dirty from schema_migrations"])
-inst = A["install_dir"]
-try:
-    OUT["install_entries"] = sorted(os.listdir(inst))
-except OSError:
-    OUT["install_entries"] = []
-cur = os.path.join(inst, "current")
-OUT["install_current"] = os.path.basename(os.path.realpath(cur)) if os.path.islink(cur) else None
-nginx = []
-for d in ("/etc/nginx/conf.d", "/etc/nginx/sites-enabled"):
-    try:
-        nginx += [os.path.join(d, n) for n in os.listdir(d) if "harbor" in n]
-    except OSError:
-        pass
-OUT["nginx_harbor_confs"] = nginx
-print(json.dumps(OUT))
-'''
 
 
 @dataclass
@@ -147,9 +66,15 @@ class Container:
 
 
 def probe_source(*, data_volume: str, hostname: str, install_dir: str) -> str:
+    """The probe module's text plus the call that runs it: what ``python3 -`` reads."""
     args = json.dumps({"data_volume": data_volume, "hostname": hostname,
                        "install_dir": install_dir})
-    return f"ARGS = {args!r}\n{PROBE}"
+    return f"{_probe_text()}\nmain({args!r})\n"
+
+
+@cache
+def _probe_text() -> str:
+    return Path(probe.__file__).read_text(encoding="utf-8")
 
 
 def gather(entry: HostEntry, *, data_volume: str, hostname: str, install_dir: str,

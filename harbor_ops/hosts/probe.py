@@ -1,0 +1,133 @@
+"""The fact probe that preflight runs ON each target host; prints one JSON object.
+
+Why a module of its own: it is not imported for its functions on the controller. Its source
+text is sent to the host and run by ``python3 -`` (:func:`harbor_ops.hosts.facts.probe_source`
+appends the ``main(...)`` call with the arguments), over one SSH channel or locally, so nothing
+is left behind on the host. Hence the rules: standard library only, Python 3.7+ (what a
+managed host may have), no import of harbor_ops, and no parsing: it collects raw text
+(``ss``, ``/proc/net/tcp``, ``docker ps``) and facts.py parses it, testably, on the controller.
+It lives in the package so it is linted and type-checked like the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import subprocess
+from typing import Any
+
+
+def run(argv: list[str], timeout: int = 20) -> dict[str, Any]:
+    """A command's exit code, stdout and the tail of stderr; never raises."""
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        return {"rc": p.returncode, "out": p.stdout.strip(), "err": p.stderr.strip()[-400:]}
+    except FileNotFoundError:
+        return {"rc": 127, "out": "", "err": "not found"}
+    except subprocess.TimeoutExpired:
+        return {"rc": 124, "out": "", "err": f"timed out after {timeout}s"}
+
+
+def read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def machine(data_volume: str) -> dict[str, Any]:
+    """CPU count, memory, and the free space where the data volume is (or will be)."""
+    try:
+        nproc: int | None = len(os.sched_getaffinity(0))
+    except AttributeError:
+        nproc = os.cpu_count()
+    m = re.search(r"^MemTotal:\s+(\d+) kB", read("/proc/meminfo") or "", re.M)
+    p = data_volume
+    while not os.path.exists(p):
+        p = os.path.dirname(p) or "/"
+    st = os.statvfs(p)
+    return {"hostname": os.uname()[1], "nproc": nproc,
+            "mem_total_kb": int(m.group(1)) if m else None,
+            "disk": {"path": p, "free": st.f_bavail * st.f_frsize,
+                     "total": st.f_blocks * st.f_frsize}}
+
+
+def database(data_volume: str) -> dict[str, Any]:
+    """The layout of <data_volume>/database: which PostgreSQL data directories are there."""
+    db = os.path.join(data_volume, "database")
+    info: dict[str, Any] = {"path": db, "exists": os.path.isdir(db), "entries": [],
+                            "pg_dirs": [], "root_pg_version": False, "size": 0,
+                            "readable": True}
+    if not info["exists"]:
+        return info
+    try:
+        info["entries"] = sorted(os.listdir(db))
+    except OSError:
+        info["readable"] = False
+    info["root_pg_version"] = os.path.isfile(os.path.join(db, "PG_VERSION"))
+    info["pg_dirs"] = [e for e in info["entries"] if re.match(r"^pg\d+$", e)
+                       and os.path.isfile(os.path.join(db, e, "PG_VERSION"))]
+
+    def unreadable(_: OSError) -> None:
+        info["readable"] = False
+
+    for root, _dirs, files in os.walk(db, onerror=unreadable):
+        for name in files:
+            with contextlib.suppress(OSError):
+                info["size"] += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return info
+
+
+def docker() -> dict[str, Any]:
+    """Docker and Compose versions, the running containers, Harbor's schema version."""
+    out: dict[str, Any] = {
+        "docker": run(["docker", "version", "--format", "{{.Server.Version}}"]),
+        "compose_v2": run(["docker", "compose", "version", "--short"]),
+        "compose_v1": run(["docker-compose", "version", "--short"]),
+        "containers": None,
+    }
+    if out["docker"]["rc"] != 0:
+        return out
+    ps = run(["docker", "ps", "--format", "{{.Names}}\t{{.Image}}\t{{.Ports}}"])
+    out["containers"] = ps["out"] if ps["rc"] == 0 else None
+    if out["containers"] and re.search(r"^harbor-db\t", out["containers"], re.M):
+        out["schema"] = run(["docker", "exec", "harbor-db", "psql", "-U", "postgres", "-d",
+                             "registry", "-tAc", "select version, dirty from schema_migrations"])
+    return out
+
+
+def installs(install_dir: str) -> dict[str, Any]:
+    """What an earlier install left: the install folder and Nginx files naming Harbor."""
+    try:
+        entries = sorted(os.listdir(install_dir))
+    except OSError:
+        entries = []
+    cur = os.path.join(install_dir, "current")
+    nginx: list[str] = []
+    for d in ("/etc/nginx/conf.d", "/etc/nginx/sites-enabled"):
+        with contextlib.suppress(OSError):
+            nginx += [os.path.join(d, n) for n in os.listdir(d) if "harbor" in n]
+    return {"install_entries": entries,
+            "install_current": (os.path.basename(os.path.realpath(cur))
+                                if os.path.islink(cur) else None),
+            "nginx_harbor_confs": nginx}
+
+
+def collect(args: dict[str, Any]) -> dict[str, Any]:
+    """Every fact preflight reads, keyed as facts.py and the checks expect them."""
+    out: dict[str, Any] = {"probe": 1, **machine(args["data_volume"])}
+    out["database"] = database(args["data_volume"])
+    out.update(docker())
+    out["ss"] = run(["ss", "-ltnpH"])
+    out["proc_net_tcp"] = (read("/proc/net/tcp") or "") + (read("/proc/net/tcp6") or "")
+    out["getent"] = run(["getent", "hosts", args["hostname"]]) if args["hostname"] else None
+    out.update(installs(args["install_dir"]))
+    return out
+
+
+def main(args_json: str) -> None:
+    """Entry point of the sent script: the caller appends ``main('<json>')``."""
+    print(json.dumps(collect(json.loads(args_json))))
