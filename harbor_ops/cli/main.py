@@ -68,7 +68,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
     Exit codes: 0 ok, 1 unexpected error, 2 invalid input, 3 refused upgrade,
     4 preflight failed, 5 render failed, 6 remote failure, 7 busy (lock held),
-    8 backup failed, 9 unhealthy, 10 aborted.
+    8 backup failed, 9 unhealthy, 10 aborted, 11 upgrade rolled back,
+    12 rollback failed (a person is needed).
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug

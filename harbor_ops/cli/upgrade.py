@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from harbor_ops.cli.options import config_option, emit, output_option
+from harbor_ops.cli.options import config_option, dry_run_option, emit, output_option
 from harbor_ops.core.errors import UsageError
 from harbor_ops.releases import planner
 from harbor_ops.releases.versions import LAYOUTS
+from harbor_ops.upgrade.steps import HOP_STEPS
+
+if TYPE_CHECKING:
+    from harbor_ops.upgrade.apply import ApplyResult, HostOutcome, Options
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -38,10 +43,7 @@ class ByteSize(click.ParamType):
 
 @click.group("upgrade")
 def upgrade_group() -> None:
-    """Plan upgrades along the only safe path (and, later, apply them)."""
-
-
-# `upgrade apply` is registered on this group, after `plan`, by the change that adds it.
+    """Plan upgrades along the only safe path, apply them with rollback, show where they are."""
 
 
 @upgrade_group.command("plan")
@@ -75,6 +77,93 @@ def _site_version(config: Path) -> str:
         raise UsageError(f"--from is required: no site file {config} to read harbor.version "
                          "from", hint="pass --from X.Y.Z or -c SITE")
     return str(load_site(config).release.version)
+
+
+_SSH_CONFIG_HELP = "An ssh client config for the hosts (e.g. a test bed's); default: ~/.ssh/config."
+
+
+def _options(bundle_dir: Path | None, ssh_config: Path | None, log_dir: Path | None,
+             backup_dir: Path | None, health_retries: int = 60) -> Options:
+    from harbor_ops.install.run import default_log_dir
+    from harbor_ops.upgrade.apply import Options
+
+    logs = log_dir or default_log_dir()
+    return Options(bundle_dir=bundle_dir, ssh_config=ssh_config, log_dir=logs,
+                   backup_dir=backup_dir or logs.parent / "upgrade-backups",
+                   health_retries=health_retries)
+
+
+def _host_options(f):  # type: ignore[no-untyped-def]
+    f = click.option("--host", "host", metavar="NAME", default=None,
+                     help="Only this host of the site file (default: all, one at a time).")(f)
+    f = click.option("--ssh-config", type=click.Path(exists=True, dir_okay=False,
+                                                     path_type=Path),
+                     default=None, help=_SSH_CONFIG_HELP)(f)
+    return f
+
+
+@upgrade_group.command("apply")
+@click.option("--to", "to", metavar="X.Y.Z", default=None,
+              help="Must equal harbor.version of the site file (the target).")
+@config_option
+@_host_options
+@click.option("--bundle-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder with harbor-offline-installer-vX.Y.Z.tgz for every stop.")
+@click.option("--backup-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the per-hop verified backups go on this machine "
+                   "(default: beside the logs, upgrade-backups/<host>).")
+@click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the full Ansible logs (default: ~/.local/state/harborctl/logs).")
+@click.option("--health-retries", type=click.IntRange(1, 720), default=60, show_default=True,
+              help="Health-gate attempts, 5 s apart, after each start.")
+@dry_run_option
+@click.option("--yes", is_flag=True, help="Do not ask before the first downtime.")
+@output_option
+def apply_cmd(to: str | None, config: Path, host: str | None, ssh_config: Path | None,
+              bundle_dir: Path | None, backup_dir: Path | None, log_dir: Path | None,
+              health_retries: int, dry_run: bool, yes: bool, output: str) -> None:
+    """Upgrade every host (or --host) to harbor.version of the site file, hop by hop.
+
+    Refuses before anything changes; per hop: verified backup, images loaded while the
+    old release serves, a short downtime window, a health gate, and an automatic rollback
+    of version AND data on failure. Exit 11: a hop failed and the host was rolled back;
+    exit 12: the rollback failed (a person is needed). Safe to run again after a crash.
+    """
+    from harbor_ops.site.load import load_site
+    from harbor_ops.upgrade.apply import apply
+
+    site = load_site(config)
+    opts = _options(bundle_dir, ssh_config, log_dir, backup_dir, health_retries)
+    if not dry_run and not yes:
+        plan = apply(site, to=to, host=host, opts=opts, dry_run=True)
+        if plan.error is not None:
+            emit(plan, output, format_apply)
+            raise plan.error
+        if output == "text":
+            click.echo(format_apply(plan), err=True)
+        if not [o for o in plan.hosts if o.outcome != "up_to_date"]:
+            emit(plan, output, format_apply)
+            return
+        click.confirm("Harbor will be stopped for each hop; continue?", abort=True, err=True)
+    result = apply(site, to=to, host=host, opts=opts, dry_run=dry_run,
+                   progress=lambda line: click.echo(line, err=True))
+    emit(result, output, format_apply)
+    if result.error is not None:
+        raise result.error
+
+
+@upgrade_group.command("status")
+@config_option
+@_host_options
+@output_option
+def status_cmd(config: Path, host: str | None, ssh_config: Path | None, output: str) -> None:
+    """Where each host stands: installed release, data layout, the last run's hop and step."""
+    from harbor_ops.site.load import load_site
+    from harbor_ops.upgrade.apply import status
+
+    site = load_site(config)
+    emit(status(site, host=host, opts=_options(None, ssh_config, None, None)), output,
+         format_apply)
 
 
 @click.command("versions")
@@ -178,3 +267,45 @@ def format_overview(ov: planner.ReleaseOverview) -> str:
             "UPGRADE FROM rule and a DB layout the target uses or converts: see "
             "`harborctl upgrade plan`."]
     return "\n".join(out)
+
+
+def format_apply(result: ApplyResult) -> str:
+    head = "Harbor upgrade " + ("plan (nothing changed)" if result.dry_run else "apply")
+    lines = [f"{head}: target {result.target}"]
+    for o in result.hosts:
+        lines += ["", *_host(o)]
+    return "\n".join(lines)
+
+
+def _host(o: HostOutcome) -> list[str]:
+    p = o.plan
+    lines = [f"{p.host}: {o.outcome}, on Harbor {o.on_release or 'unknown'} "
+             f"(read from {p.installed_from or 'nothing'}), data {p.data_layout or 'none'}"]
+    if p.state.run:
+        lines.append(f"  journal: run {p.state.run}, hop {p.state.hop} {p.state.source} -> "
+                     f"{p.state.target}, step {p.state.step} ({p.state.event}), "
+                     f"{p.state.outcome}")
+        if p.decision.action != "fresh":
+            lines.append(f"  next run: {p.decision.action} {', '.join(p.decision.steps)} "
+                         f"({p.decision.reason})")
+    lines += [f"  REFUSED {r}" for r in p.refusals]
+    for h in p.hops:
+        lines.append(f"  hop {h.number}: {h.source} -> {h.target}  PostgreSQL {h.postgresql}; "
+                     f"schema {h.source.schema_version} -> {h.target.schema_version}")
+        left = p.left_out.get(str(h.target))
+        if left:
+            lines.append(f"    harbor.yml for {h.target} leaves out (valid at the target): "
+                         + ", ".join(left))
+    if p.hops and not o.hops:
+        lines.append("  steps per hop: " + ", ".join(s.name for s in HOP_STEPS))
+    for run in o.hops:
+        down = run["downtime_seconds"]
+        lines.append(f"  hop {run['hop']} {run['from']} -> {run['to']}: {run['outcome']}, "
+                     f"downtime {'-' if down is None else f'{down:.1f} s'}")
+        lines += [f"    {t['step']:<12} {t['phase']:<9} "
+                  f"{'-' if t['seconds'] is None else format(t['seconds'], '.1f') + ' s':>8}  "
+                  f"{'ok' if t['ok'] else 'FAILED' if t['ok'] is False else 'unfinished'}"
+                  for t in run["steps"]]
+    if o.message:
+        lines.append(f"  {o.message}")
+    return lines

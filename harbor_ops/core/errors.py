@@ -102,6 +102,20 @@ class Aborted(HarborctlError):
     label = "aborted"
 
 
+class UpgradeRolledBack(HarborctlError):
+    """A hop failed and the host was rolled back: healthy on the old release, every row."""
+
+    exit_code = 11
+    label = "upgrade rolled back"
+
+
+class RollbackFailed(HarborctlError):
+    """An upgrade rollback failed: a person is needed (the state and next command are named)."""
+
+    exit_code = 12
+    label = "rollback failed"
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "unexpected error (a bug: run with --debug and report it)",
@@ -117,6 +131,8 @@ EXIT_CODES: dict[int, str] = {
             BackupError,
             HealthError,
             Aborted,
+            UpgradeRolledBack,
+            RollbackFailed,
         )
     },
 }

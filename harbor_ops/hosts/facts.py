@@ -65,10 +65,11 @@ class Container:
     ports: tuple[tuple[str, int], ...]  # published (host address, host port)
 
 
-def probe_source(*, data_volume: str, hostname: str, install_dir: str) -> str:
+def probe_source(*, data_volume: str, hostname: str, install_dir: str,
+                 journal: str | None = None) -> str:
     """The probe module's text plus the call that runs it: what ``python3 -`` reads."""
     args = json.dumps({"data_volume": data_volume, "hostname": hostname,
-                       "install_dir": install_dir})
+                       "install_dir": install_dir, "journal": journal})
     return f"{_probe_text()}\nmain({args!r})\n"
 
 
@@ -78,9 +79,12 @@ def _probe_text() -> str:
 
 
 def gather(entry: HostEntry, *, data_volume: str, hostname: str, install_dir: str,
-           ssh_config: Path | None = None) -> HostFacts:
-    """Run the probe on ``entry`` (local or ssh). Never raises for host problems."""
-    script = probe_source(data_volume=data_volume, hostname=hostname, install_dir=install_dir)
+           ssh_config: Path | None = None, journal: str | None = None) -> HostFacts:
+    """Run the probe on ``entry`` (local or ssh). Never raises for host problems.
+
+    ``journal`` (an upgrade journal path on the host) adds its tail to the facts."""
+    script = probe_source(data_volume=data_volume, hostname=hostname, install_dir=install_dir,
+                          journal=journal)
     if entry.connection == "local":
         return _run_local(entry, script)
     return _run_ssh(entry, script, ssh_config)

@@ -106,6 +106,7 @@ def installs(install_dir: str) -> dict[str, Any]:
     except OSError:
         entries = []
     cur = os.path.join(install_dir, "current")
+    act = os.path.join(install_dir, "harbor")
     nginx: list[str] = []
     for d in ("/etc/nginx/conf.d", "/etc/nginx/sites-enabled"):
         with contextlib.suppress(OSError):
@@ -113,7 +114,18 @@ def installs(install_dir: str) -> dict[str, Any]:
     return {"install_entries": entries,
             "install_current": (os.path.basename(os.path.realpath(cur))
                                 if os.path.islink(cur) else None),
+            "install_active": (os.path.basename(os.path.realpath(act))
+                               if os.path.islink(act) else None),
             "nginx_harbor_confs": nginx}
+
+
+def tree_size(path: str) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return total
 
 
 def collect(args: dict[str, Any]) -> dict[str, Any]:
@@ -125,6 +137,11 @@ def collect(args: dict[str, Any]) -> dict[str, Any]:
     out["proc_net_tcp"] = (read("/proc/net/tcp") or "") + (read("/proc/net/tcp6") or "")
     out["getent"] = run(["getent", "hosts", args["hostname"]]) if args["hostname"] else None
     out.update(installs(args["install_dir"]))
+    # For upgrade apply: the sizes a hop's snapshot copies, and the host's upgrade journal.
+    out["data_sizes"] = {n: tree_size(os.path.join(args["data_volume"], n))
+                         for n in ("redis", "secret")}
+    if args.get("journal"):
+        out["upgrade_journal"] = (read(args["journal"]) or "")[-262144:]
     return out
 
 

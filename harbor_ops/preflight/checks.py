@@ -353,9 +353,11 @@ def installed_version(f: dict[str, Any]) -> tuple[Version | None, str]:
             v = _plain_version(c.image.rsplit(":", 1)[1])
             if v:
                 return v, f"running {c.image}"
-    cur = _plain_version(f.get("install_current") or "")
-    if cur:
-        return cur, "the install dir's `current` link"
+    for link in ("install_active", "install_current"):
+        cur = _plain_version(f.get(link) or "")
+        if cur:
+            name = "harbor" if link == "install_active" else "current"
+            return cur, f"the install dir's `{name}` link"
     found = {v for v in map(_plain_version, f.get("install_entries") or []) if v}
     if len(found) == 1:
         v = found.pop()

@@ -42,10 +42,8 @@ def build(values: dict[str, Any], rel: Release) -> dict[str, Any]:
             _set(doc, key.path, copy.deepcopy(key.default_for(v)))
     _merge(doc, copy.deepcopy(values))
     doc.pop("version", None)
-    for path in list(_leaves(doc)):
-        row = schema.lookup(path)
-        if row is not None and not row.available(v):
-            _delete(doc, path)
+    for path in unavailable_keys(doc, rel):
+        _delete(doc, path)
     for key in schema.KEYS:
         old = key.name_for(v)
         if old != key.path and _has(doc, key.path):
@@ -56,6 +54,17 @@ def build(values: dict[str, Any], rel: Release) -> dict[str, Any]:
             raise RenderError(f"harbor.{required}: no value to render (Harbor's prepare needs it)")
     doc[VERSION_KEY] = rel.yml_version
     return _ordered(doc, "")
+
+
+def unavailable_keys(values: dict[str, Any], rel: Release) -> list[str]:
+    """Keys of ``values`` that ``rel``'s harbor.yml does not have: :func:`build` leaves them
+    out. An upgrade lists them for each intermediate stop (they are valid at the target)."""
+    out = []
+    for path in _leaves(values):
+        row = schema.lookup(path)
+        if row is not None and not row.available(rel.version):
+            out.append(path)
+    return out
 
 
 def _split_redis_host(doc: dict[str, Any], rel: Release) -> None:

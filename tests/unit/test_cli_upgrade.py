@@ -163,3 +163,48 @@ def test_versions_json() -> None:
 def test_help(args: list[str]) -> None:
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0 and "plan" in result.output
+
+
+def _local_site(tmp_path: Path, version: str = "2.15.2") -> Path:
+    (tmp_path / "pw").write_text("it-pw-1\n")
+    site = tmp_path / "harborctl.yml"
+    site.write_text(f"""\
+harbor:
+  version: {version}
+  hostname: harbor.test.internal
+  http: {{port: 8080}}
+  data_volume: {tmp_path}/data
+  harbor_admin_password_file: pw
+  database: {{password_file: pw}}
+install: {{dir: {tmp_path}/opt}}
+hosts:
+  - {{name: here, connection: local}}
+""")
+    return site
+
+
+def test_apply_to_must_equal_the_site_target(tmp_path: Path) -> None:
+    r = harborctl("upgrade", "apply", "-c", str(_local_site(tmp_path)), "--to", "2.14.4",
+                  "--dry-run")
+    assert r.code == 2
+    assert "harbor.version" in r.err and "Traceback" not in r.err
+
+
+def test_apply_dry_run_refuses_a_host_without_harbor_in_json(tmp_path: Path) -> None:
+    """The probe really runs on this machine: no Harbor under the site's install dir."""
+    r = harborctl("upgrade", "apply", "-c", str(_local_site(tmp_path)), "--dry-run",
+                  "-o", "json", env={"HARBORCTL_LOG_DIR": str(tmp_path / "logs")})
+    assert r.code == 3, r.err
+    data = json.loads(r.out)
+    assert data["exit_code"] == 3 and data["dry_run"] is True
+    host = data["hosts"][0]
+    assert host["outcome"] == "refused"
+    assert host["plan"]["refusals"][0]["check"] == "installed"
+    assert "nothing was changed" in r.err
+    assert not (tmp_path / "opt").exists() and not (tmp_path / "data").exists()
+
+
+def test_status_of_a_host_without_a_journal(tmp_path: Path) -> None:
+    r = harborctl("upgrade", "status", "-c", str(_local_site(tmp_path)), "-o", "json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["hosts"][0]["plan"]["journal"]["outcome"] == "none"

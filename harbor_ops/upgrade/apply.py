@@ -1,0 +1,358 @@
+"""`harborctl upgrade apply` and `upgrade status`: every host to the site's target, hop by hop.
+
+Order per host: read the host (installed release, data layout, schema, free space, the
+upgrade journal), plan with the existing planner, refuse before anything changes; then,
+per hop, a verified backup taken from the controller and one run of ``upgrade.yml`` whose
+steps (:mod:`harbor_ops.upgrade.steps`) are recorded in the host's journal. The playbook
+rolls a failed hop back by itself (block/rescue), so a hop ends on the new release or on
+the old one with the old data, gated either way; this module reads the journal again to
+say which, and maps it to the exit code (11 rolled back, 12 rollback failed). Hosts go one
+at a time; a failure stops the rollout, so every other host stays on a healthy release.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packaging.version import Version
+
+from harbor_ops.core.errors import (
+    HarborctlError,
+    RemoteError,
+    RollbackFailed,
+    UpgradePathError,
+    UpgradeRolledBack,
+    UsageError,
+)
+from harbor_ops.core.lock import job_lock
+from harbor_ops.hosts import facts as host_facts
+from harbor_ops.hosts import playbook as runner
+from harbor_ops.releases import bundle as bundle_mod
+from harbor_ops.releases import planner
+from harbor_ops.releases import versions as hv
+from harbor_ops.site.model import HostEntry, Site
+from harbor_ops.upgrade import state as journal
+from harbor_ops.upgrade import steps as st
+from harbor_ops.upgrade.plan import HostPlan, check_target, plan_host
+
+PLAYBOOK = "upgrade.yml"
+JOURNAL_PATH = "/var/lib/harborctl/upgrade.journal"
+Progress = Callable[[str], None]
+
+
+@dataclass
+class HostOutcome:
+    """What happened on one host: its plan, each hop's recorded steps, where it ended."""
+
+    plan: HostPlan
+    outcome: str = "planned"  # planned|refused|up_to_date|done|rolled_back|rollback_failed
+    on_release: str | None = None
+    hops: list[dict[str, Any]] = field(default_factory=list)
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"host": self.plan.host, "outcome": self.outcome, "on_release": self.on_release,
+                "message": self.message, "plan": self.plan.to_dict(), "hops_run": self.hops}
+
+
+@dataclass
+class ApplyResult:
+    target: str
+    dry_run: bool
+    hosts: list[HostOutcome] = field(default_factory=list)
+    error: HarborctlError | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "dry_run": self.dry_run,
+                "exit_code": self.error.exit_code if self.error else 0,
+                "hosts": [h.to_dict() for h in self.hosts]}
+
+
+@dataclass(frozen=True)
+class Options:
+    bundle_dir: Path | None
+    ssh_config: Path | None
+    log_dir: Path
+    backup_dir: Path
+    journal: str = JOURNAL_PATH
+    timeout: float = 3600
+    health_retries: int = 60
+
+
+# --------------------------------------------------------------------------- reading hosts
+
+
+def select_hosts(site: Site, name: str | None) -> list[HostEntry]:
+    if name is None:
+        return list(site.hosts)
+    chosen = [h for h in site.hosts if h.name == name]
+    if not chosen:
+        raise UsageError(f"--host {name}: not in the site file's hosts "
+                         f"({', '.join(h.name for h in site.hosts)})")
+    return chosen
+
+
+def read_host(site: Site, entry: HostEntry, opts: Options) -> dict[str, Any]:
+    got = host_facts.gather(entry, data_volume=_data_volume(site), hostname=site.hostname,
+                            install_dir=str(site.install.dir), ssh_config=opts.ssh_config,
+                            journal=opts.journal)
+    if not got.ok:
+        raise RemoteError(got.error or f"{entry.name}: unreachable", hint=got.fix)
+    return got.data
+
+
+def _data_volume(site: Site) -> str:
+    return str(site.harbor.get("data_volume", "/data"))
+
+
+def inspect_bundles(bundle_dir: Path | None,
+                    versions: set[Version]) -> dict[Version, bundle_mod.BundleInfo]:
+    """Read through the bundle of every needed stop once (a truncated file is caught)."""
+    if bundle_dir is None or not versions:
+        return {}
+    if not bundle_dir.is_dir():
+        raise UsageError(f"--bundle-dir: {bundle_dir} is not a folder")
+    named = planner.bundle_versions(sorted(p.name for p in bundle_dir.iterdir() if p.is_file()))
+    return {v: bundle_mod.inspect_bundle(bundle_dir / named[v]) for v in versions if v in named}
+
+
+def plan_hosts(site: Site, entries: list[HostEntry], opts: Options) -> list[HostPlan]:
+    """Read every host (in parallel) and plan it; bundles are inspected once per stop."""
+    from harbor_ops.site.load import resolve_secrets
+
+    values = resolve_secrets(site)
+    with ThreadPoolExecutor(max_workers=min(8, len(entries))) as pool:
+        facts = list(pool.map(lambda e: read_host(site, e, opts), entries))
+    first = [plan_host(site, e.name, f, bundles={}, harbor_values=values)
+             for e, f in zip(entries, facts, strict=True)]
+    stops = {h.target.version for p in first for h in p.hops}
+    bundles = inspect_bundles(opts.bundle_dir, stops)
+    return [plan_host(site, e.name, f, bundles=bundles, harbor_values=values)
+            for e, f in zip(entries, facts, strict=True)]
+
+
+# --------------------------------------------------------------------------- apply
+
+
+def apply(site: Site, *, to: str | None, host: str | None, opts: Options, dry_run: bool = False,
+          progress: Progress = lambda _: None) -> ApplyResult:
+    """Bring the chosen hosts to the site's harbor.version; refuse before any change."""
+    check_target(site, to)
+    entries = select_hosts(site, host)
+    result = ApplyResult(target=str(site.release.version), dry_run=dry_run)
+    plans = plan_hosts(site, entries, opts)
+    result.hosts = [HostOutcome(p, on_release=p.installed) for p in plans]
+    refused = [(o.plan.host, r) for o in result.hosts for r in o.plan.refusals]
+    for o in result.hosts:
+        if o.plan.refusals:
+            o.outcome = "refused"
+        elif not o.plan.hops and o.plan.decision.action == "fresh":
+            o.outcome = "up_to_date"
+    if refused:
+        result.error = UpgradePathError(
+            "nothing was changed; refused:\n" + "\n".join(f"  - {h}: {r}" for h, r in refused),
+            hint="fix each item, then run upgrade apply again")
+        return result
+    if dry_run:
+        return result
+    for entry, outcome in zip(entries, result.hosts, strict=True):
+        if outcome.outcome == "up_to_date":
+            continue
+        with job_lock(job=f"upgrade {entry.name}"):
+            HostRun(site, entry, outcome, opts, progress).run()
+        if outcome.outcome != "done":
+            result.error = _error_for(outcome)
+            break
+    return result
+
+
+def _error_for(o: HostOutcome) -> HarborctlError:
+    if o.outcome == "rolled_back":
+        return UpgradeRolledBack(o.message, hint="the host is healthy on "
+                                 f"{o.on_release} with every row; fix the cause, then run "
+                                 "upgrade apply again")
+    return RollbackFailed(o.message, hint="a person is needed: see `harborctl upgrade status`")
+
+
+class HostRun:
+    """One host's hops, one playbook run each, judged from the journal afterwards."""
+
+    def __init__(self, site: Site, entry: HostEntry, outcome: HostOutcome, opts: Options,
+                 progress: Progress) -> None:
+        self.site, self.entry, self.o, self.opts, self.say = site, entry, outcome, opts, progress
+
+    def run(self) -> None:
+        decision, state = self.o.plan.decision, self.o.plan.state
+        if decision.action != "fresh":
+            self.say(f"{self.entry.name}: {decision.reason}: {decision.action} "
+                     f"({', '.join(decision.steps)})")
+            src, tgt = hv.release(str(state.source)), hv.release(str(state.target))
+            if not self._hop(state.hop, src, tgt, list(decision.steps), str(state.run)):
+                return
+            if decision.action == "rollback" and not decision.retry_after:
+                self._finish_rollback()
+                return
+        while True:
+            plan = self._replan()
+            if plan is None:
+                return
+            if not plan.hops:
+                self.o.outcome, self.o.on_release = "done", plan.installed
+                return
+            hop = plan.hops[0]
+            run_id = f"{int(time.time() * 1000):x}"
+            backup = self._backup(hop)
+            steps = [s.name for s in st.HOP_STEPS if s.name != "backup"]
+            if not self._hop(hop.number, hop.source, hop.target, steps, run_id, backup=backup):
+                return
+
+    def _replan(self) -> HostPlan | None:
+        plans = plan_hosts(self.site, [self.entry], self.opts)
+        plan = plans[0]
+        if plan.refusals:
+            self.o.outcome = "rolled_back" if self.o.hops else "refused"
+            self.o.message = "; ".join(str(r) for r in plan.refusals)
+            return None
+        self.o.on_release = plan.installed
+        return plan
+
+    def _backup(self, hop: planner.Hop) -> str:
+        from harbor_ops.upgrade.backup_step import hop_backup
+
+        t0 = time.monotonic()
+        self.say(f"{self.entry.name}: hop {hop.source} -> {hop.target}: backup ...")
+        path = hop_backup(self.site, self.entry, backup_dir=self.opts.backup_dir / self.entry.name,
+                          installed=str(hop.source), ssh_config=self.opts.ssh_config,
+                          progress=self.say)
+        self.say(f"{self.entry.name}: hop {hop.source} -> {hop.target}: backup done "
+                 f"({time.monotonic() - t0:.1f} s, {path.name})")
+        return str(path)
+
+    def _hop(self, number: int, src: hv.Release, tgt: hv.Release, steps: list[str],
+             run_id: str, backup: str = "") -> bool:
+        """Run the playbook for one hop; True when the hop ended on ``tgt``, healthy."""
+        self.say(f"{self.entry.name}: hop {number}: {src} -> {tgt}: {', '.join(steps)}")
+        outcome = run_hop_playbook(self.site, self.entry, self.opts, number=number, src=src,
+                                   tgt=tgt, steps=steps, run_id=run_id, backup=backup,
+                                   progress=self.say)
+        state = journal.fold((read_host(self.site, self.entry, self.opts)
+                              .get("upgrade_journal") or "").splitlines())
+        if state.run != run_id:  # the playbook never reached its first step
+            tail = "; ".join(str(f) for f in outcome.failures) or (
+                f"ansible-playbook exited with {outcome.returncode}")
+            raise RemoteError(f"{self.entry.name}: hop {number} ({src} -> {tgt}) did not start: "
+                              f"{tail}; nothing was changed", hint=f"see {self.opts.log_dir}")
+        hop_steps = [t.to_dict() for t in state.timings if t.hop == number]
+        self.o.hops.append({"hop": number, "from": str(src), "to": str(tgt),
+                            "steps": hop_steps, "downtime_seconds": st.downtime(state.timings,
+                                                                                number),
+                            "outcome": state.outcome})
+        if state.outcome == journal.DONE:
+            self.o.on_release = str(tgt)
+            return True
+        where = f"hop {number} ({src} -> {tgt}) failed at {state.failed_step or state.step}"
+        why = state.failure or "; ".join(str(f) for f in outcome.failures) or "see the log"
+        if state.outcome == journal.ROLLED_BACK:
+            self.o.outcome, self.o.on_release = "rolled_back", str(src)
+            self.o.message = (f"{where}: {why}; rolled back: {self.entry.name} is on Harbor "
+                              f"{src} with its data from before the hop, healthy, every row")
+        else:
+            self.o.outcome = "rollback_failed"
+            self.o.message = (f"{where}: {why}; the rollback stopped at {state.step} "
+                              f"({state.outcome}); the snapshot of the data from before the hop"
+                              f" is kept on {self.entry.name}; next: fix the cause and run "
+                              "`harborctl upgrade apply` again (it retries the rollback)")
+        return False
+
+    def _finish_rollback(self) -> None:
+        self.o.outcome = "rolled_back"
+        self.o.message = (f"an earlier run's hop failed ({self.o.plan.state.failure or '?'}); "
+                          "its rollback is now complete")
+
+
+# --------------------------------------------------------------------------- the playbook
+
+
+def hop_vars(site: Site, *, number: int, src: hv.Release, tgt: hv.Release, steps: list[str],
+             run_id: str, backup: str, bundle: Path, bundle_sha256: str, staging: Path,
+             opts: Options) -> dict[str, Any]:
+    """The role's variables for one hop (see roles/harbor/meta/argument_specs.yml)."""
+    from harbor_ops.install.run import role_vars
+
+    stop_site = dataclasses.replace(site, release=tgt)
+    base = role_vars(stop_site, bundle=bundle, bundle_sha256=bundle_sha256, staging=staging)
+    return {**base, "harbor_health_retries": opts.health_retries,
+            "harbor_upgrade_run": run_id, "harbor_upgrade_hop": number,
+            "harbor_upgrade_from": str(src), "harbor_upgrade_steps": steps,
+            "harbor_upgrade_rollback_table": {s.name: list(journal.rollback_steps(s.name))
+                                              for s in st.HOP_STEPS},
+            "harbor_upgrade_backup": backup, "harbor_upgrade_journal": opts.journal,
+            "harbor_data_volume": _data_volume(site),
+            "harbor_upgrade_schema_from": src.schema_version,
+            "harbor_upgrade_schema_to": tgt.schema_version,
+            "harbor_upgrade_layout_from": src.data_layout,
+            "harbor_upgrade_layout_to": tgt.data_layout,
+            "harbor_upgrade_key_tables": list(st.KEY_TABLES)}
+
+
+def run_hop_playbook(site: Site, entry: HostEntry, opts: Options, *, number: int,
+                     src: hv.Release, tgt: hv.Release, steps: list[str], run_id: str,
+                     backup: str, progress: Progress) -> runner.PlaybookOutcome:
+    from harbor_ops.install.run import sha256_of
+    from harbor_ops.render.engine import render_site
+
+    bundle = _bundle_for(opts.bundle_dir, tgt) if "unpack" in steps else None
+    opts.log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_path = opts.log_dir / f"upgrade-{entry.name}-{stamp}.log"
+    out_path = opts.log_dir / f"upgrade-{entry.name}-{stamp}.out"
+    staging = Path(tempfile.mkdtemp(prefix="harborctl-upgrade-"))  # 0700: harbor.yml
+    try:
+        render_site(dataclasses.replace(site, release=tgt), output_dir=staging / "files",
+                    validate=False)
+        extra = hop_vars(site, number=number, src=src, tgt=tgt, steps=steps, run_id=run_id,
+                         backup=backup, bundle=bundle or Path("/nonexistent"),
+                         bundle_sha256=sha256_of(bundle) if bundle else "0" * 64,
+                         staging=staging / "files", opts=opts)
+        argv, env = runner.build_command(
+            playbook=runner.playbook_path(PLAYBOOK), work_dir=staging / "run",
+            log_path=log_path, hosts=[entry], extra_vars=extra, ssh_config=opts.ssh_config)
+        run = runner.run_playbook(argv, env, output_path=out_path, cwd=staging / "run",
+                                  timeout=opts.timeout)
+        for line in run:
+            progress(line)
+        return run.outcome
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _bundle_for(bundle_dir: Path | None, rel: hv.Release) -> Path:
+    found = inspect_bundles(bundle_dir, {rel.version}).get(rel.version)
+    if found is None or found.problems:
+        raise UsageError(f"--bundle-dir: no usable bundle for Harbor {rel}")
+    return found.path
+
+
+# --------------------------------------------------------------------------- status
+
+
+def status(site: Site, *, host: str | None, opts: Options) -> ApplyResult:
+    """Where each host stands: installed release, plan, and the journal's last run."""
+    entries = select_hosts(site, host)
+    result = ApplyResult(target=str(site.release.version), dry_run=True)
+    for p in plan_hosts(site, entries, opts):
+        o = HostOutcome(p, on_release=p.installed)
+        if p.state.run:
+            o.outcome = p.state.outcome
+        else:
+            o.outcome = "refused" if p.refusals else "planned" if p.hops else "up_to_date"
+        result.hosts.append(o)
+    return result
