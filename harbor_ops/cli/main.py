@@ -29,6 +29,8 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
                "Create, list, verify, restore and prune backups."),
     "agent": ("harbor_ops.cli.agent", "agent_group",
               "The scheduled agent: nightly backup, drills, health, metrics."),
+    "doctor": ("harbor_ops.cli.doctor", "doctor_cmd",
+               "Check a registry from the client's side: each problem and its fix."),
     "versions": ("harbor_ops.cli.upgrade", "versions_cmd",
                  "List the Harbor releases harborctl knows."),
 }
@@ -69,7 +71,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     Exit codes: 0 ok, 1 unexpected error, 2 invalid input, 3 refused upgrade,
     4 preflight failed, 5 render failed, 6 remote failure, 7 busy (lock held),
     8 backup failed, 9 unhealthy, 10 aborted, 11 upgrade rolled back,
-    12 rollback failed (a person is needed).
+    12 rollback failed (a person is needed), 13 doctor found an error.
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug

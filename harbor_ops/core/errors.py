@@ -116,6 +116,13 @@ class RollbackFailed(HarborctlError):
     label = "rollback failed"
 
 
+class DoctorProblems(HarborctlError):
+    """doctor found at least one error-severity problem (each finding names its fix)."""
+
+    exit_code = 13
+    label = "problems found"
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "unexpected error (a bug: run with --debug and report it)",
@@ -133,6 +140,7 @@ EXIT_CODES: dict[int, str] = {
             Aborted,
             UpgradeRolledBack,
             RollbackFailed,
+            DoctorProblems,
         )
     },
 }

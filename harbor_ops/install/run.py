@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from harbor_ops.core.errors import HealthError, PreflightFailed, RemoteError, UsageError
 from harbor_ops.core.lock import job_lock
+from harbor_ops.core.paths import state_dir
 from harbor_ops.hosts import playbook as runner
 from harbor_ops.site.model import Site
 
@@ -67,11 +68,10 @@ class InstallResult:
 
 
 def default_log_dir() -> Path:
-    """Where full Ansible logs go: $HARBORCTL_LOG_DIR, else the user's XDG state folder."""
+    """Where full Ansible logs go: $HARBORCTL_LOG_DIR, else harborctl's state folder."""
     if os.environ.get("HARBORCTL_LOG_DIR"):
         return Path(os.environ["HARBORCTL_LOG_DIR"])
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "harborctl" / "logs"
+    return state_dir() / "logs"
 
 
 def sha256_of(path: Path) -> str:

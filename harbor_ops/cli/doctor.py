@@ -1,0 +1,53 @@
+"""`harborctl doctor`, `harborctl trust` and `harborctl support-bundle`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from harbor_ops.cli.options import config_option, emit, output_option
+
+
+@click.command("doctor")
+@config_option
+@click.option("--url", default=None, help="The registry URL clients use (default: the site's "
+              "external_url).")
+@click.option("--ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Judge TLS trust with this CA file (as a client given it).")
+@click.option("--username", default=None, help="Log in as this user (token, push probe).")
+@click.option("--password-env", default=None, metavar="VAR",
+              help="Read the password from this environment variable.")
+@click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Read the password from this file.")
+@click.option("--push-probe/--no-push-probe", default=True, show_default=True,
+              help="With credentials: push, pull back and delete a scratch image.")
+@click.option("--image", default=None, metavar="REPO:TAG",
+              help="Also check that every blob of this image is in the storage.")
+@click.option("--resolve", multiple=True, metavar="NAME:ADDRESS",
+              help="Connect to ADDRESS for NAME (keeps NAME for TLS and Host); repeatable.")
+@click.option("--timeout", type=float, default=5.0, show_default=True,
+              help="Seconds for each network step.")
+@click.option("--docker-certs-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, hidden=True)
+@output_option
+def doctor_cmd(config: Path, url: str | None, ca: Path | None, username: str | None,
+               password_env: str | None, password_file: Path | None, push_probe: bool,
+               image: str | None, resolve: tuple[str, ...], timeout: float,
+               docker_certs_dir: Path | None, output: str) -> None:
+    """Check a registry from this client's side; each problem with evidence and its fix.
+
+    Exit 0 when nothing worse than a warning was found, 13 on any error finding.
+    """
+    from harbor_ops.core.errors import DoctorProblems
+    from harbor_ops.doctor.run import doctor
+    from harbor_ops.site.load import load_site
+
+    site = load_site(config) if url is None else None
+    report = doctor(site=site, url=url, ca=ca, username=username, password_env=password_env,
+                    password_file=password_file, push_probe=push_probe, image=image,
+                    resolve=resolve, timeout=timeout, docker_certs_dir=docker_certs_dir)
+    emit(report, output)
+    if report.has_errors:
+        ids = sorted({f.id for f in report.findings if f.severity == "error"})
+        raise DoctorProblems(", ".join(ids))

@@ -1,0 +1,14 @@
+"""Where harborctl keeps its own state on the machine it runs on."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def state_dir() -> Path:
+    """$HARBORCTL_STATE_DIR, else the user's XDG state folder (~/.local/state/harborctl)."""
+    if os.environ.get("HARBORCTL_STATE_DIR"):
+        return Path(os.environ["HARBORCTL_STATE_DIR"])
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "harborctl"
