@@ -32,6 +32,7 @@ BED_TOOLS = (
     "nsenter",
     "unshare",
     "chroot",
+    "pivot_root",
     "ssh",
     "ssh-keygen",
     "mount",

@@ -9,8 +9,11 @@ machine. Each host is:
   two beds can be up at once. No default route: hosts reach only their /24.
 * an overlay root (lower = golden rootfs, upper/work per host) mounted in the root namespace, so
   the controller can read and assert on ``Host.root_path``;
-* its own UTS, PID and mount namespaces; ``tini`` is PID 1 and runs ``sshd -D`` (and, with
-  ``docker=True``, starts ``/etc/init.d/docker`` first);
+* its own UTS, PID and mount namespaces; the mount namespace is ``pivot_root``ed (not chrooted)
+  into the overlay, so its root IS the host's root and whatever joins it later (``docker exec``
+  into a container of the host, ``nsenter``) lands inside the host, never on this machine;
+  ``tini`` is PID 1 and runs ``sshd -D`` (and, with ``docker=True``, starts
+  ``/etc/init.d/docker`` first);
 * dockerd (optional): ``/var/lib/docker`` is a bind mount of a real directory of the controller
   (overlay2 cannot sit on overlayfs), ``/etc/docker/daemon.json`` keeps it off iptables and gives
   compose networks a per-host pool 10.200.(16*(i+1)).0/20. Published ports are served by
@@ -434,7 +437,12 @@ class TestBed:
                 f"mount -t tmpfs -o mode=755 run {r}/run",
                 f"mkdir -p {r}/run/sshd",
                 f"mount --bind {shlex.quote(str(hdir / 'docker'))} {r}/var/lib/docker",
-                f"exec chroot {r} /usr/bin/tini -s -- /bin/sh -c {shlex.quote(inner)}",
+                # pivot_root, not chroot: the namespace's root becomes the host's, so what
+                # joins it later (`docker exec`, nsenter) lands in the host, not on this machine.
+                f"cd {r}",
+                "pivot_root . .",
+                "umount -l .",
+                f"exec /usr/bin/tini -s -- /bin/sh -c {shlex.quote(inner)}",
             ]
         )
         log = open(hdir / "log" / "init.log", "ab")  # noqa: SIM115 - owned by the child

@@ -54,7 +54,8 @@ def busybox_tar(tmp_path: Path) -> bytes:
     (root / "etc").mkdir()
     (root / "bin/busybox").write_bytes(BUSYBOX.read_bytes())
     (root / "bin/busybox").chmod(0o755)
-    for applet in ("sh", "httpd", "wget", "sleep", "echo", "mkdir", "cat", "hostname"):
+    applets = ("sh", "httpd", "wget", "sleep", "echo", "mkdir", "cat", "hostname", "head", "ls")
+    for applet in applets:
         (root / "bin" / applet).symlink_to("busybox")
     return subprocess.run(
         ["tar", "-C", str(root), "-c", "."], check=True, capture_output=True
@@ -164,6 +165,37 @@ def test_dockerd_on_host_runs_images_and_compose(testbed: TestBed, tmp_path: Pat
     ).strip()
     assert subnet.startswith("10.200.")
     ssh(h2, "cd /opt/proj && docker-compose down 2>&1")
+
+
+def test_docker_exec_on_a_host_enters_the_container(testbed: TestBed, tmp_path: Path) -> None:
+    """``docker exec`` (backup, preflight, restore, upgrade use it) must run in the container,
+    not on the controller: the host's mount namespace has the host's root (pivot_root)."""
+    h4 = testbed.hosts["h4"]
+    marker = tmp_path / "only-on-the-controller"
+    marker.write_text("controller\n")
+    ssh(h4, "docker import - local/busybox:exec >/dev/null", input=busybox_tar(tmp_path))
+    ssh(
+        h4,
+        "docker rm -f execprobe >/dev/null 2>&1; docker run -d --name execprobe --network none "
+        "local/busybox:exec sh -c 'echo in-container > /only-in-container; exec sleep 600' "
+        ">/dev/null; for i in $(seq 100); do docker exec execprobe cat /only-in-container "
+        ">/dev/null 2>&1 && exit 0; sleep 0.1; done; exit 1",
+    )
+    try:
+        assert ssh(h4, "docker exec execprobe cat /only-in-container") == "in-container\n"
+        listing = set(ssh(h4, "docker exec execprobe ls /").split())
+        assert listing == {"bin", "dev", "etc", "only-in-container", "proc", "sys", "tmp"}
+        assert "absent" in ssh(
+            h4, f"docker exec execprobe sh -c 'test -e {marker} || echo absent'"
+        )
+        root_line = ssh(h4, "docker exec execprobe head -1 /proc/self/mountinfo")
+        assert " / / " in root_line and "upperdir=/var/lib/docker/overlay2/" in root_line
+        # the host itself: its namespace's root is its own overlay, nothing of this machine
+        host_root = ssh(h4, "head -1 /proc/self/mountinfo")
+        assert f"upperdir={testbed.base_dir}/hosts/h4/upper" in host_root
+        assert "absent" in ssh(h4, f"test -e {marker} || echo absent")
+    finally:
+        ssh(h4, "docker rm -f execprobe >/dev/null")
 
 
 def test_controller_engine_imports_saves_and_loads(
