@@ -51,3 +51,22 @@ def doctor_cmd(config: Path, url: str | None, ca: Path | None, username: str | N
     if report.has_errors:
         ids = sorted({f.id for f in report.findings if f.severity == "error"})
         raise DoctorProblems(", ".join(ids))
+
+
+@click.command("support-bundle")
+@config_option
+@click.option("--output-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The archive to write (default: ./harbor-support-<host>-<time>.tar.gz).")
+@click.option("--log-lines", type=int, default=200, show_default=True,
+              help="Last lines of each Harbor log to include.")
+@output_option
+def support_bundle_cmd(config: Path, output_file: Path | None, log_lines: int,
+                       output: str) -> None:
+    """Write one archive (mode 0600) for a maintainer: versions, configs, container state,
+    log tails, health, disk use, agent status, last doctor result; no secret in it.
+    """
+    from harbor_ops.doctor.bundle import support_bundle
+    from harbor_ops.site.load import load_site
+
+    emit(support_bundle(load_site(config), output_file=output_file, log_lines=log_lines),
+         output)

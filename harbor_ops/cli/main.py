@@ -31,6 +31,8 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
               "The scheduled agent: nightly backup, drills, health, metrics."),
     "doctor": ("harbor_ops.cli.doctor", "doctor_cmd",
                "Check a registry from the client's side: each problem and its fix."),
+    "support-bundle": ("harbor_ops.cli.doctor", "support_bundle_cmd",
+                       "Write one archive for a maintainer, with every secret redacted."),
     "versions": ("harbor_ops.cli.upgrade", "versions_cmd",
                  "List the Harbor releases harborctl knows."),
 }
