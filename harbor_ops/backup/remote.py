@@ -7,13 +7,10 @@ locally is the file renamed to ``<name>`` (``posix-rename``: atomic on the remot
 filesystem). So a name without ``.partial`` on the remote host is always a complete,
 checked copy, whatever dropped the connection. Files are 0600, the folder 0700.
 
-Which host and how: the site's ``backup.remote`` (host, port, user, key_file, path)
-wins; an OpenSSH client config (``ssh_config``: ``$HARBORCTL_SSH_CONFIG``, else
-``~/.ssh/config`` when it exists) adds ``HostName``, ``IdentityFile`` (when the site
-names no key), ``UserKnownHostsFile`` and ``ConnectTimeout``. Host keys are never
-trusted on first use: unknown keys are rejected (``RejectPolicy``); the known keys
-come from the config's ``UserKnownHostsFile`` when it names one, else from the user's
-``~/.ssh/known_hosts`` and ``/etc/ssh/ssh_known_hosts``.
+Which host and how, and which host keys are trusted, is :mod:`harbor_ops.hosts.ssh`'s
+one resolver and policy: the site's ``backup.remote`` (host, port, user, key_file, path)
+wins over the ssh config (``$HARBORCTL_SSH_CONFIG``, else ``~/.ssh/config``); an unknown
+host key is refused unless the user accepted new keys explicitly; a changed one always is.
 
 Every failure is a :class:`~harbor_ops.core.errors.RemoteError` (exit 6) naming the host
 and folder; no key material or passphrase is ever part of a message.
@@ -23,10 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import posixpath
 import shlex
-import socket
 import stat
 import time
 from collections.abc import Iterator
@@ -47,13 +42,12 @@ from harbor_ops.backup.manifest import (
 )
 from harbor_ops.backup.retention import BackupRef, KeepPolicy, select_to_prune
 from harbor_ops.core.errors import RemoteError
+from harbor_ops.hosts import ssh
 from harbor_ops.site.model import Remote
 
 if TYPE_CHECKING:
     import paramiko
 
-SSH_CONFIG_ENV = "HARBORCTL_SSH_CONFIG"
-CONNECT_TIMEOUT = 15.0
 CHUNK = 1 << 20
 # Hashing on the remote host: generous, but bounded (60 s plus 20 MB/s of file).
 HASH_SECONDS_PER_BYTE = 1 / (20 << 20)
@@ -98,22 +92,14 @@ def checksums_match(local_sha256: str, remote_output: str) -> bool:
     return bool(words) and words[0].lower() == local_sha256.lower() and len(words[0]) == 64
 
 
-def default_ssh_config() -> Path | None:
-    """``$HARBORCTL_SSH_CONFIG``, else ``~/.ssh/config`` when it exists, else None."""
-    env = os.environ.get(SSH_CONFIG_ENV)
-    if env:
-        return Path(env)
-    home = Path.home() / ".ssh" / "config"
-    return home if home.is_file() else None
-
-
-def push_backup(path: Path, remote: Remote, *, ssh_config: Path | None = None) -> PushResult:
+def push_backup(path: Path, remote: Remote, *, ssh_config: Path | None = None,
+                accept_new_host_keys: bool = False) -> PushResult:
     """Copy one backup (and its verification sidecar) to ``remote``, checked there."""
     path = Path(path)
     if parse_name(path.name) is None or not path.is_file():
         raise RemoteError(f"{path} is not a backup file", hint="see `harborctl backup list`")
     t0 = time.monotonic()
-    with _session(remote, ssh_config) as (client, sftp, where):
+    with _session(remote, ssh_config, accept_new_host_keys) as (client, sftp, where):
         _ensure_dir(sftp, remote.path, where)
         final = posixpath.join(remote.path, path.name)
         partial = final + PARTIAL_SUFFIX
@@ -173,7 +159,7 @@ def prune_remote(remote: Remote, keep: KeepPolicy | None = None, *,
                 _remove_quietly(sftp, target + VERIFIED_SUFFIX)
             _remove_stale_partials(sftp, remote.path)
         except (OSError, _ssh_exception()) as exc:
-            raise RemoteError(f"pruning backups on {where} failed: {_reason(exc)}") from None
+            raise RemoteError(f"pruning backups on {where} failed: {ssh.reason(exc)}") from None
         return [b.name for b in doomed]
 
 
@@ -186,91 +172,28 @@ def _ssh_exception() -> type[Exception]:
     return paramiko.SSHException
 
 
-@dataclass(frozen=True)
-class _Target:
-    hostname: str
-    port: int
-    user: str
-    key_files: tuple[str, ...]
-    known_hosts: tuple[Path, ...]
-    timeout: float
-
-
-def _target(remote: Remote, ssh_config: Path | None) -> _Target:
-    import paramiko
-
-    cfg: dict[str, Any] = {}
-    config_path = ssh_config if ssh_config is not None else default_ssh_config()
-    if config_path is not None:
-        try:
-            cfg = dict(paramiko.SSHConfig.from_path(str(config_path)).lookup(remote.host))
-        except (OSError, paramiko.SSHException) as exc:
-            raise RemoteError(f"cannot read the ssh config {config_path}: {_reason(exc)}") \
-                from None
-    keys: tuple[str, ...] = ()
-    if remote.key_file is not None:
-        keys = (str(remote.key_file),)
-    elif cfg.get("identityfile"):
-        keys = tuple(os.path.expanduser(k) for k in cfg["identityfile"])
-    known: tuple[Path, ...]
-    if cfg.get("userknownhostsfile"):
-        known = tuple(Path(os.path.expanduser(p)) for p in
-                      str(cfg["userknownhostsfile"]).split())
-    else:
-        known = (Path.home() / ".ssh" / "known_hosts", Path("/etc/ssh/ssh_known_hosts"))
-    timeout = float(cfg.get("connecttimeout", CONNECT_TIMEOUT))
-    return _Target(str(cfg.get("hostname", remote.host)), remote.port, remote.user, keys,
-                   known, timeout)
-
-
 @contextmanager
-def _session(remote: Remote, ssh_config: Path | None
+def _session(remote: Remote, ssh_config: Path | None, accept_new_host_keys: bool = False
              ) -> Iterator[tuple[paramiko.SSHClient, paramiko.SFTPClient, str]]:
     """A connected client and SFTP session; any SSH/OS failure becomes a RemoteError."""
     import paramiko
 
-    t = _target(remote, ssh_config)
     where = f"{remote.user}@{remote.host}:{remote.path}"
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    target = ssh.resolve(remote.host, port=remote.port, user=remote.user,
+                         key_file=remote.key_file, ssh_config=ssh_config,
+                         accept_new_host_keys=accept_new_host_keys)
     try:
-        for known in t.known_hosts:
-            if known.is_file():
-                client.get_host_keys().load(str(known))
-        client.connect(t.hostname, port=t.port, username=t.user,
-                       key_filename=list(t.key_files) or None,
-                       look_for_keys=not t.key_files, allow_agent=not t.key_files,
-                       timeout=t.timeout, banner_timeout=t.timeout, auth_timeout=t.timeout)
+        client = ssh.connect(target)
+    except RemoteError as exc:
+        raise RemoteError(f"{where}: {exc.message}", hint=exc.hint) from None
+    try:
         sftp = client.open_sftp()
-        sftp.get_channel().settimeout(max(t.timeout, 60.0))  # type: ignore[union-attr]
-    except paramiko.AuthenticationException:
-        client.close()
-        raise RemoteError(f"{where}: SSH authentication as {remote.user} failed",
-                          hint="check backup.remote.key_file and the remote authorized_keys"
-                          ) from None
-    except paramiko.BadHostKeyException:
-        client.close()
-        raise RemoteError(f"{where}: the host key does not match known_hosts",
-                          hint="the host was reinstalled or someone is in the middle; "
-                          "check its fingerprint before updating known_hosts") from None
-    except (OSError, EOFError, paramiko.SSHException) as exc:
-        client.close()
-        hint = ("add its key to known_hosts after checking the fingerprint"
-                if "not found in known_hosts" in str(exc) else None)
-        raise RemoteError(f"cannot connect to {where}: {_reason(exc)}", hint=hint) from None
-    try:
+        sftp.get_channel().settimeout(max(target.timeout, 60.0))  # type: ignore[union-attr]
         yield client, sftp, where
     except (OSError, EOFError, paramiko.SSHException) as exc:
-        raise RemoteError(f"off-host copy to {where} failed: {_reason(exc)}") from None
+        raise RemoteError(f"off-host copy to {where} failed: {ssh.reason(exc)}") from None
     finally:
         client.close()
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, socket.timeout | TimeoutError):
-        return "timed out"
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:300]
 
 
 # ------------------------------------------------------------------ remote steps

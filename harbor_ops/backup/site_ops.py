@@ -33,7 +33,7 @@ def create_for_site(site: Site, *, dry_run: bool = False,
     return result
 
 
-def push_for_site(site: Site, path: Path) -> PushResult:
+def push_for_site(site: Site, path: Path, *, accept_new_host_keys: bool = False) -> PushResult:
     """Copy one backup to ``backup.remote`` (checked there), then apply retention there."""
     from harbor_ops.backup.remote import prune_remote, push_backup
 
@@ -41,7 +41,7 @@ def push_for_site(site: Site, path: Path) -> PushResult:
     if remote is None:
         raise UsageError("backup.remote is not set in the site file")
     try:
-        pushed = push_backup(path, remote)
+        pushed = push_backup(path, remote, accept_new_host_keys=accept_new_host_keys)
         pruned = prune_remote(remote, site.backup.keep, hostname=site.hostname)
     except RemoteError as exc:
         raise RemoteError(f"backup {path.name} is complete locally, but {exc.message}",

@@ -7,7 +7,13 @@ from typing import Any
 
 import click
 
-from harbor_ops.cli.options import config_option, dry_run_option, emit, output_option
+from harbor_ops.cli.options import (
+    accept_new_host_keys_option,
+    config_option,
+    dry_run_option,
+    emit,
+    output_option,
+)
 
 
 def _progress(output: str) -> Any:
@@ -143,15 +149,17 @@ def prune_cmd(config: Path, dry_run: bool, output: str) -> None:
 @backup_group.command("push")
 @click.argument("name", required=False)
 @config_option
+@accept_new_host_keys_option
 @output_option
-def push_cmd(name: str | None, config: Path, output: str) -> None:
+def push_cmd(name: str | None, config: Path, accept_new_host_keys: bool, output: str) -> None:
     """Copy a backup (default: the newest) to backup.remote, checked by SHA-256 there."""
     from harbor_ops.backup.catalog import find_backup
     from harbor_ops.backup.site_ops import push_for_site
     from harbor_ops.site.load import load_site
 
     site = load_site(config)
-    result = push_for_site(site, find_backup(site.backup.dir, name))
+    result = push_for_site(site, find_backup(site.backup.dir, name),
+                           accept_new_host_keys=accept_new_host_keys)
     emit(result, output, lambda r: "\n".join(
         [f"{r.name} {'already at' if r.already_there else 'copied to'} {r.destination} "
          f"({r.size} bytes, sha256 {r.sha256[:12]}..., {r.seconds} s)",

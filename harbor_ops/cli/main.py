@@ -79,10 +79,24 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
+def _warnings_to_stderr() -> None:
+    """Core modules report what the user must know (an accepted host key) as warnings of
+    the ``harborctl`` logger; they reach stderr as ``harborctl: warning: ...``."""
+    import logging
+
+    logger = logging.getLogger("harborctl")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("harborctl: warning: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Console entry point: run the group and map errors to exit codes."""
     from harbor_ops.core.errors import HarborctlError
 
+    _warnings_to_stderr()
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         rv = cli.main(args=argv, prog_name="harborctl", standalone_mode=False)

@@ -38,6 +38,13 @@ def inventory_option(f: F) -> F:
         default=None, help="An Ansible inventory (default: the site file's hosts:).")(f)
 
 
+def accept_new_host_keys_option(f: F) -> F:
+    return click.option(
+        "--accept-new-host-keys", is_flag=True,
+        help="Accept a host key seen for the first time and record it in known_hosts "
+             "(a changed key is always refused).")(f)
+
+
 def emit(result: Any, output: str, text: Callable[[Any], str] | None = None) -> None:
     """Print a core result: JSON (``to_dict()`` or the object itself) or its text form."""
     if output == "json":

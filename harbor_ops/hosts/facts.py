@@ -6,7 +6,8 @@ remote host is checked exactly like this one, and nothing is left behind on it. 
 only collects raw text (``ss``, ``/proc/net/tcp``, ``docker ps``); parsing lives here as pure
 functions so it is unit-tested without a host.
 
-An unreachable host, a refused key or an unknown host key never raises: :func:`gather`
+The connection and its host-key policy are :mod:`harbor_ops.hosts.ssh`'s. An unreachable
+host, a refused key or an unknown or changed host key never raises: :func:`gather`
 returns ``HostFacts(error=...)`` naming the host, which preflight reports as a failed
 ``ssh`` check (so the other hosts' results still show). :func:`hosts_from_inventory`
 says which hosts to gather from when the operator passes an Ansible inventory.
@@ -28,11 +29,10 @@ from typing import Any
 
 import paramiko
 
-from harbor_ops.core.errors import UsageError
-from harbor_ops.hosts import probe
+from harbor_ops.core.errors import RemoteError, UsageError
+from harbor_ops.hosts import probe, ssh
 from harbor_ops.site.model import HostEntry
 
-CONNECT_TIMEOUT = 10.0
 PROBE_TIMEOUT = 180.0
 
 
@@ -79,7 +79,8 @@ def _probe_text() -> str:
 
 
 def gather(entry: HostEntry, *, data_volume: str, hostname: str, install_dir: str,
-           ssh_config: Path | None = None, journal: str | None = None) -> HostFacts:
+           ssh_config: Path | None = None, journal: str | None = None,
+           accept_new_host_keys: bool = False) -> HostFacts:
     """Run the probe on ``entry`` (local or ssh). Never raises for host problems.
 
     ``journal`` (an upgrade journal path on the host) adds its tail to the facts."""
@@ -87,7 +88,7 @@ def gather(entry: HostEntry, *, data_volume: str, hostname: str, install_dir: st
                           journal=journal)
     if entry.connection == "local":
         return _run_local(entry, script)
-    return _run_ssh(entry, script, ssh_config)
+    return _run_ssh(entry, script, ssh_config, accept_new_host_keys)
 
 
 def _decode(host: str, rc: int, out: str, err: str) -> HostFacts:
@@ -113,53 +114,16 @@ def _run_local(entry: HostEntry, script: str) -> HostFacts:
     return _decode(entry.name, p.returncode, p.stdout, p.stderr)
 
 
-@dataclass(frozen=True)
-class SshTarget:
-    """Where and how to connect, after merging the host entry with an ssh_config file."""
-
-    host: str
-    address: str
-    port: int
-    user: str
-    key_file: str | None
-    known_hosts: str | None
-    strict: bool
-
-
-def ssh_target(entry: HostEntry, ssh_config: Path | None) -> SshTarget:
-    """Entry fields win; ssh_config fills what the entry leaves at its default."""
-    cfg: dict[str, Any] = {}
-    if ssh_config is not None:
-        cfg = paramiko.SSHConfig.from_path(str(ssh_config)).lookup(entry.address or entry.name)
-    keys = cfg.get("identityfile") or []
-    known = cfg.get("userknownhostsfile")
-    known = known.split()[0] if known else None
-    return SshTarget(
-        host=entry.name,
-        address=entry.address or cfg.get("hostname") or entry.name,
-        port=entry.port if entry.port != 22 or "port" not in cfg else int(cfg["port"]),
-        user=entry.user if entry.user != "root" or "user" not in cfg else cfg["user"],
-        key_file=str(entry.ssh_key_file) if entry.ssh_key_file else (keys[0] if keys else None),
-        known_hosts=None if known in (None, "/dev/null") else known,
-        strict=str(cfg.get("stricthostkeychecking", "yes")).lower() not in ("no", "off",
-                                                                             "accept-new"),
-    )
-
-
-def _run_ssh(entry: HostEntry, script: str, ssh_config: Path | None) -> HostFacts:
-    t = ssh_target(entry, ssh_config)
-    where = f"{t.user}@{t.address}:{t.port}"
-    client = paramiko.SSHClient()
+def _run_ssh(entry: HostEntry, script: str, ssh_config: Path | None,
+             accept_new_host_keys: bool) -> HostFacts:
     try:
-        client.load_system_host_keys()
-        if t.known_hosts and Path(t.known_hosts).expanduser().exists():
-            client.load_host_keys(str(Path(t.known_hosts).expanduser()))
-        client.set_missing_host_key_policy(
-            paramiko.RejectPolicy() if t.strict else paramiko.WarningPolicy())
-        client.connect(t.address, port=t.port, username=t.user, key_filename=t.key_file,
-                       timeout=CONNECT_TIMEOUT, banner_timeout=CONNECT_TIMEOUT,
-                       auth_timeout=CONNECT_TIMEOUT, allow_agent=t.key_file is None,
-                       look_for_keys=t.key_file is None)
+        t = ssh.resolve(entry.name, address=entry.address, port=entry.port, user=entry.user,
+                        key_file=entry.ssh_key_file, ssh_config=ssh_config,
+                        accept_new_host_keys=accept_new_host_keys)
+        client = ssh.connect(t)
+    except RemoteError as exc:
+        return HostFacts(entry.name, error=exc.message, fix=exc.hint)
+    try:
         command = "python3 -" if t.user == "root" else "sudo -n python3 -"
         stdin, stdout, stderr = client.exec_command(command, timeout=PROBE_TIMEOUT)
         stdin.write(script)
@@ -168,23 +132,10 @@ def _run_ssh(entry: HostEntry, script: str, ssh_config: Path | None) -> HostFact
         err = stderr.read().decode("utf-8", "replace")
         rc = stdout.channel.recv_exit_status()
         return _decode(entry.name, rc, out, err)
-    except paramiko.AuthenticationException:
-        return HostFacts(entry.name, error=f"host {entry.name}: SSH key refused for {where}",
-                         fix="check hosts[].ssh_key_file / user, or the authorized_keys there")
-    except paramiko.SSHException as exc:
-        if "not found in known_hosts" in str(exc):
-            return HostFacts(entry.name, error=f"host {entry.name}: unknown host key for "
-                             f"{t.address}", fix=f"add it: ssh-keyscan -p {t.port} {t.address} "
-                             ">> ~/.ssh/known_hosts (after checking its fingerprint)")
-        return HostFacts(entry.name, error=f"host {entry.name}: SSH to {where} failed: {exc}",
-                         fix="check that sshd runs there and the address/port are right")
-    except TimeoutError:
-        return HostFacts(entry.name, error=f"host {entry.name} is unreachable: {where} timed out",
-                         fix="check the address, routing and firewall")
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        return HostFacts(entry.name, error=f"host {entry.name} is unreachable ({where}: {reason})",
-                         fix="check the address, port and that sshd runs there")
+    except (OSError, EOFError, paramiko.SSHException) as exc:
+        return HostFacts(entry.name, error=f"host {entry.name}: the fact probe over SSH to "
+                         f"{t.where} failed: {ssh.reason(exc)}",
+                         fix="check that sshd runs there and the host is not overloaded")
     finally:
         client.close()
 

@@ -27,6 +27,7 @@ import yaml
 
 from harbor_ops.core.assets import shipped_dir
 from harbor_ops.core.errors import RemoteError
+from harbor_ops.hosts import ssh
 from harbor_ops.site.model import HostEntry
 
 CALLBACK = "harborctl_events"
@@ -90,14 +91,15 @@ def build_command(*, playbook: Path, work_dir: Path, log_path: Path,
                   extra_vars: dict[str, Any], hosts: Sequence[HostEntry] = (),
                   inventory: Path | None = None, forks: int | None = None,
                   check: bool = False, ssh_config: Path | None = None,
+                  accept_new_host_keys: bool = False,
                   limit: str | None = None) -> tuple[list[str], dict[str, str]]:
     """The ansible-playbook argv and the environment additions for one run.
 
     Its only side effect is writing two files into ``work_dir`` (which the caller keeps
     private): the extra vars as JSON, mode 0600, passed as ``-e @file`` so that no value
     ever appears in a process list; and, without ``inventory``, a YAML inventory built
-    from ``hosts``. ``ssh_config`` (test beds) is passed to ssh with ``-F`` and turns host
-    key checking off; real sites rely on known_hosts.
+    from ``hosts``. Host keys follow :mod:`harbor_ops.hosts.ssh`'s policy (checking is forced
+    on whatever an ansible.cfg says); ``ssh_config`` is passed to ssh with ``-F``.
     """
     if inventory is None and not hosts:
         raise ValueError("build_command needs hosts or an inventory")
@@ -129,15 +131,17 @@ def build_command(*, playbook: Path, work_dir: Path, log_path: Path,
         "ANSIBLE_RETRY_FILES_ENABLED": "false",
         "ANSIBLE_NOCOLOR": "true",
         "ANSIBLE_LOCAL_TEMP": str(work_dir / "ansible-tmp"),
+        # This run's own SSH masters: a connection opened before a host key changed is
+        # never reused by a later run.
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(work_dir / "cp"),
         "ANSIBLE_ROLES_PATH": str(playbook_dir() / "roles"),
         "ANSIBLE_TIMEOUT": "20",
     }
     if inventory == work_dir / INVENTORY_FILE:
         env["ANSIBLE_PYTHON_INTERPRETER"] = REMOTE_PYTHON
-    if ssh_config is not None:
-        env["ANSIBLE_SSH_ARGS"] = (f"-F {ssh_config} -o ControlMaster=auto "
-                                   "-o ControlPersist=60s")
-        env["ANSIBLE_HOST_KEY_CHECKING"] = "false"
+    env["ANSIBLE_HOST_KEY_CHECKING"] = "true"
+    env["ANSIBLE_SSH_ARGS"] = ssh.ansible_ssh_args(ssh_config,
+                                                   accept_new_host_keys=accept_new_host_keys)
     return argv, env
 
 

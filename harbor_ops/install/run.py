@@ -131,7 +131,7 @@ def failed_checks(report: PreflightReport) -> list[str]:
 def install(site: Site, *, bundle: Path, inventory: Path | None = None, check: bool = False,
             skip_checks: Sequence[str] = (), progress: Callable[[str], None] = lambda _: None,
             log_dir: Path, forks: int | None = None, ssh_config: Path | None = None,
-            timeout: float = 3600) -> InstallResult:
+            accept_new_host_keys: bool = False, timeout: float = 3600) -> InstallResult:
     """Install (or, with ``check``, dry-run) Harbor from ``bundle`` on the site's hosts."""
     from harbor_ops.preflight.run import run_preflight
 
@@ -141,7 +141,7 @@ def install(site: Site, *, bundle: Path, inventory: Path | None = None, check: b
     started = time.monotonic()
     progress("preflight: checking hosts and bundle before touching anything")
     report = run_preflight(site, bundle=bundle, skip=list(skip_checks), inventory=inventory,
-                           ssh_config=ssh_config)
+                           ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys)
     failed = failed_checks(report)
     if failed:
         raise PreflightFailed("nothing was changed; failed check(s):\n"
@@ -157,7 +157,8 @@ def install(site: Site, *, bundle: Path, inventory: Path | None = None, check: b
     # install.sh is taking down (check mode changes nothing, so it needs no lock).
     with nullcontext() if check else job_lock(job="install"):
         outcome = _render_and_run(site, bundle=bundle, inventory=inventory, check=check,
-                                  forks=forks, ssh_config=ssh_config, log_path=log_path,
+                                  forks=forks, ssh_config=ssh_config,
+                                  accept_new_host_keys=accept_new_host_keys, log_path=log_path,
                                   output_path=output_path, progress=progress, timeout=timeout)
     _raise_for(outcome, log_path, output_path)
     return InstallResult(version=str(site.release.version), bundle=bundle, check=check,
@@ -166,7 +167,8 @@ def install(site: Site, *, bundle: Path, inventory: Path | None = None, check: b
 
 
 def _render_and_run(site: Site, *, bundle: Path, inventory: Path | None, check: bool,
-                    forks: int | None, ssh_config: Path | None, log_path: Path,
+                    forks: int | None, ssh_config: Path | None,
+                    accept_new_host_keys: bool, log_path: Path,
                     output_path: Path, progress: Callable[[str], None],
                     timeout: float) -> runner.PlaybookOutcome:
     """Render into a private staging folder, run the playbook, delete the staging folder."""
@@ -180,7 +182,7 @@ def _render_and_run(site: Site, *, bundle: Path, inventory: Path | None, check: 
         argv, env = runner.build_command(
             playbook=runner.playbook_path(PLAYBOOK), work_dir=staging / "run",
             log_path=log_path, hosts=site.hosts, inventory=inventory, forks=forks,
-            check=check, ssh_config=ssh_config,
+            check=check, ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys,
             extra_vars=role_vars(site, bundle=bundle, bundle_sha256=digest,
                                  staging=staging / "files"))
         run = runner.run_playbook(argv, env, output_path=output_path, cwd=staging / "run",

@@ -135,7 +135,8 @@ def host_results(ctx: Context, skip: frozenset[str],
 
 def run_preflight(site: Site, *, bundle: Path | None = None, skip: Iterable[str] = (),
                   hosts: Sequence[HostEntry] | None = None, inventory: Path | None = None,
-                  ssh_config: Path | None = None) -> PreflightReport:
+                  ssh_config: Path | None = None,
+                  accept_new_host_keys: bool = False) -> PreflightReport:
     """Run every check not in ``skip`` on each host (in parallel); never changes a host."""
     skipped = validate_skip(skip)
     targets = _targets(site, hosts, inventory, ssh_config)
@@ -154,7 +155,8 @@ def run_preflight(site: Site, *, bundle: Path | None = None, skip: Iterable[str]
     def one(target: tuple[HostEntry, Path | None]) -> tuple[str, list[CheckResult]]:
         entry, cfg = target
         got = facts.gather(entry, data_volume=data_volume, hostname=site.hostname,
-                           install_dir=str(site.install.dir), ssh_config=cfg)
+                           install_dir=str(site.install.dir), ssh_config=cfg,
+                           accept_new_host_keys=accept_new_host_keys)
         if not got.ok:
             rs = [CheckResult("ssh", "fail", got.error or "unreachable", got.fix or "")]
             rs += [CheckResult(n, "skip", f"no facts from {entry.name}") for n in CHECKS

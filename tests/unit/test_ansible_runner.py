@@ -106,10 +106,23 @@ def test_environment(tmp_path: Path) -> None:
     assert env["ANSIBLE_CALLBACKS_ENABLED"] == runner.CALLBACK
     assert env["ANSIBLE_LOG_PATH"] == str(tmp_path / "ansible.log")
     assert env["ANSIBLE_PIPELINING"] == "true"
-    assert "ANSIBLE_HOST_KEY_CHECKING" not in env  # real sites keep known_hosts checking
-    _, env = _build(tmp_path, ssh_config=tmp_path / "ssh_config")
-    assert env["ANSIBLE_HOST_KEY_CHECKING"] == "false"
-    assert f"-F {tmp_path / 'ssh_config'}" in env["ANSIBLE_SSH_ARGS"]
+
+
+
+@pytest.mark.parametrize("ssh_config", [None, "ssh_config"])
+@pytest.mark.parametrize("accept", [False, True])
+def test_host_keys_are_always_checked(tmp_path: Path, ssh_config: str | None,
+                                      accept: bool) -> None:
+    """Never StrictHostKeyChecking=no, whatever an ansible.cfg says; BatchMode makes
+    OpenSSH's default "ask" a refusal; only the option adds accept-new."""
+    cfg = tmp_path / ssh_config if ssh_config else None
+    _, env = _build(tmp_path, ssh_config=cfg, accept_new_host_keys=accept)
+    assert env["ANSIBLE_HOST_KEY_CHECKING"] == "true"
+    args = env["ANSIBLE_SSH_ARGS"]
+    assert "-o BatchMode=yes" in args and "StrictHostKeyChecking=no" not in args
+    assert ("-o StrictHostKeyChecking=accept-new" in args) is accept
+    assert (f"-F {cfg}" in args) is (cfg is not None)
+    assert env["ANSIBLE_SSH_CONTROL_PATH_DIR"].startswith(str(tmp_path))
 
 
 # ------------------------------------------------------------------------- event stream
