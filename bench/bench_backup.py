@@ -146,7 +146,7 @@ install:
           f"time ratio {min(t_ours) / min(t_dump):.2f} (goal < 0.6), "
           f"size ratio {our_size / ref_size:.2f} (goal <= 1.0)")
 
-    from harbor_ops.backup.restore import restore_database
+    from harbor_ops.backup.drill import restore_database
     from harbor_ops.backup.sources import ExternalSource
 
     t_ref, t_ref2, t_rest = [], [], []

@@ -12,11 +12,13 @@ import hashlib
 import os
 import tarfile
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import BinaryIO
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import IO, BinaryIO
 
-from harbor_ops.backup.manifest import MANIFEST_MEMBER, Manifest, Member
+import zstandard
+
+from harbor_ops.backup.manifest import FILES_MEMBER, MANIFEST_MEMBER, Manifest, Member
 
 BLOCK = 512
 CHUNK = 1 << 20
@@ -131,6 +133,58 @@ def check_members(path: Path, manifest: Manifest) -> list[str]:
                     problems.append(f"{expected.name}: SHA-256 differs from the manifest")
     except (OSError, tarfile.TarError) as exc:
         problems.append(f"archive unreadable: {exc}")
+    return problems
+
+
+def member_problem(info: tarfile.TarInfo, prefixes: Iterable[str]) -> str | None:
+    """Why one member of files.tar.zst must not be restored (None: it may).
+
+    Only plain files and folders, with relative names free of ``..``, under one of the
+    manifest's own arcnames: a link, device or pipe could point a later write anywhere,
+    and a name could climb out of its destination.
+    """
+    name = info.name
+    if not (info.isreg() or info.isdir()):
+        kind = {tarfile.SYMTYPE: "a symbolic link", tarfile.LNKTYPE: "a hard link",
+                tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block device",
+                tarfile.FIFOTYPE: "a named pipe"}.get(info.type, "not a plain file")
+        return f"member {name!r} is {kind}"
+    parts = PurePosixPath(name).parts
+    if name.startswith("/") or not parts:
+        return f"member {name!r} has an absolute or empty name"
+    if ".." in parts or any(ord(c) < 32 for c in name) or "\\" in name:
+        return f"member {name!r} climbs out of its folder or has control characters"
+    clean = "/".join(p for p in parts if p != ".")
+    if not any(clean == p or clean.startswith(p + "/") for p in prefixes):
+        return f"member {name!r} is not under a file the manifest lists"
+    return None
+
+
+def file_members(path: Path) -> Iterator[tuple[tarfile.TarInfo, IO[bytes] | None]]:
+    """Members of files.tar.zst in order, streamed (each file's data readable in turn)."""
+    with tarfile.open(path, mode="r:") as outer:
+        raw = outer.extractfile(FILES_MEMBER)
+        if raw is None:
+            raise KeyError(FILES_MEMBER)
+        with zstandard.ZstdDecompressor().stream_reader(raw) as z, \
+                tarfile.open(fileobj=z, mode="r|") as tar:
+            for info in tar:
+                yield info, tar.extractfile(info) if info.isreg() else None
+
+
+def files_problems(path: Path, manifest: Manifest) -> list[str]:
+    """Every member of files.tar.zst that a restore would refuse (see member_problem)."""
+    if manifest.member(FILES_MEMBER) is None:
+        return []
+    prefixes = [e.arcname for e in manifest.files]
+    problems: list[str] = []
+    try:
+        for info, _data in file_members(path):
+            problem = member_problem(info, prefixes)
+            if problem:
+                problems.append(problem)
+    except (OSError, KeyError, tarfile.TarError, zstandard.ZstdError) as exc:
+        problems.append(f"{FILES_MEMBER} unreadable: {exc}")
     return problems
 
 

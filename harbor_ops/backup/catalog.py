@@ -15,6 +15,7 @@ from harbor_ops.backup import archive
 from harbor_ops.backup.engine import clean_partials
 from harbor_ops.backup.manifest import (
     Manifest,
+    is_host_backup,
     iso,
     parse_name,
     read_sidecar,
@@ -98,13 +99,16 @@ class PruneResult:
         return {"deleted": self.deleted, "kept": self.kept, "dry_run": self.dry_run}
 
 
-def prune_backups(*, backup_dir: Path, keep: KeepPolicy, now: datetime | None = None,
-                  dry_run: bool = False, lock_path: Path | None = None) -> PruneResult:
-    """Delete what the retention policy does not keep (and leftovers of crashed runs)."""
+def prune_backups(*, backup_dir: Path, keep: KeepPolicy, hostname: str,
+                  now: datetime | None = None, dry_run: bool = False,
+                  lock_path: Path | None = None) -> PruneResult:
+    """Delete what the retention policy does not keep of ``hostname``'s backups (and its
+    leftovers of crashed runs); other hosts' backups in a shared folder are not touched."""
     with job_lock(lock_path, job="backup prune"):
         if not dry_run and Path(backup_dir).is_dir():
-            clean_partials(Path(backup_dir))
-        entries = [e for e in list_backups(backup_dir) if e.manifest is not None]
+            clean_partials(Path(backup_dir), hostname)
+        entries = [e for e in list_backups(backup_dir)
+                   if e.manifest is not None and is_host_backup(e.name, hostname)]
         reasons = keep_reasons([e.ref() for e in entries], keep, now or utc_now())
         result = PruneResult(kept=reasons, dry_run=dry_run)
         for e in entries:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 import subprocess
 import tarfile
@@ -22,17 +23,20 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 import zstandard
+from psycopg import sql
 
 from harbor_ops.backup import archive
 from harbor_ops.backup.manifest import (
     DB_MEMBER,
     FILES_MEMBER,
+    FIXED_ARCNAMES,
     KEY_TABLES,
     MANIFEST_MEMBER,
     PARTIAL_SUFFIX,
     FileEntry,
     Manifest,
     backup_name,
+    is_host_backup,
     iso,
     utc_now,
 )
@@ -69,18 +73,20 @@ class HostFiles:
                 raise BackupError(f"{secret}/keys/secretkey is missing: without it the "
                                   "secrets stored in Harbor's database cannot be decrypted",
                                   hint="check harbor.data_volume in the site file")
-            out.append(FileEntry("secret", str(secret), "data_volume/secret"))
+            out.append(FileEntry("secret", str(secret), FIXED_ARCNAMES["secret"]))
             redis = self.data_volume / "redis"
             if self.include_redis and redis.is_dir():
-                out.append(FileEntry("redis", str(redis), "data_volume/redis"))
+                out.append(FileEntry("redis", str(redis), FIXED_ARCNAMES["redis"]))
         if self.harbor_yml is not None:
             if not self.harbor_yml.is_file():
                 raise BackupError(f"harbor.yml not found at {self.harbor_yml}")
-            out.append(FileEntry("harbor_yml", str(self.harbor_yml), "config/harbor.yml"))
+            out.append(FileEntry("harbor_yml", str(self.harbor_yml),
+                                 FIXED_ARCNAMES["harbor_yml"]))
         for i, cert in enumerate(self.certificates):
             if not cert.is_file():
                 raise BackupError(f"certificate file {cert} (named in harbor.yml) is missing")
-            out.append(FileEntry("certificate", str(cert), f"certs/{i}-{cert.name}"))
+            safe = re.sub(r"[^A-Za-z0-9._+@-]", "_", cert.name)[:200]
+            out.append(FileEntry("certificate", str(cert), f"certs/{i}-{safe}"))
         return out
 
 
@@ -115,72 +121,114 @@ def create_backup(*, backup_dir: Path, source: DbSource, files: HostFiles,
                   lock_path: Path | None = None, reserve_bytes: int | None = None,
                   estimate_ratio: float = ESTIMATE_RATIO, zstd_level: int = ZSTD_LEVEL,
                   dry_run: bool = False, progress: Progress | None = None) -> BackupResult:
-    """Write one backup into ``backup_dir`` and return what was written."""
+    """Write one backup into ``backup_dir`` and return what was written.
+
+    The backup's name is reserved (its ``.partial`` created exclusively) before the
+    database is read, so a clash is found before a dump, not after it.
+    """
     say = progress or (lambda _msg: None)
+    host = hostname or socket.gethostname()
     with job_lock(lock_path, job="backup create"):
         backup_dir = Path(backup_dir)
-        if not dry_run:
-            _prepare_dir(backup_dir)
-            clean_partials(backup_dir)
         entries = files.entries()
-        started = utc_now()
-        host = hostname or socket.gethostname()
-        name = backup_name(host, started)
-        with SqlSession(source) as session:
-            session.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            snapshot = session.scalar("SELECT pg_export_snapshot()")
-            facts = _db_facts(session)
-            files_size = sum(_tree_size(Path(e.path)) for e in entries)
-            needed = int(facts.data_size * estimate_ratio) + files_size + (1 << 20)
-            _check_space(backup_dir if backup_dir.exists() else backup_dir.parent,
-                         needed, reserve_bytes)
-            manifest_base: dict[str, Any] = dict(
-                harborctl_version=_harborctl_version(), harbor_version=harbor_version,
-                source_kind=source.kind, source=source.describe(), database=source.dbname,
-                pg_major=pg_major_of(facts.server_version_num),
-                pg_server_version_num=facts.server_version_num, database_size=facts.size,
-                schema_version=facts.schema_version, schema_dirty=facts.schema_dirty,
-                row_counts=facts.counts, tables=facts.tables, files=entries,
-                started_at=iso(started), hostname=host)
-            if dry_run:
-                m = Manifest(**manifest_base, members=[], finished_at=iso(utc_now()))
-                return BackupResult(name, backup_dir / name, 0, m, dry_run=True,
-                                    notes=[f"about {needed} bytes needed"])
-            partial = backup_dir / (name + PARTIAL_SUFFIX)
-            final = backup_dir / name
-            try:
-                manifest = _write(partial, source, snapshot, entries, manifest_base,
-                                  zstd_level, reserve_bytes, say)
-            except BaseException as exc:
-                partial.unlink(missing_ok=True)
-                if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise NoSpace(f"the backup folder {backup_dir} ran out of space "
-                                      "during the dump; the partial backup was removed",
-                                      hint="free space or prune old backups") from None
-                if isinstance(exc, OSError):
-                    raise BackupError(f"writing {partial} failed: {exc}") from None
-                raise
-        problems = archive.check_members(partial, manifest)
-        if problems:
-            partial.unlink(missing_ok=True)
-            raise BackupError(f"backup read-back check failed: {'; '.join(problems)}")
+        if dry_run:
+            name = backup_name(host, utc_now())
+            with source.session(snapshot=True) as session:
+                base, needed = _plan(session, source, entries, backup_dir, host,
+                                     harbor_version, estimate_ratio, reserve_bytes)
+            m = Manifest(**base, members=[], finished_at=iso(utc_now()))
+            return BackupResult(name, backup_dir / name, 0, m, dry_run=True,
+                                notes=[f"about {needed} bytes needed"])
+        _prepare_dir(backup_dir)
+        clean_partials(backup_dir, host)
+        partial = reserve_name(backup_dir, host)
+        name = partial.name.removesuffix(PARTIAL_SUFFIX)
         try:
-            os.link(partial, final)  # atomic, and never replaces an existing backup
-        except FileExistsError:
+            with source.session(snapshot=True) as session:
+                base, _needed = _plan(session, source, entries, backup_dir, host,
+                                      harbor_version, estimate_ratio, reserve_bytes)
+                snapshot = str(session.scalar(sql.SQL("SELECT pg_export_snapshot()")))
+                manifest = _write(partial, source, snapshot, entries, base, zstd_level,
+                                  reserve_bytes, say)
+            final = _publish(partial, manifest)
+        except BaseException as exc:
             partial.unlink(missing_ok=True)
-            raise BackupError(f"a backup named {name} already exists") from None
-        partial.unlink()
-        fsync_dir(backup_dir)
+            if isinstance(exc, OSError):
+                raise _write_error(exc, partial) from None
+            raise
         say(f"backup {final} written")
         return BackupResult(name, final, final.stat().st_size, manifest)
 
 
-def clean_partials(backup_dir: Path) -> list[Path]:
-    """Delete leftovers of interrupted runs. Call only while holding the job lock."""
+def reserve_name(backup_dir: Path, host: str) -> Path:
+    """Create ``<name>.partial`` exclusively for a name no backup in the folder has."""
+    now = utc_now()
+    for counter in range(1000):
+        name = backup_name(host, now, counter)
+        if (backup_dir / name).exists():
+            continue
+        partial = backup_dir / (name + PARTIAL_SUFFIX)
+        try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return partial
+    raise BackupError(f"no free backup name for {host} in {backup_dir} (1000 taken)")
+
+
+def _plan(session: SqlSession, source: DbSource, entries: list[FileEntry], backup_dir: Path,
+          host: str, harbor_version: str | None, estimate_ratio: float,
+          reserve_bytes: int | None) -> tuple[dict[str, Any], int]:
+    """The manifest's fields known before the dump, after checking the space it needs."""
+    facts = _db_facts(session)
+    files_size = sum(_tree_size(Path(e.path)) for e in entries)
+    needed = int(facts.data_size * estimate_ratio) + files_size + (1 << 20)
+    _check_space(backup_dir if backup_dir.exists() else backup_dir.parent, needed,
+                 reserve_bytes)
+    base: dict[str, Any] = dict(
+        harborctl_version=_harborctl_version(), harbor_version=harbor_version,
+        source_kind=source.kind, source=source.describe(), database=source.dbname,
+        pg_major=pg_major_of(facts.server_version_num),
+        pg_server_version_num=facts.server_version_num, database_size=facts.size,
+        schema_version=facts.schema_version, schema_dirty=facts.schema_dirty,
+        row_counts=facts.counts, tables=facts.tables, files=entries,
+        started_at=iso(utc_now()), hostname=host)
+    return base, needed
+
+
+def _publish(partial: Path, manifest: Manifest) -> Path:
+    """Read the written file back, then give it its final name (never over another)."""
+    problems = archive.check_members(partial, manifest)
+    if problems:
+        raise BackupError(f"backup read-back check failed: {'; '.join(problems)}")
+    final = partial.with_name(partial.name.removesuffix(PARTIAL_SUFFIX))
+    try:
+        os.link(partial, final)  # atomic, and never replaces an existing backup
+    except FileExistsError:
+        raise BackupError(f"a backup named {final.name} already exists") from None
+    partial.unlink()
+    fsync_dir(partial.parent)
+    return final
+
+
+def _write_error(exc: OSError, partial: Path) -> BackupError:
+    """What a user is told when writing the backup file failed (the partial is gone)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(f"the backup folder {partial.parent} ran out of space during the "
+                       "dump; the partial backup was removed",
+                       hint="free space or prune old backups")
+    return BackupError(f"writing {partial} failed: {exc}")
+
+
+def clean_partials(backup_dir: Path, hostname: str) -> list[Path]:
+    """Delete ``hostname``'s leftovers of interrupted runs (never another host's, which may
+    be writing into a shared folder right now). Call only while holding the job lock."""
     removed = []
     for p in backup_dir.glob(f"*{PARTIAL_SUFFIX}"):
-        p.unlink(missing_ok=True)
-        removed.append(p)
+        if is_host_backup(p.name, hostname):
+            p.unlink(missing_ok=True)
+            removed.append(p)
     return removed
 
 
@@ -190,23 +238,24 @@ def _prepare_dir(backup_dir: Path) -> None:
 
 
 def _db_facts(session: SqlSession) -> _DbFacts:
-    version_num = int(session.scalar("SHOW server_version_num"))
-    size = int(session.scalar("SELECT pg_database_size(current_database())"))
-    data_size = int(session.scalar(
+    version_num = int(session.scalar(sql.SQL("SHOW server_version_num")))
+    size = int(session.scalar(sql.SQL("SELECT pg_database_size(current_database())")))
+    data_size = int(session.scalar(sql.SQL(
         "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
         "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'm') "
         "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
-        "AND n.nspname NOT LIKE 'pg_toast%'"))
-    tables = [r[0] for r in session.query(
-        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")]
+        "AND n.nspname NOT LIKE 'pg_toast%'")))
+    tables = [str(r[0]) for r in session.query(sql.SQL(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"))]
     schema_version: int | None = None
     dirty: bool | None = None
     if "schema_migrations" in tables:
-        rows = session.query("SELECT version, dirty FROM public.schema_migrations LIMIT 1")
+        rows = session.query(sql.SQL(
+            "SELECT version, dirty FROM public.schema_migrations LIMIT 1"))
         if rows:
-            schema_version, dirty = int(rows[0][0]), rows[0][1] == "t"
-    counts = {t: int(session.scalar(f'SELECT count(*) FROM public."{t}"'))
-              for t in KEY_TABLES if t in tables}
+            schema_version, dirty = int(rows[0][0]), rows[0][1] in (True, "t")
+    counts = {t: int(session.scalar(sql.SQL("SELECT count(*) FROM public.{}").format(
+        sql.Identifier(t)))) for t in KEY_TABLES if t in tables}
     return _DbFacts(version_num, size, data_size, tables, schema_version, dirty, counts)
 
 
@@ -229,7 +278,7 @@ def _write(partial: Path, source: DbSource, snapshot: str, entries: list[FileEnt
            manifest_base: dict[str, Any], level: int, reserve: int | None,
            say: Progress) -> Manifest:
     guard = _SpaceGuard(partial.parent, reserve)
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fd = os.open(partial, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
     with os.fdopen(fd, "wb", buffering=1 << 20) as f:
         writer = archive.ArchiveWriter(f, on_write=guard)
         cctx = zstandard.ZstdCompressor(level=level, threads=-1)

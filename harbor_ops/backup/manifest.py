@@ -25,23 +25,47 @@ FILES_MEMBER = "files.tar.zst"
 MANIFEST_MEMBER = "manifest.json"
 KEY_TABLES = ("project", "repository", "artifact", "audit_log", "harbor_user")
 
-_NAME_RE = re.compile(r"^harbor-(?P<host>[A-Za-z0-9._-]+?)-(?P<ts>\d{8}T\d{6}Z)\.hbk$")
-_TS_FORMAT = "%Y%m%dT%H%M%SZ"
+# harbor-<host>-<YYYYmmddTHHMMSS>[.<ms>]Z[-<n>].hbk (names of older harborctl: no ms)
+_NAME_RE = re.compile(r"^harbor-(?P<host>[A-Za-z0-9._-]+?)-(?P<ts>\d{8}T\d{6})"
+                      r"(?:\.(?P<ms>\d{3}))?Z(?:-(?P<n>\d{1,4}))?\.hbk$")
+_TS_FORMAT = "%Y%m%dT%H%M%S"
 
 
-def backup_name(hostname: str, when: datetime) -> str:
-    """``harbor-<host>-<UTC timestamp>.hbk``; sorts by time within one host."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", hostname) or "host"
-    return f"harbor-{safe}-{when.astimezone(UTC).strftime(_TS_FORMAT)}{SUFFIX}"
+def host_label(hostname: str) -> str:
+    """The host part of a backup name: what tells one host's backups from another's."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", hostname) or "host"
+
+
+def backup_name(hostname: str, when: datetime, counter: int = 0) -> str:
+    """``harbor-<host>-<UTC time to the millisecond>Z[-<n>].hbk``; sorts by time per host.
+
+    ``counter`` tells apart two backups of one host in the same millisecond (frozen
+    clocks, a clock stepped back), so a name is never given twice.
+    """
+    t = when.astimezone(UTC)
+    suffix = f"-{counter}" if counter else ""
+    return (f"harbor-{host_label(hostname)}-{t.strftime(_TS_FORMAT)}."
+            f"{t.microsecond // 1000:03d}Z{suffix}{SUFFIX}")
 
 
 def parse_name(name: str) -> tuple[str, datetime] | None:
-    """(host, UTC time) of a backup file name, or None when it is not one of ours."""
+    """(host, UTC time) of a backup file name, or None when it is not one of ours.
+
+    The counter of a name is its microseconds, so that names of one millisecond sort
+    in the order they were given.
+    """
     match = _NAME_RE.match(name)
     if not match:
         return None
-    when = datetime.strptime(match["ts"], _TS_FORMAT).replace(tzinfo=UTC)
+    micro = int(match["ms"] or 0) * 1000 + min(int(match["n"] or 0), 999)
+    when = datetime.strptime(match["ts"], _TS_FORMAT).replace(tzinfo=UTC, microsecond=micro)
     return match["host"], when
+
+
+def is_host_backup(name: str, hostname: str) -> bool:
+    """Is ``name`` (a backup or its ``.partial``) one of ``hostname``'s backups?"""
+    parsed = parse_name(name.removesuffix(PARTIAL_SUFFIX))
+    return parsed is not None and parsed[0] == host_label(hostname)
 
 
 @dataclass(frozen=True)
@@ -111,6 +135,54 @@ class Manifest:
         if data.get("self_sha256") != _self_sha(data):
             raise ValueError("manifest checksum mismatch (the manifest is damaged)")
         return cls.from_dict(data)
+
+    def untrusted_problems(self) -> list[str]:
+        """What in this manifest harborctl never writes, so an archive carrying it is refused.
+
+        A backup archive is untrusted input (anyone who can write the backup folder or
+        the off-host copy made it), and its self-checksum proves nothing against a forger.
+        Whatever the manifest says that reaches a path, an SQL statement or a program
+        must be one of the few values harborctl itself records.
+        """
+        out: list[str] = []
+        if not _DBNAME_RE.match(str(self.database)):
+            out.append(f"database name {self.database!r} has characters harborctl never "
+                       "records")
+        if not _MAJOR_RE.match(str(self.pg_major)):
+            out.append(f"PostgreSQL major {self.pg_major!r} is not a version number")
+        for table, count in self.row_counts.items():
+            if table not in KEY_TABLES:
+                out.append(f"row count for table {table!r}, which harborctl never records "
+                           f"(only {', '.join(KEY_TABLES)})")
+            elif not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                out.append(f"row count {count!r} of {table} is not a count")
+        for m in self.members:
+            if m.name not in (DB_MEMBER, FILES_MEMBER):
+                out.append(f"member {m.name!r} is not a member harborctl writes")
+        for e in self.files:
+            if not _canonical_arcname(e):
+                out.append(f"file entry {e.role!r} -> {e.arcname!r} is not one harborctl "
+                           "writes")
+        return out
+
+
+_DBNAME_RE = re.compile(r"^[A-Za-z0-9_.$-]{1,63}$")
+_MAJOR_RE = re.compile(r"^\d{1,2}(\.\d{1,2})?$")
+_CERT_ARCNAME_RE = re.compile(r"^certs/(?P<index>\d{1,2})-[A-Za-z0-9._+@-]{1,200}$")
+FIXED_ARCNAMES = {"secret": "data_volume/secret", "redis": "data_volume/redis",
+                  "harbor_yml": "config/harbor.yml"}
+
+
+def _canonical_arcname(e: FileEntry) -> bool:
+    if e.role == "certificate":
+        return bool(_CERT_ARCNAME_RE.match(e.arcname)) and ".." not in e.arcname
+    return FIXED_ARCNAMES.get(e.role) == e.arcname
+
+
+def certificate_index(arcname: str) -> int | None:
+    """The position of a certificate in the site's list (``certs/<i>-<name>``)."""
+    match = _CERT_ARCNAME_RE.match(arcname)
+    return int(match["index"]) if match else None
 
 
 def _self_sha(data: dict[str, Any]) -> str:

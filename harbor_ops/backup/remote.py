@@ -35,6 +35,8 @@ from harbor_ops.backup.archive import file_sha256
 from harbor_ops.backup.manifest import (
     PARTIAL_SUFFIX,
     VERIFIED_SUFFIX,
+    host_label,
+    is_host_backup,
     iso,
     parse_name,
     sidecar_path,
@@ -157,7 +159,7 @@ def prune_remote(remote: Remote, keep: KeepPolicy | None = None, *,
                 target = posixpath.join(remote.path, b.name)
                 sftp.remove(target)
                 _remove_quietly(sftp, target + VERIFIED_SUFFIX)
-            _remove_stale_partials(sftp, remote.path)
+            _remove_stale_partials(sftp, remote.path, hostname)
         except (OSError, _ssh_exception()) as exc:
             raise RemoteError(f"pruning backups on {where} failed: {ssh.reason(exc)}") from None
         return [b.name for b in doomed]
@@ -282,7 +284,7 @@ def _listing(sftp: paramiko.SFTPClient, folder: str, where: str,
         parsed = parse_name(a.filename)
         if parsed is None or not stat.S_ISREG(a.st_mode or 0):
             continue
-        if hostname is not None and parsed[0] != _safe_host(hostname):
+        if hostname is not None and parsed[0] != host_label(hostname):
             continue
         verified: bool | None = None
         try:
@@ -295,18 +297,12 @@ def _listing(sftp: paramiko.SFTPClient, folder: str, where: str,
     return sorted(out, key=lambda e: (e.created, e.name), reverse=True)
 
 
-def _safe_host(hostname: str) -> str:
-    from harbor_ops.backup.manifest import backup_name
-
-    name = backup_name(hostname, utc_now())
-    parsed = parse_name(name)
-    return parsed[0] if parsed else hostname
-
-
-def _remove_stale_partials(sftp: paramiko.SFTPClient, folder: str) -> None:
+def _remove_stale_partials(sftp: paramiko.SFTPClient, folder: str,
+                           hostname: str | None) -> None:
     cutoff = time.time() - STALE_PARTIAL_SECONDS
     for a in sftp.listdir_attr(folder):
-        if a.filename.endswith(PARTIAL_SUFFIX) and (a.st_mtime or 0) < cutoff:
+        mine = hostname is None or is_host_backup(a.filename, hostname)
+        if mine and a.filename.endswith(PARTIAL_SUFFIX) and (a.st_mtime or 0) < cutoff:
             _remove_quietly(sftp, posixpath.join(folder, a.filename))
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harbor_ops.backup.catalog import find_backup, prune_backups
+from harbor_ops.backup.drill import verify_backup
 from harbor_ops.backup.engine import BackupResult, create_backup
-from harbor_ops.backup.restore import verify_backup
 from harbor_ops.backup.settings import BackupSettings
 from harbor_ops.core.errors import BackupError, NoSpace, RemoteError, UsageError
 from harbor_ops.site.model import Site
@@ -66,7 +66,7 @@ def _create_local(site: Site, *, dry_run: bool = False,
     try:
         return create()
     except NoSpace:
-        pruned = prune_backups(backup_dir=s.backup_dir, keep=s.keep)
+        pruned = prune_backups(backup_dir=s.backup_dir, keep=s.keep, hostname=s.hostname)
         if not pruned.deleted:
             raise
         return create()
@@ -74,7 +74,7 @@ def _create_local(site: Site, *, dry_run: bool = False,
 
 def prune_for_site(site: Site) -> int:
     s = BackupSettings.from_site(site, with_secrets=False)
-    return len(prune_backups(backup_dir=s.backup_dir, keep=s.keep).deleted)
+    return len(prune_backups(backup_dir=s.backup_dir, keep=s.keep, hostname=s.hostname).deleted)
 
 
 def verify_latest_for_site(site: Site) -> dict[str, Any]:

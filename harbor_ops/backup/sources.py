@@ -1,8 +1,9 @@
 """Where Harbor's database is: inside the ``harbor-db`` container, or an external server.
 
-A source only knows how to build the argv and environment for the PostgreSQL client
-tools (pg_dump, pg_restore, psql); the engine runs them. Passwords travel in the
-child's environment (PGPASSWORD), never on a command line.
+A source builds the argv and environment for the PostgreSQL client tools (pg_dump,
+pg_restore) and opens SQL sessions: psycopg where harborctl can reach the server, psql
+inside the container otherwise. Passwords travel in the child's environment
+(PGPASSWORD) or psycopg's connection, never on a command line.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+from psycopg import sql
 
 from harbor_ops.core.errors import BackupError
 
 PG_ROOT = Path("/usr/lib/postgresql")
+Statement = sql.SQL | sql.Composed
 
 
 def pg_bindir(major: str | None = None, *, root: Path = PG_ROOT) -> Path | None:
@@ -57,6 +61,11 @@ class DbSource(ABC):
     @abstractmethod
     def describe(self) -> str:
         """Where the database is, without any secret."""
+
+    @abstractmethod
+    def session(self, *, dbname: str | None = None, snapshot: bool = False,
+                autocommit: bool = False) -> SqlSession:
+        """An open SQL session on ``dbname`` (default: the source DB)."""
 
     def popen(self, tool: str, args: Sequence[str], *, dbname: str | None = None,
               stdin: int | IO[bytes] | None = subprocess.DEVNULL,
@@ -101,6 +110,10 @@ class ExternalSource(DbSource):
     def describe(self) -> str:
         return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}"
 
+    def session(self, *, dbname: str | None = None, snapshot: bool = False,
+                autocommit: bool = False) -> SqlSession:
+        return PgSession(self, dbname=dbname, snapshot=snapshot, autocommit=autocommit)
+
 
 @dataclass(frozen=True)
 class DockerExecSource(DbSource):
@@ -123,32 +136,115 @@ class DockerExecSource(DbSource):
     def describe(self) -> str:
         return f"container {self.container}, database {self.dbname}"
 
+    def session(self, *, dbname: str | None = None, snapshot: bool = False,
+                autocommit: bool = False) -> SqlSession:
+        return PsqlSession(self, dbname=dbname, snapshot=snapshot)  # psql: autocommit
 
-class SqlSession:
-    """One psql session held open: queries answered line by line, in one transaction.
 
-    Used to export a snapshot that pg_dump then shares, so that row counts in the
-    manifest and the dump describe exactly the same moment even while Harbor writes.
+class SqlSession(ABC):
+    """Statements on one database connection; identifiers always travel as identifiers.
+
+    Statements are :mod:`psycopg.sql` objects: a table or database name is a
+    ``sql.Identifier``, never text pasted into SQL, so no name (from a manifest, a
+    catalog, a user) can end a statement or reach a shell.
+    """
+
+    @abstractmethod
+    def query(self, stmt: Statement) -> list[tuple[Any, ...]]:
+        """Rows of one statement (values as the driver gives them; see :meth:`scalar`)."""
+
+    def scalar(self, stmt: Statement) -> Any:
+        rows = self.query(stmt)
+        if not rows:
+            raise BackupError(f"no result from the database for: {stmt.as_string()}")
+        return rows[0][0]
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> SqlSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PgSession(SqlSession):
+    """A psycopg connection (external databases and the drill's scratch cluster).
+
+    With ``snapshot`` the session is one REPEATABLE READ, READ ONLY transaction, so a
+    snapshot it exports describes the same moment as every count it answers.
+    """
+
+    def __init__(self, source: ExternalSource, *, dbname: str | None = None,
+                 snapshot: bool = False, autocommit: bool = False) -> None:
+        import psycopg
+
+        self.source = source
+        try:
+            self._conn = psycopg.connect(
+                host=source.host, port=source.port, user=source.user,
+                dbname=dbname or source.dbname, password=source.password,
+                sslmode=source.sslmode or "prefer", connect_timeout=10,
+                autocommit=autocommit)
+        except psycopg.Error as exc:
+            raise BackupError(f"database {source.describe()} failed: {_pg_reason(exc)}") \
+                from None
+        if snapshot:
+            self._conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            self._conn.read_only = True
+
+    def query(self, stmt: Statement) -> list[tuple[Any, ...]]:
+        import psycopg
+
+        try:
+            with self._conn.cursor() as cur:
+                cur.execute(stmt)
+                return list(cur.fetchall()) if cur.description is not None else []
+        except psycopg.Error as exc:
+            raise BackupError(f"database {self.source.describe()} failed: "
+                              f"{_pg_reason(exc)}") from None
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _pg_reason(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return " / ".join(lines[-3:]) or type(exc).__name__
+
+
+class PsqlSession(SqlSession):
+    """psql inside the ``harbor-db`` container, held open: the one source psycopg cannot
+    reach (the server listens only inside the container's network and socket).
+
+    Statements are rendered by psycopg (identifiers quoted by it) and each is followed by
+    a sentinel query, so answers are read line by line without guessing where they end.
     """
 
     _END = "__harborctl_end__"
 
-    def __init__(self, source: DbSource, *, dbname: str | None = None) -> None:
+    def __init__(self, source: DbSource, *, dbname: str | None = None,
+                 snapshot: bool = False) -> None:
         self.source = source
         self._err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
         self._proc = source.popen("psql", ["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"],
                                   dbname=dbname, stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=self._err, text=True)
+        if snapshot:
+            self.query(sql.SQL("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))
 
-    def query(self, sql: str) -> list[list[str]]:
-        """Rows of one statement, fields split on '|'."""
+    def query(self, stmt: Statement) -> list[tuple[Any, ...]]:
+        text = stmt.as_string()
+        if "\n" in text or "\\" in text:  # never: every statement of ours is one line
+            raise BackupError("refusing a statement with a newline or backslash for psql")
         assert self._proc.stdin is not None and self._proc.stdout is not None
         try:
-            self._proc.stdin.write(f"{sql.rstrip().rstrip(';')};\nSELECT '{self._END}';\n")
+            self._proc.stdin.write(f"{text.rstrip().rstrip(';')};\nSELECT '{self._END}';\n")
             self._proc.stdin.flush()
         except BrokenPipeError:
             raise self._failure() from None
-        rows: list[list[str]] = []
+        rows: list[tuple[Any, ...]] = []
         while True:
             line = self._proc.stdout.readline()
             if not line:
@@ -156,13 +252,7 @@ class SqlSession:
             line = line.rstrip("\n")
             if line == self._END:
                 return rows
-            rows.append(line.split("|"))
-
-    def scalar(self, sql: str) -> str:
-        rows = self.query(sql)
-        if not rows:
-            raise BackupError(f"no result from the database for: {sql}")
-        return rows[0][0]
+            rows.append(tuple(line.split("|")))
 
     def _failure(self) -> BackupError:
         self._proc.wait(timeout=30)
@@ -186,9 +276,3 @@ class SqlSession:
                 self._proc.kill()
                 self._proc.wait()
         self._err.close()
-
-    def __enter__(self) -> SqlSession:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

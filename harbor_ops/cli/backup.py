@@ -119,7 +119,8 @@ def restore_cmd(name: str | None, latest: bool, yes: bool, force: bool, force_ve
         if typed.strip() != path.name:
             raise Aborted("restore not confirmed; nothing was changed")
     result = restore_backup(path=path, target=s.source, data_volume=s.files.data_volume,
-                            harbor_yml=s.files.harbor_yml, installed_version=s.harbor_version,
+                            harbor_yml=s.files.harbor_yml, certificates=s.files.certificates,
+                            installed_version=s.harbor_version,
                             force=force, force_version=force_version,
                             harbor_dir=s.harbor_dir if s.harbor_dir.is_dir() else None,
                             health_url=s.health_url, dry_run=dry_run,
@@ -139,7 +140,8 @@ def prune_cmd(config: Path, dry_run: bool, output: str) -> None:
     from harbor_ops.backup.settings import load_settings
 
     s = load_settings(config)
-    result = prune_backups(backup_dir=s.backup_dir, keep=s.keep, dry_run=dry_run)
+    result = prune_backups(backup_dir=s.backup_dir, keep=s.keep, hostname=s.hostname,
+                           dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
     emit(result, output, lambda r: "\n".join(
         [*[f"{verb} {n}" for n in r.deleted], *[f"kept {n} ({why})" for n, why in r.kept.items()]]

@@ -85,7 +85,7 @@ def test_create_list_verify_restore_round_trip(cluster: Cluster, host: HarborHos
     target_yml = host.root / "newhost" / "harbor.yml"
     r = restore_backup(path=result.path, target=cluster.source("restored"),
                        data_volume=target_data, harbor_yml=target_yml,
-                       restore_certificates=False, installed_version="2.14.4",
+                       installed_version="2.14.4",
                        lock_path=host.lock)
     assert r.row_counts == expected == cluster.counts("restored")
     assert (target_data / "secret/keys/secretkey").read_bytes() == \
@@ -273,6 +273,64 @@ def test_prune_keeps_newest_verified(cluster: Cluster, host: HarborHost) -> None
     partial = host.backups / ("harbor-hb-20000101T000000Z.hbk" + PARTIAL_SUFFIX)
     partial.write_bytes(b"junk")
     r = prune_backups(backup_dir=host.backups, keep=Keep(daily=0, weekly=0, monthly=0),
-                      lock_path=host.lock)
+                      hostname="hb", lock_path=host.lock)
     assert r.deleted == [] and set(r.kept) == {a.name, b.name}
     assert not partial.exists()
+
+
+def test_two_backups_in_the_same_second_both_succeed(cluster: Cluster, host: HarborHost,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upgrade's backup right after the nightly one, or an agent retry, gets its own name.
+
+    The clock is frozen, so even the millisecond is the same: the name is still unique,
+    and it is settled before the dump (the database is read once per backup).
+    """
+    from datetime import UTC, datetime
+
+    from harbor_ops.backup import engine
+
+    cluster.harbor_db("registry_same", artifacts=5)
+    frozen = datetime(2026, 12, 1, 2, 30, 0, 123456, tzinfo=UTC)
+    monkeypatch.setattr(engine, "utc_now", lambda: frozen)
+    first = _create(cluster, host, "registry_same")
+    second = _create(cluster, host, "registry_same")
+    assert first.name == "harbor-hb-20261201T023000.123Z.hbk"
+    assert second.name == "harbor-hb-20261201T023000.123Z-1.hbk"
+    assert [e.name for e in list_backups(host.backups)] == [second.name, first.name]
+    assert verify_backup(path=second.path, lock_path=host.lock).ok
+
+
+def test_a_clash_is_found_before_the_dump(cluster: Cluster, host: HarborHost,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from harbor_ops.backup import engine
+
+    cluster.harbor_db("registry_clash", artifacts=5)
+
+    def reserve(folder: Path, host: str) -> Path:
+        raise BackupError("no free backup name (test)")
+
+    dumps: list[object] = []
+    monkeypatch.setattr(engine, "reserve_name", reserve)
+    monkeypatch.setattr(engine, "_dump", lambda *a: dumps.append(a))
+    with pytest.raises(BackupError, match="no free backup name"):
+        _create(cluster, host, "registry_clash")
+    assert dumps == [] and list(host.backups.iterdir()) == []
+
+
+def test_shared_folder_prune_and_cleanup_touch_only_this_host(
+        cluster: Cluster, host: HarborHost) -> None:
+    cluster.harbor_db("registry_shared", artifacts=5)
+    other = create_backup(backup_dir=host.backups, source=cluster.source("registry_shared"),
+                          files=_files(host), harbor_version="2.14.4", hostname="other",
+                          lock_path=host.lock)
+    their_partial = host.backups / ("harbor-other-20261201T010000.000Z.hbk" + PARTIAL_SUFFIX)
+    their_partial.write_bytes(b"another host is writing this right now")
+    my_partial = host.backups / ("harbor-hb-20261201T010000.000Z.hbk" + PARTIAL_SUFFIX)
+    my_partial.write_bytes(b"junk of a crashed run")
+    mine = [_create(cluster, host, "registry_shared") for _ in range(2)]
+    assert their_partial.exists() and not my_partial.exists()
+    my_partial.write_bytes(b"junk of a crashed run")
+    r = prune_backups(backup_dir=host.backups, keep=Keep(daily=0, weekly=0, monthly=0),
+                      hostname="hb", lock_path=host.lock)
+    assert r.deleted == [mine[0].name] and set(r.kept) == {mine[1].name}
+    assert other.path.exists() and their_partial.exists() and not my_partial.exists()

@@ -15,6 +15,8 @@ from harbor_ops.backup.manifest import (
     Manifest,
     Member,
     backup_name,
+    host_label,
+    is_host_backup,
     parse_name,
     read_sidecar,
     write_sidecar,
@@ -56,14 +58,78 @@ def test_unknown_format_is_refused() -> None:
         Manifest.from_dict(data)
 
 
-@pytest.mark.parametrize("host,expected", [
-    ("harbor.example.internal", "harbor-harbor.example.internal-20261129T023000Z.hbk"),
-    ("we ird/host", "harbor-we_ird_host-20261129T023000Z.hbk"),
+@pytest.mark.parametrize("host,counter,expected", [
+    ("harbor.example.internal", 0, "harbor-harbor.example.internal-20261129T023000.250Z.hbk"),
+    ("we ird/host", 0, "harbor-we_ird_host-20261129T023000.250Z.hbk"),
+    ("h-1", 3, "harbor-h-1-20261129T023000.250Z-3.hbk"),
 ])
-def test_names(host: str, expected: str) -> None:
+def test_names(host: str, counter: int, expected: str) -> None:
+    when = datetime(2026, 11, 29, 2, 30, 0, 250000, tzinfo=UTC)
+    assert backup_name(host, when, counter) == expected
+    label = host_label(host)
+    assert parse_name(expected) == (label, when.replace(microsecond=250000 + counter))
+    assert is_host_backup(expected, host) and is_host_backup(expected + ".partial", host)
+    assert not is_host_backup(expected, host + "x")
+
+
+def test_names_of_older_harborctl_still_parse() -> None:
     when = datetime(2026, 11, 29, 2, 30, tzinfo=UTC)
-    assert backup_name(host, when) == expected
-    assert parse_name(expected) == (expected[7:-21], when)
+    assert parse_name("harbor-hb-20261129T023000Z.hbk") == ("hb", when)
+
+
+def test_a_counter_sorts_after_its_millisecond() -> None:
+    when = datetime(2026, 11, 29, 2, 30, tzinfo=UTC)
+    names = [backup_name("hb", when, n) for n in (0, 1, 2)]
+    assert sorted(names, key=lambda n: parse_name(n)[1]) == names  # type: ignore[index]
+
+
+@pytest.mark.parametrize("field,value,problem", [
+    ("row_counts", {'x"; DROP TABLE project; --': 1}, "never records"),
+    ("row_counts", {"project": -1}, "not a count"),
+    ("row_counts", {"project": "1"}, "not a count"),
+    ("database", 'registry"\n\\! touch /tmp/pwned', "never records"),
+    ("pg_major", "../15", "not a version number"),
+    ("members", [Member("../db.dump.zst", 1, "ab" * 32)], "not a member"),
+    ("files", [FileEntry("secret", "/data/secret", "data_volume/../../etc")],
+     "not one harborctl writes"),
+    ("files", [FileEntry("certificate", "/etc/cron.d/x", "certs/0-../x")],
+     "not one harborctl writes"),
+    ("files", [FileEntry("cron", "/etc/cron.d/x", "cron/x")], "not one harborctl writes"),
+])
+def test_untrusted_manifest_fields_are_named(field: str, value: object, problem: str) -> None:
+    problems = sample(**{field: value}).untrusted_problems()
+    assert len(problems) == 1 and problem in problems[0]
+
+
+def test_what_harborctl_writes_is_trusted() -> None:
+    m = sample(files=[FileEntry("secret", "/data/secret", "data_volume/secret"),
+                      FileEntry("harbor_yml", "/opt/harbor/harbor.yml", "config/harbor.yml"),
+                      FileEntry("certificate", "/etc/tls/h.crt", "certs/0-h.crt")])
+    assert m.untrusted_problems() == []
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    return info
+
+
+@pytest.mark.parametrize("info,problem", [
+    (_member("data_volume/secret/keys/secretkey"), None),
+    (_member("data_volume/secret", tarfile.DIRTYPE), None),
+    (_member("data_volume/secret/../../x"), "climbs out"),
+    (_member("/data_volume/secret/x"), "absolute"),
+    (_member("data_volume/secret/l", tarfile.SYMTYPE), "symbolic link"),
+    (_member("data_volume/secret/l", tarfile.LNKTYPE), "hard link"),
+    (_member("data_volume/secret/d", tarfile.CHRTYPE), "character device"),
+    (_member("data_volume/secret/d", tarfile.BLKTYPE), "block device"),
+    (_member("data_volume/secret/p", tarfile.FIFOTYPE), "named pipe"),
+    (_member("data_volume/secretive"), "not under a file the manifest lists"),
+    (_member("data_volume/secret/a\nb"), "control characters"),
+])
+def test_file_members_that_are_refused(info: tarfile.TarInfo, problem: str | None) -> None:
+    found = archive.member_problem(info, ["data_volume/secret"])
+    assert (found is None) if problem is None else (problem in (found or ""))
 
 
 @pytest.mark.parametrize("name", ["harbor-h-20261129T023000Z.hbk.partial", "notes.txt",

@@ -1,0 +1,209 @@
+"""``backup verify``: every checksum, every file member, then a real restore drill.
+
+A backup is only trusted once it has been restored: the dump is streamed into a
+throw-away PostgreSQL cluster of the backup's own major (on a unix socket in a private
+folder) and the row counts compared with the manifest. The drill restores as a role
+that is not a superuser, into a database of a fixed name: nothing in the archive
+chooses a name, and SQL hidden in a forged dump cannot reach a program or a file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zstandard
+from psycopg import sql
+
+from harbor_ops.backup import archive
+from harbor_ops.backup.manifest import DB_MEMBER, Manifest, iso, utc_now, write_sidecar
+from harbor_ops.backup.sources import DbSource, ExternalSource, pg_bindir
+from harbor_ops.core.errors import BackupError
+from harbor_ops.core.lock import job_lock
+
+Progress = Callable[[str], None]
+DRILL_DB = "harborctl_drill"
+DRILL_ROLE = "harborctl_drill"
+_RESTORE_FLAGS = ["--no-owner", "--no-privileges", "--clean", "--if-exists",
+                  "--single-transaction", "--exit-on-error"]
+
+
+def load_manifest(path: Path) -> Manifest:
+    """The manifest of ``path``, refused when damaged or when it says what we never write."""
+    try:
+        manifest = archive.read_manifest(path)
+    except Exception as exc:  # noqa: BLE001 - any damage means "not a usable backup"
+        raise BackupError(f"{path.name} is not a complete backup: its manifest cannot be "
+                          f"read ({exc})") from None
+    problems = manifest.untrusted_problems()
+    if problems:
+        raise BackupError(f"refusing {path.name}: its manifest is not one harborctl wrote: "
+                          + "; ".join(problems))
+    return manifest
+
+
+def archive_problems(path: Path, manifest: Manifest) -> list[str]:
+    """Checksums, then every member of the saved files (links, devices, escaping names)."""
+    return archive.check_members(path, manifest) or archive.files_problems(path, manifest)
+
+
+@dataclass
+class VerifyResult:
+    name: str
+    ok: bool
+    checksums_ok: bool
+    restore_ok: bool | None
+    row_counts: dict[str, int] = field(default_factory=dict)
+    duration_seconds: float = 0.0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def verify_backup(*, path: Path, lock_path: Path | None = None,
+                  scratch_root: Path | None = None, restore_drill: bool = True,
+                  progress: Progress | None = None) -> VerifyResult:
+    """Check every checksum, then restore into a scratch cluster; record the outcome."""
+    say = progress or (lambda _m: None)
+    t0 = time.monotonic()
+    with job_lock(lock_path, job="backup verify"):
+        result = VerifyResult(path.name, ok=False, checksums_ok=False, restore_ok=None)
+        try:
+            manifest = load_manifest(path)
+            problems = archive_problems(path, manifest)
+            if problems:
+                raise BackupError(f"{path.name}: " + "; ".join(problems))
+            result.checksums_ok = True
+            if restore_drill:
+                say(f"restoring into a scratch PostgreSQL {manifest.pg_major}")
+                result.row_counts = drill(path, manifest, scratch_root)
+                result.restore_ok = True
+            result.ok = True
+        except BackupError as exc:
+            if result.checksums_ok:
+                result.restore_ok = False
+            result.error = str(exc)
+        result.duration_seconds = round(time.monotonic() - t0, 3)
+        if path.is_file():
+            write_sidecar(path, {**result.to_dict(), "verified_at": iso(utc_now())})
+        if result.error:
+            raise BackupError(f"verify failed: {result.error}")
+        return result
+
+
+def restore_database(*, path: Path, target: DbSource) -> None:
+    """Stream db.dump.zst into pg_restore: one transaction, so a failure changes nothing."""
+    with tempfile.TemporaryFile() as err:
+        proc = target.popen("pg_restore", _RESTORE_FLAGS, stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=err)
+        assert proc.stdin is not None
+        broken = False
+        try:
+            with zstandard.ZstdDecompressor().stream_writer(proc.stdin, closefd=False) as z:
+                for chunk in archive.iter_member(path, DB_MEMBER):
+                    z.write(chunk)
+        except BrokenPipeError:
+            broken = True
+        except zstandard.ZstdError as exc:
+            proc.kill()
+            proc.wait()
+            raise BackupError(f"{path.name}: the database dump is damaged ({exc})") from None
+        finally:
+            try:
+                proc.stdin.close()
+            except BrokenPipeError:
+                broken = True
+        rc = proc.wait(timeout=3600)
+        if rc != 0 or broken:
+            err.seek(0)
+            lines = [ln for ln in err.read().decode(errors="replace").splitlines() if ln.strip()]
+            raise BackupError(f"pg_restore into {target.describe()} failed ({rc}): "
+                              + (" / ".join(lines[-3:]) or "no message"))
+
+
+def drill(path: Path, manifest: Manifest, scratch_root: Path | None) -> dict[str, int]:
+    """Restore the dump into a scratch cluster; the row counts it holds afterwards."""
+    with scratch_cluster(manifest.pg_major, root=scratch_root) as scratch:
+        with scratch.source("postgres", user="postgres").session(autocommit=True) as s:
+            s.query(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER").format(
+                sql.Identifier(DRILL_ROLE)))
+            s.query(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(DRILL_DB), sql.Identifier(DRILL_ROLE)))
+        target = scratch.source(DRILL_DB)
+        restore_database(path=path, target=target)
+        return compare_counts(target, manifest)
+
+
+class ScratchCluster:
+    def __init__(self, folder: Path, bindir: Path) -> None:
+        self.folder = folder
+        self.bindir = bindir
+
+    def source(self, dbname: str, *, user: str = DRILL_ROLE) -> ExternalSource:
+        return ExternalSource(host=str(self.folder), port=5432, user=user, dbname=dbname,
+                              bindir=self.bindir)
+
+
+@contextmanager
+def scratch_cluster(major: str, *, root: Path | None = None) -> Iterator[ScratchCluster]:
+    """A throw-away cluster of one major on a unix socket only; always stopped and deleted."""
+    bindir = pg_bindir(major)
+    if bindir is None or not (bindir / "initdb").exists():
+        raise BackupError(f"no PostgreSQL {major} server binaries for the restore drill",
+                          hint=f"install postgresql-{major}")
+    folder = Path(tempfile.mkdtemp(prefix="harborctl-drill-", dir=root))
+    data = folder / "data"
+    started = False
+    try:
+        if os.geteuid() == 0:
+            shutil.chown(folder, "postgres", "postgres")
+        os.chmod(folder, 0o700)
+        _as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
+                      "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"], "initdb")
+        opts = (f"-p 5432 -k {folder} -c listen_addresses='' -c fsync=off "
+                "-c full_page_writes=off -c synchronous_commit=off")
+        _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"),
+                      "-o", opts, "-w", "-t", "60", "start"], "pg_ctl start")
+        started = True
+        yield ScratchCluster(folder, bindir)
+    finally:
+        if started:
+            _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w",
+                          "stop"], "pg_ctl stop", check=False)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _as_postgres(argv: list[str], what: str, *, check: bool = True) -> None:
+    if os.geteuid() == 0:
+        argv = ["runuser", "-u", "postgres", "--", *argv]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False,
+                          cwd="/")
+    if check and proc.returncode != 0:
+        raise BackupError(f"scratch cluster {what} failed: {proc.stderr.strip()[-500:]}")
+
+
+def compare_counts(target: DbSource, manifest: Manifest) -> dict[str, int]:
+    """Row counts of the manifest's key tables in ``target``; raise when any differs."""
+    with target.session() as s:
+        counts = {t: int(s.scalar(sql.SQL("SELECT count(*) FROM public.{}").format(
+            sql.Identifier(t)))) for t in manifest.row_counts}
+        schema = None
+        if manifest.schema_version is not None:
+            schema = int(s.scalar(sql.SQL(
+                "SELECT version FROM public.schema_migrations LIMIT 1")))
+    diffs = [f"{t}: {counts[t]} rows, manifest {n}" for t, n in manifest.row_counts.items()
+             if counts[t] != n]
+    if schema != manifest.schema_version:
+        diffs.append(f"schema_migrations {schema}, manifest {manifest.schema_version}")
+    if diffs:
+        raise BackupError("restored database differs from the manifest: " + "; ".join(diffs))
+    return counts
