@@ -62,10 +62,14 @@ class DbSource(ABC):
     def describe(self) -> str:
         """Where the database is, without any secret."""
 
-    @abstractmethod
     def session(self, *, dbname: str | None = None, snapshot: bool = False,
                 autocommit: bool = False) -> SqlSession:
-        """An open SQL session on ``dbname`` (default: the source DB)."""
+        """An open SQL session on ``dbname`` (default: the source DB).
+
+        By default psql through :meth:`argv` (a container, an SSH host: wherever the
+        client tools run); a source harborctl reaches directly uses psycopg.
+        """
+        return PsqlSession(self, dbname=dbname, snapshot=snapshot)  # psql: autocommit
 
     def popen(self, tool: str, args: Sequence[str], *, dbname: str | None = None,
               stdin: int | IO[bytes] | None = subprocess.DEVNULL,
@@ -135,10 +139,6 @@ class DockerExecSource(DbSource):
 
     def describe(self) -> str:
         return f"container {self.container}, database {self.dbname}"
-
-    def session(self, *, dbname: str | None = None, snapshot: bool = False,
-                autocommit: bool = False) -> SqlSession:
-        return PsqlSession(self, dbname=dbname, snapshot=snapshot)  # psql: autocommit
 
 
 class SqlSession(ABC):
@@ -215,8 +215,8 @@ def _pg_reason(exc: BaseException) -> str:
 
 
 class PsqlSession(SqlSession):
-    """psql inside the ``harbor-db`` container, held open: the one source psycopg cannot
-    reach (the server listens only inside the container's network and socket).
+    """psql inside the ``harbor-db`` container (locally or over SSH), held open: the
+    server psycopg cannot reach (it listens only inside the container's network).
 
     Statements are rendered by psycopg (identifiers quoted by it) and each is followed by
     a sentinel query, so answers are read line by line without guessing where they end.

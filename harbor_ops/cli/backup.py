@@ -81,7 +81,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 def verify_cmd(name: str | None, no_drill: bool, config: Path, output: str) -> None:
     """Check checksums, then restore into a scratch PostgreSQL (default: newest backup)."""
     from harbor_ops.backup.catalog import find_backup
-    from harbor_ops.backup.restore import verify_backup
+    from harbor_ops.backup.drill import verify_backup
     from harbor_ops.backup.settings import load_settings
 
     path = find_backup(load_settings(config).backup_dir, name)
