@@ -26,6 +26,8 @@ import pytest
 
 from harbor_ops.render import engine as render
 from harbor_ops.site.model import Front, FrontCache
+from tests.bed.fixtures import unavailable
+from tests.integration.doctor_stack import TokenService
 from tests.unit.test_render import make_site
 
 pytestmark = pytest.mark.integration
@@ -38,7 +40,7 @@ REPO = "library/hello"
 
 def _need(path: str) -> None:
     if not Path(path).exists():
-        pytest.skip(f"{path} is not installed")
+        unavailable(f"{path} is not installed (see .ci/provision)")
 
 
 def _free_port() -> int:
@@ -125,12 +127,38 @@ def _push_blob(c: Client, data: bytes) -> str:
     return digest
 
 
+def _start_front(tmp: Path, reg_port: int, front_port: int) -> subprocess.Popen[bytes]:
+    """Real nginx running the rendered front (with a cache) before the registry."""
+    site = make_site(front=Front(
+        listen_address="127.0.0.1", listen_port=front_port, server_name="localhost",
+        upstream=f"http://127.0.0.1:{reg_port}",
+        cache=FrontCache(path=tmp / "cache", max_size="1g", inactive="7d")))
+    text = render.render_texts(site, harbor_values=site.harbor, rel=site.release)[
+        "nginx/harbor.conf"]
+    (tmp / "harbor.conf").write_text(text)
+    user = "user root root;\n" if os.geteuid() == 0 else ""
+    (tmp / "nginx.conf").write_text(
+        f"{user}pid {tmp}/nginx.pid;\nerror_log {tmp}/error.log info;\ndaemon off;\n"
+        "events { worker_connections 128; }\n"
+        f"http {{\n  client_body_temp_path {tmp}/body;\n  proxy_temp_path {tmp}/proxy;\n"
+        f"  fastcgi_temp_path {tmp}/fcgi;\n  uwsgi_temp_path {tmp}/uwsgi;\n"
+        f"  scgi_temp_path {tmp}/scgi;\n  access_log {tmp}/access.log;\n"
+        f"  include {tmp}/harbor.conf;\n}}\n")
+    check = subprocess.run([NGINX, "-t", "-p", f"{tmp}/", "-c", str(tmp / "nginx.conf"),
+                            "-e", str(tmp / "error.log")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    proc = subprocess.Popen([NGINX, "-p", f"{tmp}/", "-c", str(tmp / "nginx.conf"),
+                             "-e", str(tmp / "error.log")])
+    _wait_http(f"http://127.0.0.1:{front_port}/v2/", proc)
+    return proc
+
+
 @pytest.fixture(scope="module")
 def front(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     _need(REGISTRY)
     _need(NGINX)
     if shutil.which("htpasswd") is None:
-        pytest.skip("htpasswd (apache2-utils) is not installed")
+        unavailable("htpasswd (apache2-utils) is not installed (see .ci/provision)")
     tmp = tmp_path_factory.mktemp("front")
     htpasswd = "".join(subprocess.run(["htpasswd", "-Bbn", user, pw], check=True,
                                       capture_output=True, text=True).stdout.strip() + "\n"
@@ -152,28 +180,7 @@ def front(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
                                       stdout=reg_log, stderr=subprocess.STDOUT))
         _wait_http(f"http://127.0.0.1:{reg_port}/v2/", procs[-1])
 
-        site = make_site(front=Front(
-            listen_address="127.0.0.1", listen_port=front_port, server_name="localhost",
-            upstream=f"http://127.0.0.1:{reg_port}",
-            cache=FrontCache(path=tmp / "cache", max_size="1g", inactive="7d")))
-        text = render.render_texts(site, harbor_values=site.harbor, rel=site.release)[
-            "nginx/harbor.conf"]
-        (tmp / "harbor.conf").write_text(text)
-        user = "user root root;\n" if os.geteuid() == 0 else ""
-        (tmp / "nginx.conf").write_text(
-            f"{user}pid {tmp}/nginx.pid;\nerror_log {tmp}/error.log info;\ndaemon off;\n"
-            "events { worker_connections 128; }\n"
-            f"http {{\n  client_body_temp_path {tmp}/body;\n  proxy_temp_path {tmp}/proxy;\n"
-            f"  fastcgi_temp_path {tmp}/fcgi;\n  uwsgi_temp_path {tmp}/uwsgi;\n"
-            f"  scgi_temp_path {tmp}/scgi;\n  access_log {tmp}/access.log;\n"
-            f"  include {tmp}/harbor.conf;\n}}\n")
-        check = subprocess.run([NGINX, "-t", "-p", f"{tmp}/", "-c", str(tmp / "nginx.conf"),
-                                "-e", str(tmp / "error.log")], capture_output=True, text=True)
-        assert check.returncode == 0, check.stderr
-        procs.append(subprocess.Popen([NGINX, "-p", f"{tmp}/", "-c", str(tmp / "nginx.conf"),
-                                       "-e", str(tmp / "error.log")]))
-        _wait_http(f"http://127.0.0.1:{front_port}/v2/", procs[-1])
-
+        procs.append(_start_front(tmp, reg_port, front_port))
         c = Client(f"http://127.0.0.1:{front_port}")
         config = json.dumps({"architecture": "amd64", "os": "linux",
                              "rootfs": {"type": "layers", "diff_ids": []}}).encode()
@@ -228,13 +235,10 @@ def test_wrong_password_gets_401_not_the_cached_blob(front) -> None:  # type: ig
     assert headers.get("x-cache-status") != "HIT"
 
 
-def test_cache_entries_are_not_shared_between_credentials(front) -> None:  # type: ignore[no-untyped-def]
+def test_a_blob_cached_for_one_user_is_served_to_another_authorised_one(front) -> None:  # type: ignore[no-untyped-def]
     _blob(front, user="alice")
     status, headers, body = _blob(front, user="bob")
-    assert status == 200 and body == front["layer"]
-    assert headers["x-cache-status"] in ("MISS", "HIT")  # HIT only on a repeat by bob
-    status, headers, _ = _blob(front, user="bob")
-    assert headers["x-cache-status"] == "HIT"
+    assert (status, headers["x-cache-status"]) == (200, "HIT") and body == front["layer"]
 
 
 def test_head_of_a_blob_is_answered_by_the_registry(front) -> None:  # type: ignore[no-untyped-def]
@@ -284,7 +288,7 @@ def test_v1_is_refused(front) -> None:  # type: ignore[no-untyped-def]
 def test_skopeo_pulls_the_image_through_the_front(front, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     skopeo = shutil.which("skopeo")
     if skopeo is None:
-        pytest.skip("skopeo is not installed")
+        unavailable("skopeo is not installed (see .ci/provision)")
     auth = tmp_path / "auth.json"
     token = base64.b64encode(f"alice:{USERS['alice']}".encode()).decode()
     auth.write_text(json.dumps({"auths": {f"127.0.0.1:{front['port']}": {"auth": token}}}))
@@ -294,3 +298,97 @@ def test_skopeo_pulls_the_image_through_the_front(front, tmp_path: Path) -> None
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (out / front["digest"].split(":", 1)[1]).read_bytes() == front["layer"]
+
+
+# ----------------------------------------------------------------- Harbor's own auth
+# The registry in token mode, as Harbor runs it: JWTs signed by the token service's key
+# (made here), the key's certificate as the registry's rootcertbundle, and a fresh token
+# for every pull, as Docker clients present.
+
+
+@pytest.fixture(scope="module")
+def token_front(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from tests.integration.doctor_stack import ISSUER, SERVICE
+
+    _need(REGISTRY)
+    _need(NGINX)
+    tmp = tmp_path_factory.mktemp("token-front")
+    tokens, forger = TokenService(tmp), TokenService(tmp_path_factory.mktemp("forger"))
+    forger.kid = tokens.kid  # claims to be the real key; signed by another
+    reg_port, front_port = _free_port(), _free_port()
+    (tmp / "registry.yml").write_text(json.dumps({
+        "version": 0.1, "log": {"level": "warn", "accesslog": {"disabled": False}},
+        "storage": {"filesystem": {"rootdirectory": str(tmp / "data")}},
+        "http": {"addr": f"127.0.0.1:{reg_port}", "secret": "test-only-not-secret"},
+        "auth": {"token": {"realm": f"http://127.0.0.1:{front_port}/service/token",
+                           "service": SERVICE, "issuer": ISSUER,
+                           "rootcertbundle": str(tokens.bundle)}},
+    }))
+    procs: list[subprocess.Popen[bytes]] = []
+    reg_log = open(tmp / "registry.log", "wb")  # noqa: SIM115 - closed in the finalizer
+    try:
+        procs.append(subprocess.Popen([REGISTRY, "serve", str(tmp / "registry.yml")],
+                                      stdout=reg_log, stderr=subprocess.STDOUT))
+        _wait_http(f"http://127.0.0.1:{reg_port}/v2/", procs[-1])
+        layer = _layer(300_000)
+        digest = _digest(layer)
+        registry = Client(f"http://127.0.0.1:{reg_port}")
+        push = {"Authorization": "Bearer " + str(tokens.issue("admin", [
+            {"type": "repository", "name": REPO, "actions": ["pull", "push"]}])["token"])}
+        status, headers, _ = registry.request("POST", f"/v2/{REPO}/blobs/uploads/", data=b"",
+                                              headers=push)
+        assert status == 202, status
+        location = headers["location"]
+        location = location if location.startswith("http") else registry.base + location
+        sep = "&" if "?" in location else "?"
+        status, _, body = registry.request(
+            "PUT", f"{location}{sep}digest={digest}", data=layer,
+            headers={**push, "Content-Type": "application/octet-stream"})
+        assert status == 201, (status, body[:300])
+        procs.append(_start_front(tmp, reg_port, front_port))
+        yield {"client": Client(f"http://127.0.0.1:{front_port}"), "tokens": tokens,
+               "forger": forger, "layer": layer, "digest": digest, "log": tmp / "registry.log"}
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+        reg_log.close()
+
+
+def _pull(f: dict, tokens: TokenService | None, repo: str = REPO,  # type: ignore[type-arg]
+          who: str = "alice") -> tuple[int, dict[str, str], bytes]:
+    """GET the blob with a token made for this one pull (None: no token at all)."""
+    headers = {}
+    if tokens is not None:
+        token = tokens.issue(who, [{"type": "repository", "name": repo, "actions": ["pull"]}])
+        headers["Authorization"] = f"Bearer {token['token']}"
+    return f["client"].request("GET", f"/v2/{REPO}/blobs/{f['digest']}", headers=headers)
+
+
+def _registry_gets(f: dict) -> int:  # type: ignore[type-arg]
+    """Blob GETs the registry itself answered with 200 (its access log)."""
+    line = f'"GET /v2/{REPO}/blobs/{f["digest"]} HTTP/1.1" 200'
+    return f["log"].read_text(errors="replace").count(line)
+
+
+def test_second_client_with_a_fresh_token_is_served_from_the_cache(token_front) -> None:  # type: ignore[no-untyped-def]
+    before = _registry_gets(token_front)
+    first = _pull(token_front, token_front["tokens"], who="alice")
+    second = _pull(token_front, token_front["tokens"], who="bob")
+    assert (first[0], first[1]["x-cache-status"]) == (200, "MISS")
+    assert (second[0], second[1]["x-cache-status"]) == (200, "HIT")
+    assert first[2] == second[2] == token_front["layer"]
+    assert _registry_gets(token_front) - before == 1  # one fetch from the registry
+
+
+@pytest.mark.parametrize("case", ["no token", "token for another repository", "forged token"])
+def test_a_cached_blob_is_never_served_without_a_valid_token(token_front, case: str) -> None:  # type: ignore[no-untyped-def]
+    _pull(token_front, token_front["tokens"])
+    assert _pull(token_front, token_front["tokens"])[1]["x-cache-status"] == "HIT"
+    tokens = {"no token": None, "token for another repository": token_front["tokens"],
+              "forged token": token_front["forger"]}[case]
+    repo = "library/other" if case == "token for another repository" else REPO
+    status, headers, body = _pull(token_front, tokens, repo=repo)
+    assert status in (401, 403), status
+    assert headers.get("x-cache-status") != "HIT"
+    assert token_front["layer"] not in body
+    assert "bearer" in headers.get("www-authenticate", "").lower()
