@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from harbor_ops.cli.options import config_option, emit, output_option
+from harbor_ops.cli.options import config_option, dry_run_option, emit, output_option
 
 
 @click.command("doctor")
@@ -70,3 +70,32 @@ def support_bundle_cmd(config: Path, output_file: Path | None, log_lines: int,
 
     emit(support_bundle(load_site(config), output_file=output_file, log_lines=log_lines),
          output)
+
+
+@click.command("trust")
+@config_option
+@click.option("--url", default=None, help="The registry URL clients use (default: the site's "
+              "external_url); names the host:port folder.")
+@click.option("--ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="The CA file (default: the last certificate of the site's "
+              "chain, else Harbor's /api/v2.0/systeminfo/getcert).")
+@click.option("--clients", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Ansible inventory of the client hosts (default: the site's "
+              "hosts:).")
+@click.option("--os-store", is_flag=True, help="Also add the CA to each host's OS trust store.")
+@click.option("--ssh-config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="An ssh client config for the hosts; default: ~/.ssh/config.")
+@dry_run_option
+@output_option
+def trust_cmd(config: Path, url: str | None, ca: Path | None, clients: Path | None,
+              os_store: bool, ssh_config: Path | None, dry_run: bool, output: str) -> None:
+    """Put the registry's CA where docker, containerd and podman/skopeo look for it, on
+    every client host, through Ansible. A second run changes nothing.
+    """
+    from harbor_ops.doctor.trust import trust
+    from harbor_ops.site.load import load_site
+
+    # the site is optional when --url and --clients say it all
+    site = load_site(config) if config.exists() or url is None or clients is None else None
+    emit(trust(site, url=url, ca=ca, clients=clients, ssh_config=ssh_config, dry_run=dry_run,
+               os_store=os_store, progress=lambda line: click.echo(line, err=True)), output)

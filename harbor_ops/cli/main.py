@@ -33,6 +33,8 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
                "Check a registry from the client's side: each problem and its fix."),
     "support-bundle": ("harbor_ops.cli.doctor", "support_bundle_cmd",
                        "Write one archive for a maintainer, with every secret redacted."),
+    "trust": ("harbor_ops.cli.doctor", "trust_cmd",
+              "Put the registry's CA where every client runtime looks, on each client host."),
     "versions": ("harbor_ops.cli.upgrade", "versions_cmd",
                  "List the Harbor releases harborctl knows."),
 }

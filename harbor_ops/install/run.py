@@ -10,7 +10,6 @@ happens. Ansible does the rest idempotently: a second run changes nothing.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
 import time
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from harbor_ops.core.errors import HealthError, PreflightFailed, RemoteError, UsageError
 from harbor_ops.core.lock import job_lock
-from harbor_ops.core.paths import state_dir
+from harbor_ops.core.paths import log_dir
 from harbor_ops.hosts import playbook as runner
 from harbor_ops.site.model import Site
 
@@ -68,10 +67,8 @@ class InstallResult:
 
 
 def default_log_dir() -> Path:
-    """Where full Ansible logs go: $HARBORCTL_LOG_DIR, else harborctl's state folder."""
-    if os.environ.get("HARBORCTL_LOG_DIR"):
-        return Path(os.environ["HARBORCTL_LOG_DIR"])
-    return state_dir() / "logs"
+    """Where full Ansible logs go (see :func:`harbor_ops.core.paths.log_dir`)."""
+    return log_dir()
 
 
 def sha256_of(path: Path) -> str:

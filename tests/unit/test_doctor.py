@@ -126,3 +126,24 @@ def test_cli_refuses_bad_input(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["doctor", "--url", "https://h", "--password-env", "NOPE_X"],
                              standalone_mode=False)
     assert isinstance(res.exception, UsageError)
+
+
+def test_trust_picks_the_ca_at_the_end_of_the_chain(tmp_path: Path) -> None:
+    from harbor_ops.doctor.trust import pick_ca
+
+    server = pki.leaf(INTER, ["reg.test"])
+    chain, _ = pki.write_pair(tmp_path, "chain", server, INTER, ROOT)
+    cert, source = pick_ca(None, chain, "https://reg.test", 1)
+    assert cert.subject == ROOT.cert.subject and str(chain) in source
+    leaf_only, _ = pki.write_pair(tmp_path, "leaf", server)
+    with pytest.raises(UsageError, match="CN=Intermediate"):
+        pick_ca(None, leaf_only, "https://reg.test", 1)
+    (tmp_path / "junk.crt").write_text("not pem")
+    with pytest.raises(UsageError, match="not a PEM"):
+        pick_ca(None, tmp_path / "junk.crt", "https://reg.test", 1)
+
+
+def test_trust_needs_clients_and_url(tmp_path: Path) -> None:
+    res = CliRunner().invoke(cli, ["trust", "-c", str(tmp_path / "none.yml"), "--url",
+                                   "https://reg.test"], standalone_mode=False)
+    assert isinstance(res.exception, UsageError) and "does not exist" in str(res.exception)
