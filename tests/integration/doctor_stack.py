@@ -237,7 +237,8 @@ class Stack:
         certs = tmp / "certs"
         certs.mkdir()
         self.pairs = {
-            "good": pki.write_pair(certs, "good", pki.leaf(self.intermediate, [HOST]),
+            "good": pki.write_pair(certs, "good",
+                                   pki.leaf(self.intermediate, [HOST, "127.0.0.1"]),
                                    self.intermediate),
             "untrusted": pki.write_pair(certs, "untrusted", pki.leaf(self.stranger, [HOST])),
             "wrong-name": pki.write_pair(certs, "wrong-name",
@@ -260,17 +261,17 @@ class Stack:
         self.registry: subprocess.Popen[bytes] | None = None
         self.nginx: subprocess.Popen[bytes] | None = None
         self.front_port = free_port()
-        self.realm_scheme = ""
+        self.realm = ("", "")
 
     # -------------------------------------------------------------- registry
-    def start_registry(self, *, realm_scheme: str = "https") -> None:
+    def start_registry(self, *, realm_scheme: str = "https", realm_host: str = HOST) -> None:
         """The registry, its token realm built like Harbor's (external_url scheme + host)."""
         if self.registry is not None and self.registry.poll() is None and \
-                realm_scheme == self.realm_scheme:
+                (realm_scheme, realm_host) == self.realm:
             return
         stop(self.registry)
-        self.realm_scheme = realm_scheme
-        base = f"{realm_scheme}://{HOST}:{self.front_port}"
+        self.realm = (realm_scheme, realm_host)
+        base = f"{realm_scheme}://{realm_host}:{self.front_port}"
         self.state.external_url = base
         config = {
             "version": 0.1, "log": {"level": "warn"},
