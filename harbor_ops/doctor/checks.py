@@ -36,12 +36,14 @@ def resolve(ctx: Context, host: str) -> str:
     """The address for ``host``: the --resolve mapping, else the system resolver (bounded)."""
     if host in ctx.opts.resolve:
         return ctx.opts.resolve[host]
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
         future = pool.submit(socket.getaddrinfo, host, None, type=socket.SOCK_STREAM)
-        try:
-            infos = future.result(timeout=ctx.opts.timeout)
-        except FutureTimeout:
-            raise TimeoutError(f"resolving {host} took over {ctx.opts.timeout:g} s") from None
+        infos = future.result(timeout=ctx.opts.timeout)
+    except FutureTimeout:
+        raise TimeoutError(f"resolving {host} took over {ctx.opts.timeout:g} s") from None
+    finally:
+        pool.shutdown(wait=False)  # a hung resolver must not hold doctor past its timeout
     return str(infos[0][4][0])
 
 

@@ -34,6 +34,8 @@ CATALOG: dict[str, tuple[str, str]] = {
     "realm-mismatch": ("error", "set Harbor's external_url to the exact public URL clients use "
                        "(https://...), and make the TLS-terminating proxy send "
                        "X-Forwarded-Proto: https"),
+    "external-url-mismatch": ("warning", "set external_url in harbor.yml to the URL clients "
+                              "use, then run prepare and restart Harbor"),
     "upload-location-mismatch": ("error", "make the proxy pass Host and X-Forwarded-Proto "
                                  "unchanged so the registry builds upload URLs clients reach"),
     "auth-header-stripped": ("error", "let every proxy in front of the registry pass the "

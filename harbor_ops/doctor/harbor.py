@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 
+from harbor_ops.core.errors import UsageError
 from harbor_ops.doctor.checks import Skip, brief
 from harbor_ops.doctor.context import Context
 from harbor_ops.doctor.findings import finding
+from harbor_ops.doctor.wire import Endpoint
 
 DISK_ERROR_FREE = 0.05  # below 5 % free: pushes fail with Err:28 and the DB dies (#13959)
 DISK_WARN_FREE = 0.15
@@ -45,10 +47,24 @@ def check_systeminfo(ctx: Context) -> str:
     if not version:
         raise Skip(f"/systeminfo gave no version (HTTP {resp.status}; not an admin?)")
     detail = f"Harbor {version}, external_url {external}"
+    _external_url(ctx, str(external or ""))
     vol = ctx.get("/api/v2.0/systeminfo/volumes", ctx.basic())
     if vol.status == 200:
         detail += "; " + _space(ctx, json.loads(vol.body))
     return detail
+
+
+def _external_url(ctx: Context, external: str) -> None:
+    """Links, webhooks and (with an http scheme) the token realm come from external_url."""
+    try:
+        ext = Endpoint.parse(external)
+    except UsageError:
+        ext = None
+    if ext is None or (ext.scheme, ext.host, ext.port) != (ctx.ep.scheme, ctx.ep.host,
+                                                           ctx.ep.port):
+        ctx.add(finding("external-url-mismatch", f"Harbor's external_url is not the URL "
+                        f"clients use ({ctx.ep.base})", f"external_url: {external or '(empty)'}",
+                        host=ctx.ep.hostport))
 
 
 def _space(ctx: Context, volumes: dict) -> str:  # type: ignore[type-arg]

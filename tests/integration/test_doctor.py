@@ -214,3 +214,19 @@ def test_nothing_listening(stack: ds.Stack) -> None:
                           env={**os.environ, "HARBORCTL_STATE_DIR": str(stack.tmp / "st")})
     assert proc.returncode == 13, proc.stdout + proc.stderr
     assert "tcp-unreachable" in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_a_port_that_accepts_but_never_answers(stack: ds.Stack) -> None:
+    """TCP connects, TLS never starts: doctor says timeout within its bound, no hang."""
+    import socket
+    import time
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        url = f"https://{ds.HOST}:{silent.getsockname()[1]}"
+        t0 = time.monotonic()
+        report = run_doctor(DoctorOptions(url=url, resolve=parse_resolve((stack.resolve,)),
+                                          timeout=1.0), keep_result=False)
+        assert time.monotonic() - t0 < 5
+    assert ids(report) == {"timeout"}
