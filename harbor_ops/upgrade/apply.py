@@ -224,20 +224,20 @@ class HostRun:
         self.o.on_release = plan.installed
         return plan
 
-    def _backup(self, hop: planner.Hop) -> str:
+    def _backup(self, hop: planner.Hop) -> dict[str, Any]:
         from harbor_ops.upgrade.backup_step import hop_backup
 
-        t0 = time.monotonic()
+        t0, started = time.monotonic(), time.time()
         self.say(f"{self.entry.name}: hop {hop.source} -> {hop.target}: backup ...")
         path = hop_backup(self.site, self.entry, backup_dir=self.opts.backup_dir / self.entry.name,
                           installed=str(hop.source), ssh_config=self.opts.ssh_config,
                           progress=self.say)
         self.say(f"{self.entry.name}: hop {hop.source} -> {hop.target}: backup done "
                  f"({time.monotonic() - t0:.1f} s, {path.name})")
-        return str(path)
+        return {"path": str(path), "started": started, "ended": time.time()}
 
     def _hop(self, number: int, src: hv.Release, tgt: hv.Release, steps: list[str],
-             run_id: str, backup: str = "") -> bool:
+             run_id: str, backup: dict[str, Any] | None = None) -> bool:
         """Run the playbook for one hop; True when the hop ended on ``tgt``, healthy."""
         self.say(f"{self.entry.name}: hop {number}: {src} -> {tgt}: {', '.join(steps)}")
         outcome = run_hop_playbook(self.site, self.entry, self.opts, number=number, src=src,
@@ -282,8 +282,8 @@ class HostRun:
 
 
 def hop_vars(site: Site, *, number: int, src: hv.Release, tgt: hv.Release, steps: list[str],
-             run_id: str, backup: str, bundle: Path, bundle_sha256: str, staging: Path,
-             opts: Options) -> dict[str, Any]:
+             run_id: str, backup: dict[str, Any] | None, bundle: Path, bundle_sha256: str,
+             staging: Path, opts: Options) -> dict[str, Any]:
     """The role's variables for one hop (see roles/harbor/meta/argument_specs.yml)."""
     from harbor_ops.install.run import role_vars
 
@@ -294,8 +294,12 @@ def hop_vars(site: Site, *, number: int, src: hv.Release, tgt: hv.Release, steps
             "harbor_upgrade_from": str(src), "harbor_upgrade_steps": steps,
             "harbor_upgrade_rollback_table": {s.name: list(journal.rollback_steps(s.name))
                                               for s in st.HOP_STEPS},
-            "harbor_upgrade_backup": backup, "harbor_upgrade_journal": opts.journal,
+            "harbor_upgrade_backup": backup or {"path": "", "started": 0, "ended": 0},
+            "harbor_upgrade_journal": opts.journal,
             "harbor_data_volume": _data_volume(site),
+            "harbor_log_location": str(((site.harbor.get("log") or {}).get("local") or {})
+                                       .get("location", "/var/log/harbor")),
+            "harbor_upgrade_count_sql": st.count_sql(),
             "harbor_upgrade_schema_from": src.schema_version,
             "harbor_upgrade_schema_to": tgt.schema_version,
             "harbor_upgrade_layout_from": src.data_layout,
@@ -305,7 +309,8 @@ def hop_vars(site: Site, *, number: int, src: hv.Release, tgt: hv.Release, steps
 
 def run_hop_playbook(site: Site, entry: HostEntry, opts: Options, *, number: int,
                      src: hv.Release, tgt: hv.Release, steps: list[str], run_id: str,
-                     backup: str, progress: Progress) -> runner.PlaybookOutcome:
+                     backup: dict[str, Any] | None,
+                     progress: Progress) -> runner.PlaybookOutcome:
     from harbor_ops.install.run import sha256_of
     from harbor_ops.render.engine import render_site
 

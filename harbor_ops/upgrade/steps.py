@@ -53,6 +53,16 @@ FIRST_CHANGING_STEP = "switch"
 KEY_TABLES: tuple[str, ...] = ("project", "repository", "artifact", "harbor_user")
 
 
+def count_sql(tables: tuple[str, ...] = KEY_TABLES) -> str:
+    """One query for both gates: schema_migrations' version and dirty flag, and the row count
+    of each key table, as one JSON object. A missing table (an EMPTY new database) makes the
+    query fail, which fails the gate. The names are harborctl's constants, never input."""
+    counts = ", ".join(f"'{t}', (SELECT count(*) FROM {t})" for t in tables)
+    return ("SELECT json_build_object('schema_version', (SELECT max(version) FROM "
+            "schema_migrations), 'schema_dirty', coalesce((SELECT bool_or(dirty) FROM "
+            f"schema_migrations), false), 'counts', json_build_object({counts}))")
+
+
 def step(name: str) -> Step:
     """The step called ``name``; a name not in the tables is a bug or a foreign state file."""
     try:
