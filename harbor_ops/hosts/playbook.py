@@ -10,6 +10,7 @@ The playbooks and the callback plugin ship in the wheel (core.assets finds them)
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -244,7 +245,7 @@ class PlaybookRun:
                 proc = subprocess.Popen(  # noqa: S603 - argv built by build_command
                     self.argv, env=env, cwd=self.cwd, stdin=subprocess.DEVNULL,
                     stdout=out, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
-                    start_new_session=True)
+                    start_new_session=True, preexec_fn=_die_with(os.getpid()))
             finally:
                 os.close(write_fd)
             timer = threading.Timer(self.timeout, _kill_group, args=(proc,))
@@ -270,6 +271,23 @@ class PlaybookRun:
             line = progress_line(event)
             if line:
                 yield line
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """In the child before exec: SIGTERM when harborctl dies, even by ``kill -9``.
+
+    A playbook that outlived harborctl would go on changing a host while the next run (which
+    resumes from the host's journal) starts beside it. Linux only; elsewhere a no-op.
+    """
+    def arm() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # harborctl died before the signal was armed
+            os._exit(143)
+    return arm
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

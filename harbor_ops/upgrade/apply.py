@@ -319,6 +319,8 @@ def run_hop_playbook(site: Site, entry: HostEntry, opts: Options, *, number: int
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_path = opts.log_dir / f"upgrade-{entry.name}-{stamp}.log"
     out_path = opts.log_dir / f"upgrade-{entry.name}-{stamp}.out"
+    for path in (log_path, out_path):
+        path.touch(mode=0o600, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="harborctl-upgrade-"))  # 0700: harbor.yml
     try:
         render_site(dataclasses.replace(site, release=tgt), output_dir=staging / "files",

@@ -135,3 +135,27 @@ def test_an_unfinished_run_is_resumed_not_replanned(bundles) -> None:  # type: i
     hp = plan(host_facts(upgrade_journal="\n".join(through("start", "begin"))), bundles)
     assert hp.decision.action == "rollback" and hp.plan is None
     assert hp.state.step == "start"
+
+
+def test_hop_vars_set_every_required_option_of_the_upgrade_entry_point(tmp_path: Path) -> None:
+    import yaml
+
+    from harbor_ops.hosts.playbook import playbook_dir
+    from harbor_ops.releases.versions import release
+    from harbor_ops.upgrade import steps as st
+    from harbor_ops.upgrade.apply import Options, hop_vars
+
+    spec = yaml.safe_load((playbook_dir() / "roles/harbor/meta/argument_specs.yml").read_text())
+    options = spec["argument_specs"]["upgrade"]["options"]
+    got = hop_vars(make_site("2.15.2"), number=1, src=release("2.14.4"), tgt=release("2.15.2"),
+                   steps=["unpack"], run_id="0123456789abcdef", backup=None,
+                   bundle=tmp_path / "b.tgz", bundle_sha256="0" * 64, staging=tmp_path,
+                   opts=Options(None, None, tmp_path, tmp_path))
+    missing = [k for k, o in options.items() if o.get("required") and k not in got]
+    assert missing == []
+    assert got["harbor_upgrade_rollback_table"]["gate"] == [s.name for s in st.ROLLBACK_STEPS]
+    assert got["harbor_upgrade_rollback_table"]["backup"] == []
+    assert (got["harbor_upgrade_schema_from"], got["harbor_upgrade_schema_to"]) == (171, 180)
+    assert (got["harbor_upgrade_layout_from"], got["harbor_upgrade_layout_to"]) == ("pg15",
+                                                                                  "pg18")
+    assert "FROM artifact" in got["harbor_upgrade_count_sql"]
