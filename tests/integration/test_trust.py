@@ -5,6 +5,7 @@ afterwards doctor (judging trust as docker on that host would) finds no TLS prob
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -30,7 +31,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ds.Stack]:
         s.close()
 
 
-def test_trust_puts_the_ca_where_each_runtime_looks(testbed: TestBed, stack: ds.Stack) -> None:
+def test_trust_puts_the_ca_where_each_runtime_looks(testbed: TestBed, stack: ds.Stack,
+                                                     tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HARBORCTL_STATE_DIR", str(tmp_path / "state"))
     url = stack.start_front(ds.Front())
     hostport = f"{ds.HOST}:{stack.front_port}"
     hosts = [testbed.reset("h1")]  # one client keeps the test short; the play is per host
@@ -49,6 +53,7 @@ def test_trust_puts_the_ca_where_each_runtime_looks(testbed: TestBed, stack: ds.
 
     first = run(False)
     assert all(t.changed > 0 and t.failed == 0 for t in first.hosts.values())
+    assert first.log_path is not None and first.log_path.is_relative_to(tmp_path)
     again = run(False)
     assert all(t.changed == 0 and t.failed == 0 for t in again.hosts.values()), again
 

@@ -147,3 +147,15 @@ def test_trust_needs_clients_and_url(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["trust", "-c", str(tmp_path / "none.yml"), "--url",
                                    "https://reg.test"], standalone_mode=False)
     assert isinstance(res.exception, UsageError) and "does not exist" in str(res.exception)
+
+
+def test_site_url_is_what_clients_use() -> None:
+    from harbor_ops.doctor.run import site_url
+    from tests.unit.test_render import example_harbor, make_site
+
+    harbor = example_harbor()
+    assert site_url(make_site(harbor=harbor)) == harbor["external_url"]
+    no_ext = {k: v for k, v in harbor.items() if k != "external_url"}
+    assert site_url(make_site(harbor=no_ext)) == "https://harbor.example.internal:443"
+    assert site_url(make_site(harbor=no_ext, front=False)) == \
+        f"http://{harbor['hostname']}:{harbor['http']['port']}"
