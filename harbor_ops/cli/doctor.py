@@ -24,6 +24,8 @@ from harbor_ops.cli.options import config_option, dry_run_option, emit, output_o
               help="With credentials: push, pull back and delete a scratch image.")
 @click.option("--image", default=None, metavar="REPO:TAG",
               help="Also check that every blob of this image is in the storage.")
+@click.option("--probe-repository", default="library/harborctl-doctor", show_default=True,
+              help="Scratch repository of the push probe (the user needs push rights).")
 @click.option("--resolve", multiple=True, metavar="NAME:ADDRESS",
               help="Connect to ADDRESS for NAME (keeps NAME for TLS and Host); repeatable.")
 @click.option("--timeout", type=float, default=5.0, show_default=True,
@@ -33,8 +35,8 @@ from harbor_ops.cli.options import config_option, dry_run_option, emit, output_o
 @output_option
 def doctor_cmd(config: Path, url: str | None, ca: Path | None, username: str | None,
                password_env: str | None, password_file: Path | None, push_probe: bool,
-               image: str | None, resolve: tuple[str, ...], timeout: float,
-               docker_certs_dir: Path | None, output: str) -> None:
+               image: str | None, probe_repository: str, resolve: tuple[str, ...],
+               timeout: float, docker_certs_dir: Path | None, output: str) -> None:
     """Check a registry from this client's side; each problem with evidence and its fix.
 
     Exit 0 when nothing worse than a warning was found, 13 on any error finding.
@@ -46,7 +48,8 @@ def doctor_cmd(config: Path, url: str | None, ca: Path | None, username: str | N
     site = load_site(config) if url is None else None
     report = doctor(site=site, url=url, ca=ca, username=username, password_env=password_env,
                     password_file=password_file, push_probe=push_probe, image=image,
-                    resolve=resolve, timeout=timeout, docker_certs_dir=docker_certs_dir)
+                    probe_repository=probe_repository, resolve=resolve, timeout=timeout,
+                    docker_certs_dir=docker_certs_dir)
     emit(report, output)
     if report.has_errors:
         ids = sorted({f.id for f in report.findings if f.severity == "error"})

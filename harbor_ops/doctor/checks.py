@@ -117,7 +117,7 @@ def check_registry(ctx: Context) -> str:
                         f"reply was not HTTP: {exc!r:.80}", host=ctx.ep.hostport))
         raise Stop from None
     ctx.first = resp
-    if resp.status == 400 and b"HTTPS port" in resp.body:
+    if resp.status == 400 and (b"HTTPS port" in resp.body or b"HTTPS server" in resp.body):
         ctx.add(finding("http-to-https", f"{ctx.ep.hostport} expects HTTPS; the URL says http",
                         "400: The plain HTTP request was sent to HTTPS port",
                         host=ctx.ep.hostport))
@@ -204,6 +204,17 @@ def fetch_token(ctx: Context, scope: str | None) -> str:
     if data.get("issued_at"):
         ctx.token_issued = (str(data["issued_at"]), resp.received)
     return str(data.get("token") or data.get("access_token") or "")
+
+
+def probe_auth(ctx: Context, scope: str) -> dict[str, str]:
+    """Headers for a probe step; no token is a Skip (the auth check already said why)."""
+    try:
+        headers = auth_headers(ctx, scope)
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise Skip(f"no token: {exc}") from None
+    if ctx.challenge is not None and not headers:
+        raise Skip("no token (see the realm and auth checks)")
+    return headers
 
 
 def auth_headers(ctx: Context, scope: str | None) -> dict[str, str]:

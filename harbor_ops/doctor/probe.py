@@ -15,7 +15,7 @@ import os
 import uuid
 from urllib.parse import urlsplit
 
-from harbor_ops.doctor.checks import Skip, auth_headers, brief, require_registry, stripped
+from harbor_ops.doctor.checks import Skip, brief, probe_auth, require_registry, stripped
 from harbor_ops.doctor.context import Context
 from harbor_ops.doctor.findings import finding
 from harbor_ops.doctor.wire import Endpoint, Response
@@ -42,9 +42,7 @@ def check_push(ctx: Context) -> str:
     if not ctx.credentials_ok:
         raise Skip("needs credentials that may travel (--username and a trusted TLS)")
     repo = ctx.opts.probe_repository
-    headers = auth_headers(ctx, f"repository:{repo}:pull,push,delete")
-    if ctx.challenge is not None and not headers:
-        raise Skip("no token (see the realm and auth checks)")
+    headers = probe_auth(ctx, f"repository:{repo}:pull,push,delete")
     config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs":
                          {"type": "layers", "diff_ids": []}}).encode()
     layer = os.urandom(LAYER_BYTES)
@@ -135,14 +133,24 @@ def _fail(ctx: Context, summary: str, evidence: str) -> None:
     raise ProbeFailed
 
 
+def image_reference(image: str) -> tuple[str, str]:
+    """``repo:tag`` / ``repo@digest`` / ``repo`` -> (repository, tag or digest)."""
+    if "@" in image:
+        repo, _, digest = image.partition("@")
+        return repo, digest
+    if ":" in image.split("/")[-1]:
+        repo, _, tag = image.rpartition(":")
+        return repo, tag
+    return image, "latest"
+
+
 def check_image(ctx: Context) -> str:
     """Every blob an existing image names must be in the storage (docker pull needs all)."""
     if not ctx.opts.image:
         raise Skip("no --image")
     require_registry(ctx)
-    repo, _, ref = ctx.opts.image.rpartition(":") if ":" in ctx.opts.image.split("/")[-1] \
-        else (ctx.opts.image, "", "latest")
-    headers = auth_headers(ctx, f"repository:{repo}:pull")
+    repo, ref = image_reference(ctx.opts.image)
+    headers = probe_auth(ctx, f"repository:{repo}:pull")
     resp = ctx.wire_req("GET", f"/v2/{repo}/manifests/{ref}", headers, None,
                         {"Accept": ACCEPT})
     if resp.status != 200:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,12 +19,17 @@ from harbor_ops.core.errors import UsageError
 from harbor_ops.core.fsutil import atomic_write
 from harbor_ops.core.paths import state_dir
 from harbor_ops.doctor import checks, harbor, probe
-from harbor_ops.doctor.context import Context, DoctorOptions, Stop
+from harbor_ops.doctor.context import PROBE_REPOSITORY, Context, DoctorOptions, Stop
 from harbor_ops.doctor.findings import SEVERITIES, CheckRecord, DoctorReport, finding
+from harbor_ops.doctor.probe import image_reference
 from harbor_ops.doctor.wire import Endpoint
 from harbor_ops.site.model import Site
 
 LAST_RESULT = "doctor-last.json"
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+PROBE_REPO = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})+")
+REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+REFERENCE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|sha256:[a-f0-9]{64}")
 
 CHECKS: list[tuple[str, Callable[[Context], str]]] = [
     ("dns", checks.check_dns),
@@ -141,7 +147,8 @@ def parse_resolve(values: tuple[str, ...]) -> dict[str, str]:
 def doctor(*, site: Site | None, url: str | None, ca: Path | None, username: str | None,
            password_env: str | None, password_file: Path | None, push_probe: bool,
            image: str | None, resolve: tuple[str, ...], timeout: float,
-           docker_certs_dir: Path | None) -> DoctorReport:
+           docker_certs_dir: Path | None,
+           probe_repository: str = PROBE_REPOSITORY) -> DoctorReport:
     """The command's one entry: options from the command line and the site file."""
     if url is None:
         if site is None:
@@ -150,8 +157,17 @@ def doctor(*, site: Site | None, url: str | None, ca: Path | None, username: str
     password = read_password(password_env, password_file)
     if password is not None and not username:
         raise UsageError("a password was given without --username")
+    if image is not None:
+        repo, ref = image_reference(image)
+        if not REPOSITORY.fullmatch(repo) or not REFERENCE.fullmatch(ref):
+            raise UsageError(f"--image {image!r}: use repository[:tag] or repository@sha256:"
+                             "<digest> (lower-case repository)")
+    if not PROBE_REPO.fullmatch(probe_repository):
+        raise UsageError(f"--probe-repository {probe_repository!r}: use project/name in "
+                         "lower case (a-z, 0-9, . _ -)")
     extra = {"docker_certs_dir": docker_certs_dir} if docker_certs_dir else {}
     opts = DoctorOptions(url=url, ca=ca, username=username, password=password,
                          push_probe=push_probe, image=image, resolve=parse_resolve(resolve),
-                         timeout=timeout, **extra)  # type: ignore[arg-type]
+                         timeout=timeout, probe_repository=probe_repository,
+                         **extra)  # type: ignore[arg-type]
     return run_doctor(opts)

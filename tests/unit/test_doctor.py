@@ -159,3 +159,26 @@ def test_site_url_is_what_clients_use() -> None:
     assert site_url(make_site(harbor=no_ext)) == "https://harbor.example.internal:443"
     assert site_url(make_site(harbor=no_ext, front=False)) == \
         f"http://{harbor['hostname']}:{harbor['http']['port']}"
+
+
+@pytest.mark.parametrize("image, expected", [
+    ("library/app:v1", ("library/app", "v1")),
+    ("library/app", ("library/app", "latest")),
+    ("a/b@sha256:" + "0" * 64, ("a/b", "sha256:" + "0" * 64)),
+])
+def test_image_reference(image: str, expected: tuple[str, str]) -> None:
+    from harbor_ops.doctor.probe import image_reference
+
+    assert image_reference(image) == expected
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--image", "Library/App:v1"], "--image"),
+    (["--image", "library/app:../x"], "--image"),
+    (["--probe-repository", "noproject"], "--probe-repository"),
+    (["--probe-repository", "a/../b"], "--probe-repository"),
+])
+def test_doctor_refuses_bad_names(args: list[str], field: str) -> None:
+    res = CliRunner().invoke(cli, ["doctor", "--url", "https://h", *args],
+                             standalone_mode=False)
+    assert isinstance(res.exception, UsageError) and field in str(res.exception)
