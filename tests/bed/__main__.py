@@ -3,6 +3,7 @@
     python -m tests.bed up --hosts 2 [--no-docker] [--engine] [--dir DIR] [--network N]
     python -m tests.bed status
     python -m tests.bed down [--all]  # also cleans up after a crashed pytest session
+    python -m tests.bed down --dir DIR  # only the bed in DIR (whoever started it)
 
 The bed directory defaults to ``${HARBORCTL_TESTBED_DIR:-<tmp>/harborctl-testbed}``.
 """
@@ -54,14 +55,20 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also those of sessions still running (stops other people's tests)",
     )
+    down.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="only the bed (and engine) in DIR, even while its session runs",
+    )
     sub.add_parser("status", help="show what is up")
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
             return _up(args)
         if args.command == "down":
-            engines = stop_recorded_engines(include_live=args.all)
-            beds = TestBed.down_recorded(include_live=args.all)
+            engines = stop_recorded_engines(include_live=args.all, under=args.dir)
+            beds = TestBed.down_recorded(include_live=args.all, base_dir=args.dir)
             print(f"down: beds={beds or '-'} engines={engines or '-'}")
             return 0
         return _status()

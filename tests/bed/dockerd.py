@@ -268,15 +268,19 @@ def recorded_engines() -> list[str]:
     return [str(r["base_dir"]) for r in records if r]
 
 
-def stop_recorded_engines(include_live: bool = False) -> list[str]:
+def stop_recorded_engines(include_live: bool = False, under: Path | None = None) -> list[str]:
     """Stop engines whose owner process is gone (crashed session, ``python -m tests.bed up``);
-    engines of running sessions only with ``include_live``. Returns their base dirs."""
+    engines of running sessions only with ``include_live``; only those whose directory is in
+    ``under`` (whoever owns them) when given. Returns their base dirs."""
     stopped = []
     for record in sorted((_state.state_dir() / "engines").glob("*.json")):
         data = _state.load(record)
         if not data:
             continue
-        if _state.owner_alive(data) and not include_live:
+        if under is not None:
+            if not Path(data["base_dir"]).is_relative_to(under.resolve()):
+                continue
+        elif _state.owner_alive(data) and not include_live:
             continue
         DockerEngine(data["base_dir"]).stop()
         stopped.append(str(data["base_dir"]))

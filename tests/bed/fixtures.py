@@ -33,6 +33,7 @@ BED_TOOLS = (
     "unshare",
     "chroot",
     "pivot_root",
+    "rsync",
     "ssh",
     "ssh-keygen",
     "mount",

@@ -5,10 +5,7 @@ and process table so that playbooks can write real paths (/opt/harbor, /data, /e
 without touching the CI machine. Hosts have no route to the internet, so every package a test
 host needs must be baked in here, in ``GOLDEN_PACKAGES``.
 
-The cache lives in ``${HARBORCTL_TESTBED_CACHE:-/var/cache/harborctl-testbed}/golden-<key>/``;
-``<key>`` hashes the suite, mirror, package list and recipe version, so changing any of them
-builds a new rootfs. A build goes to a temporary directory that is renamed into place only
-when complete, under a lock file, so concurrent sessions and crashed builds are harmless.
+Built and cached by :mod:`tests.bed.debootstrap` in ``<cache>/golden-<key>/``.
 
 API::
 
@@ -17,18 +14,13 @@ API::
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
-import os
-import shutil
-import time
 from pathlib import Path
 
-from tests.bed._run import BedError, run, unmount_all_under
+from tests.bed.debootstrap import RootSpec, cache_dir, cached_root
+
+__all__ = ["GOLDEN", "GOLDEN_PACKAGES", "SUITE", "cache_dir", "golden_key", "golden_root"]
 
 SUITE = "bookworm"
-MIRROR = os.environ.get("HARBORCTL_TESTBED_MIRROR", "http://deb.debian.org/debian")
 
 # Everything a test host can ever use. Changing this list changes the cache key.
 GOLDEN_PACKAGES: tuple[str, ...] = (
@@ -50,7 +42,7 @@ GOLDEN_PACKAGES: tuple[str, ...] = (
     "docker-compose",
 )
 
-# Bump when the post-install recipe below changes in a way the package list does not show.
+# Bump when _customise below changes in a way the package list does not show.
 RECIPE_VERSION = "4"
 
 # sshd settings for test hosts: key-only root login, no PAM (no systemd/logind in hosts).
@@ -66,84 +58,12 @@ AcceptEnv LANG LC_*
 """
 
 
-def cache_dir() -> Path:
-    """Where golden roots are cached; overridable so CI can keep it on a persisted volume."""
-    return Path(os.environ.get("HARBORCTL_TESTBED_CACHE", "/var/cache/harborctl-testbed"))
-
-
-def golden_key() -> str:
-    """A short hash that changes whenever what the golden rootfs contains would change."""
-    material = json.dumps(
-        {
-            "suite": SUITE,
-            "mirror": MIRROR,
-            "packages": sorted(GOLDEN_PACKAGES),
-            "recipe": RECIPE_VERSION,
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(material.encode()).hexdigest()[:12]
-
-
-def golden_root() -> Path:
-    """Return the golden rootfs directory, building it first if the cache does not have it."""
-    base = cache_dir()
-    base.mkdir(parents=True, exist_ok=True)
-    final = base / f"golden-{golden_key()}"
-    if (final / ".harborctl-golden.json").is_file():
-        return final
-    with open(base / "golden.lock", "w", encoding="utf-8") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another session may be building the same key
-        if not (final / ".harborctl-golden.json").is_file():
-            _build(final)
-    return final
-
-
-def _build(final: Path) -> None:
-    """debootstrap + apt into a temp dir, then rename it to ``final`` (atomic publish)."""
-    if shutil.which("debootstrap") is None:
-        raise BedError("debootstrap is not installed (apt-get install debootstrap)")
-    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-    _remove_tree(tmp)
-    started = time.monotonic()
-    try:
-        run(["debootstrap", "--variant=minbase", SUITE, str(tmp), MIRROR], timeout=1200)
-        _write(
-            tmp / "usr/sbin/policy-rc.d",
-            "#!/bin/sh\n# test bed: apt never starts services\nexit 101\n",
-            0o755,
-        )
-        shutil.copyfile("/etc/resolv.conf", tmp / "etc/resolv.conf")
-        _chroot_sh(
-            tmp,
-            "export DEBIAN_FRONTEND=noninteractive; set -e; apt-get update -qq; "
-            "apt-get install -y -qq --no-install-recommends "
-            + " ".join(GOLDEN_PACKAGES)
-            + "; apt-get clean; rm -rf /var/lib/apt/lists/*",
-        )
-        _customise(tmp)
-        _write(
-            tmp / ".harborctl-golden.json",
-            json.dumps(
-                {
-                    "key": golden_key(),
-                    "suite": SUITE,
-                    "packages": list(GOLDEN_PACKAGES),
-                    "build_seconds": round(time.monotonic() - started, 1),
-                }
-            )
-            + "\n",
-        )
-        os.rename(tmp, final)
-    except BaseException:
-        _remove_tree(tmp)
-        raise
-
-
 def _customise(root: Path) -> None:
     """Adapt the rootfs to life as a test host (no systemd, no internet, own keys per bed)."""
-    _write(root / "etc/resolv.conf", "# test hosts have no DNS\n")
-    _write(root / "etc/ssh/sshd_config.d/harborctl-testbed.conf", SSHD_CONFIG)
+    (root / "etc/resolv.conf").write_text("# test hosts have no DNS\n", encoding="utf-8")
+    conf = root / "etc/ssh/sshd_config.d/harborctl-testbed.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(SSHD_CONFIG, encoding="utf-8")
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()  # every bed generates its own throw-away host key
     # Debian's init script raises rlimits the CI machine forbids (no CAP_SYS_RESOURCE), and
@@ -157,30 +77,22 @@ def _customise(root: Path) -> None:
         init.write_text(text, encoding="utf-8")
 
 
-def _chroot_sh(root: Path, script: str) -> None:
-    """Run ``script`` in the chroot inside a private mount namespace, so /proc cannot leak."""
-    run(
-        [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            f'mount -t proc proc "{root}/proc" && exec chroot "{root}" /bin/sh -c "$0"',
-            script,
-        ],
-        timeout=1200,
-    )
+GOLDEN = RootSpec(
+    prefix="golden",
+    suite=SUITE,
+    packages=GOLDEN_PACKAGES,
+    recipe=RECIPE_VERSION,
+    marker=".harborctl-golden.json",
+    lock="golden.lock",
+    customise=_customise,
+)
 
 
-def _write(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    path.chmod(mode)
+def golden_key() -> str:
+    """A short hash that changes whenever what the golden rootfs contains would change."""
+    return GOLDEN.key()
 
 
-def _remove_tree(path: Path) -> None:
-    if path.exists():
-        unmount_all_under(str(path))
-        shutil.rmtree(path)
+def golden_root() -> Path:
+    """Return the golden rootfs directory, building it first if the cache does not have it."""
+    return cached_root(GOLDEN)

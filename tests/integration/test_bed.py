@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -136,6 +137,48 @@ def test_reset_drops_the_writable_layer(testbed: TestBed) -> None:
     assert "leftover" not in ssh(h3, "docker network ls --format '{{.Name}}'")
 
 
+def test_snapshot_and_restore_bring_an_installed_host_back(
+    testbed: TestBed, tmp_path: Path
+) -> None:
+    """What fault tests start from: a host as it was at the snapshot, containers running."""
+    h3 = testbed.hosts["h3"]
+    ssh(h3, "docker import - local/busybox:snap >/dev/null", input=busybox_tar(tmp_path))
+    ssh(
+        h3,
+        "docker run -d --name keeper --restart always --network none local/busybox:snap "
+        "sh -c 'trap \"exit 0\" TERM; while :; do sleep 1; done' >/dev/null "
+        "&& mkdir -p /data && echo before > /data/kept",
+    )
+    started = time.monotonic()
+    testbed.snapshot("h3", "installed")
+    snapshot_s = time.monotonic() - started
+    assert _running(h3, "keeper")  # the host runs on after a snapshot
+    ssh(h3, "echo after > /data/after && docker rm -f keeper >/dev/null")
+    ssh(h3, "docker network create after-snapshot >/dev/null")
+    for _ in range(2):  # a snapshot serves any number of restores
+        started = time.monotonic()
+        testbed.restore("h3", "installed")
+        restore_s = time.monotonic() - started
+        assert not (h3.root_path / "data/after").exists()
+        assert "absent" in ssh(h3, "test -e /data/after || echo absent")
+        assert ssh(h3, "cat /data/kept") == "before\n"
+        assert _running(h3, "keeper")
+        assert "after-snapshot" not in ssh(h3, "docker network ls --format '{{.Name}}'")
+        ssh(h3, "echo after > /data/after")
+    print(f"snapshot {snapshot_s:.1f} s, restore {restore_s:.1f} s")
+    assert restore_s < 30, f"restore took {restore_s:.1f} s"
+
+
+def _running(host: Host, container: str) -> bool:
+    """Whether ``container`` runs (polled: dockerd restarts it a moment after it starts)."""
+    probe = f"docker inspect -f '{{{{.State.Running}}}}' {container} 2>/dev/null"
+    for _ in range(100):
+        if ssh(host, f"{probe} || true").strip() == "true":
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def test_fresh_host_fixture_gives_a_clean_h1(testbed: TestBed, fresh_host: Host) -> None:
     assert fresh_host.name == "h1"
     assert not (fresh_host.root_path / "opt/harbor/only-on-h1").exists()
@@ -252,8 +295,20 @@ def test_bed_down_leaves_nothing_behind(tmp_path: Path) -> None:
         ssh(hosts[0], "docker import - local/busybox:a >/dev/null", input=busybox_tar(tmp_path))
         ssh(hosts[0], "docker run -d local/busybox:a sleep 600 >/dev/null && echo ok >/etc/x")
         assert (hosts[0].root_path / "etc/x").exists()
+        bed.snapshot("a2", "kept")  # snapshots live in the bed directory and go with it
     finally:
-        bed.down()
+        # the documented way out for tools outside the suite: one bed, by its directory
+        down = subprocess.run(
+            [sys.executable, "-m", "tests.bed", "down", "--dir", str(base)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        if down.returncode != 0:
+            bed.down()
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert str(base) in down.stdout
     assert not any(pid_alive(p) for p in pids)
     # other sessions may be running beds meanwhile: look only for what this bed could leave
     assert not [n for n in _netns() if n.startswith(f"hctl{bed.network}-")]

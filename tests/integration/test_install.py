@@ -13,6 +13,7 @@ import base64
 import json
 import shutil
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -250,6 +251,41 @@ def test_lost_containers_converge(runner: Runner, bundle: Path, h1: Host,
     assert result.hosts["h1"].failed == 0
     status, _, body = http_get(f"http://{h1.address}:8080/api/v2.0/health")
     assert status == 200 and json.loads(body)["status"] == "healthy"
+
+
+def test_installed_host_snapshot_restores_a_healthy_harbor_in_seconds(
+        testbed: TestBed, h1: Host, first: InstallResult) -> None:
+    """What fault tests start from: the installed host, back in seconds instead of a fresh
+    install each; what a test broke since the snapshot is gone and Harbor is healthy."""
+    started = time.monotonic()
+    testbed.snapshot("h1", "installed")
+    snapshot_s = time.monotonic() - started
+    h1.exec("docker rm -f harbor-core harbor-db >/dev/null && echo broken > /data/broken")
+    started = time.monotonic()
+    testbed.restore("h1", "installed")
+    restore_s = time.monotonic() - started
+    assert not (h1.root_path / "data/broken").exists()
+    healthy = _wait_healthy(h1, timeout=120)
+    healthy_s = time.monotonic() - started
+    running = h1.exec("docker ps --format '{{.Names}}'").stdout.split()
+    assert sorted(running) == sorted(CONTAINERS)
+    print(f"snapshot {snapshot_s:.1f} s; restore {restore_s:.1f} s, healthy {healthy_s:.1f} s")
+    assert healthy, "Harbor did not come back healthy after the restore"
+
+
+def _wait_healthy(host: Host, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / 0.5) + 1):
+        try:
+            status, _, body = http_get(f"http://{host.address}:8080/api/v2.0/health")
+            if status == 200 and json.loads(body)["status"] == "healthy":
+                return True
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    return False
 
 
 @pytest.fixture

@@ -9,25 +9,26 @@ builder copies only ``/usr/lib/postgresql/NN``, ``/usr/share/postgresql/NN`` and
 
 Each root lives in ``${HARBORCTL_TESTBED_CACHE}/suite-<suite>-<key>/`` (beside the golden
 root, outside ``bundle/`` whose old keys are pruned), ``<key>`` hashing
-the suite, mirror, packages and recipe (as ``tests/bed/golden.py`` does); it is built in a temp
-directory renamed into place when complete, under a lock, so concurrent sessions build it once.
+the suite, mirror, packages and recipe; :mod:`tests.bed.debootstrap` builds it, as it builds
+the golden root, in a temp directory renamed into place when complete, under a lock, so
+concurrent sessions build it once.
 """
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.bed import golden
-from tests.bed._run import BedError, run, unmount_all_under
+from tests.bed._run import BedError
+from tests.bed.debootstrap import RootSpec, cached_root
 
-MIRROR = golden.MIRROR
 RECIPE_VERSION = "1"
+# postgresql-common's postinst would create a cluster; the bed only needs the files.
+NO_CLUSTER = (
+    "mkdir -p /etc/postgresql-common; "
+    "echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.conf; "
+)
 
 
 @dataclass(frozen=True)
@@ -41,15 +42,24 @@ class SuiteRoot:
     def packages(self) -> tuple[str, ...]:
         return (f"postgresql-{self.major}",)
 
+    @property
+    def spec(self) -> RootSpec:
+        return RootSpec(
+            prefix=f"suite-{self.suite}",
+            suite=self.suite,
+            packages=self.packages,
+            recipe=RECIPE_VERSION,
+            marker=".harborctl-suite.json",
+            lock=f"suite-{self.suite}.lock",
+            apt_setup=NO_CLUSTER,
+        )
+
     def key(self) -> str:
-        material = json.dumps({"suite": self.suite, "mirror": MIRROR,
-                               "packages": sorted(self.packages), "recipe": RECIPE_VERSION},
-                              sort_keys=True)
-        return hashlib.sha256(material.encode()).hexdigest()[:12]
+        return self.spec.key()
 
     @property
     def dirname(self) -> str:
-        return f"suite-{self.suite}-{self.key()}"
+        return self.spec.dirname
 
 
 BULLSEYE_PG13 = SuiteRoot("bullseye", "13")
@@ -59,56 +69,7 @@ ALL: tuple[SuiteRoot, ...] = (BULLSEYE_PG13, TRIXIE_PG17)
 
 def suite_root(spec: SuiteRoot, cache: Path) -> Path:
     """Return the cached root of ``spec`` under ``cache``, debootstrapping it on a miss."""
-    final = cache / spec.dirname
-    marker = final / ".harborctl-suite.json"
-    if marker.is_file():
-        return final
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / f"suite-{spec.suite}.lock", "w", encoding="utf-8") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not marker.is_file():
-            _build(spec, final)
-    return final
-
-
-def _build(spec: SuiteRoot, final: Path) -> None:
-    if shutil.which("debootstrap") is None:
-        raise BedError("debootstrap is not installed (apt-get install debootstrap)")
-    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-    _remove_tree(tmp)
-    started = time.monotonic()
-    try:
-        run(["debootstrap", "--variant=minbase", spec.suite, str(tmp), MIRROR], timeout=1200)
-        (tmp / "usr/sbin/policy-rc.d").write_text("#!/bin/sh\nexit 101\n", encoding="utf-8")
-        (tmp / "usr/sbin/policy-rc.d").chmod(0o755)
-        shutil.copyfile("/etc/resolv.conf", tmp / "etc/resolv.conf")
-        # postgresql-common's postinst would create a cluster; the bed only needs the files.
-        _chroot_sh(tmp, "export DEBIAN_FRONTEND=noninteractive; set -e; "
-                        "mkdir -p /etc/postgresql-common; "
-                        "echo 'create_main_cluster = false' "
-                        "> /etc/postgresql-common/createcluster.conf; "
-                        "apt-get update -qq; apt-get install -y -qq --no-install-recommends "
-                        + " ".join(spec.packages) + "; apt-get clean; rm -rf /var/lib/apt/lists/*")
-        (tmp / ".harborctl-suite.json").write_text(json.dumps({
-            "key": spec.key(), "suite": spec.suite, "packages": list(spec.packages),
-            "build_seconds": round(time.monotonic() - started, 1)}) + "\n", encoding="utf-8")
-        os.rename(tmp, final)
-    except BaseException:
-        _remove_tree(tmp)
-        raise
-
-
-def _chroot_sh(root: Path, script: str) -> None:
-    """Run ``script`` in the chroot inside a private mount namespace, so /proc cannot leak."""
-    run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-         f'mount -t proc proc "{root}/proc" && exec chroot "{root}" /bin/sh -c "$0"', script],
-        timeout=1200)
-
-
-def _remove_tree(path: Path) -> None:
-    if path.exists():
-        unmount_all_under(str(path))
-        shutil.rmtree(path)
+    return cached_root(spec.spec, cache)
 
 
 PG_TREES = ("/usr/lib/postgresql/{major}", "/usr/share/postgresql/{major}")
