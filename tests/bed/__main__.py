@@ -91,7 +91,7 @@ def _up(args: argparse.Namespace) -> int:
         engine = DockerEngine(base / "engine")
         engine.start()
         print(f"controller engine: export DOCKER_HOST={engine.env['DOCKER_HOST']}")
-    print("tear down with: python -m tests.bed down")
+    print(f"tear down with: python -m tests.bed down --dir {base}")
     return 0
 
 

@@ -33,8 +33,10 @@ API::
 Snapshots are for fault tests that start from an installed host: ``snapshot`` stops dockerd as
 a shutdown would (its containers stop; those with a restart policy, all of Harbor's, start
 again with the next dockerd), halts the host, copies its overlay upper layer and Docker data
-directory, and boots it again; ``restore`` halts the host, copies the layers back and boots.
+directory, and boots it again; ``restore`` halts the host, brings the layers back (copying
+only what changed since, so an installed Harbor host is back in a few seconds) and boots.
 Anything written after the snapshot is gone, and the containers come back as after a reboot.
+Snapshots live in ``<bed>/snapshots/<host>/<label>/`` and go with ``down``.
 """
 
 from __future__ import annotations
