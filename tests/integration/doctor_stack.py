@@ -219,6 +219,7 @@ class Front:
     max_body: str = "0"
     strip_auth: bool = False
     clock_offset: str | None = None  # FAKETIME, e.g. "+10m"
+    host_header: str = "$http_host"  # nginx's $host drops the port: a classic misconfiguration
 
 
 class Stack:
@@ -298,8 +299,9 @@ class Stack:
         listen = f"127.0.0.1:{self.front_port}" + (" ssl" if front.tls else "")
         tls = f"ssl_certificate {crt};\n    ssl_certificate_key {key};\n" if front.tls else ""
         strip = 'proxy_set_header Authorization "";' if front.strip_auth else ""
-        upstream = (f"proxy_set_header Host $http_host; proxy_set_header X-Forwarded-Proto "
-                    f"https; {strip} proxy_request_buffering off; proxy_buffering off;")
+        upstream = (f"proxy_set_header Host {front.host_header}; "
+                    f"proxy_set_header X-Forwarded-Proto https; {strip} "
+                    "proxy_request_buffering off; proxy_buffering off;")
         user = "user root root;\n" if os.geteuid() == 0 else ""
         (n / "nginx.conf").write_text(
             f"{user}pid {n}/nginx.pid;\nerror_log {n}/error.log warn;\ndaemon off;\n"

@@ -230,3 +230,11 @@ def test_a_port_that_accepts_but_never_answers(stack: ds.Stack) -> None:
                                           timeout=1.0), keep_result=False)
         assert time.monotonic() - t0 < 5
     assert ids(report) == {"timeout"}
+
+
+def test_proxy_drops_the_port_from_host(stack: ds.Stack) -> None:
+    """nginx's `proxy_set_header Host $host` loses the port: uploads go to the wrong URL."""
+    stack.start_registry()
+    report = doctor(stack, stack.start_front(ds.Front(host_header="$host")))
+    found = [f for f in report.findings if f.id == "upload-location-mismatch"]
+    assert found and f"https://{ds.HOST}/v2/" in found[0].evidence, report.findings
