@@ -8,7 +8,6 @@ base-256 sizes above 8 GiB). Any ``tar`` can list and extract the result.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tarfile
 import time
@@ -19,31 +18,14 @@ from typing import IO, BinaryIO
 import zstandard
 
 from harbor_ops.backup.manifest import FILES_MEMBER, MANIFEST_MEMBER, Manifest, Member
+from harbor_ops.core.hashing import HashingWriter, sha256_stream
 
 BLOCK = 512
 CHUNK = 1 << 20
 
 
-class MemberSink:
-    """A writable stream that hashes and counts what it passes to the archive file."""
-
-    def __init__(self, f: BinaryIO, on_write: Callable[[int], None] | None) -> None:
-        self._f = f
-        self._on_write = on_write
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        view = memoryview(data)
-        self._f.write(view)
-        self.sha.update(view)
-        self.size += len(view)
-        if self._on_write is not None:
-            self._on_write(len(view))
-        return len(view)
-
-    def flush(self) -> None:
-        self._f.flush()
+class MemberSink(HashingWriter):
+    """What a member's data is written to: the archive file, hashed and counted."""
 
 
 class ArchiveWriter:
@@ -74,7 +56,7 @@ class ArchiveWriter:
         self._f.seek(self._header_at)
         self._f.write(header)
         self._f.seek(end)
-        member = Member(self._name, sink.size, sink.sha.hexdigest())
+        member = Member(self._name, sink.size, sink.hexdigest())
         self.members.append(member)
         return member
 
@@ -121,15 +103,11 @@ def check_members(path: Path, manifest: Manifest) -> list[str]:
                     continue
                 f = tar.extractfile(info)
                 assert f is not None
-                sha = hashlib.sha256()
-                size = 0
-                while chunk := f.read(CHUNK):
-                    sha.update(chunk)
-                    size += len(chunk)
+                digest, size = sha256_stream(f)
                 if size != expected.size:
                     problems.append(f"{expected.name}: {size} bytes, manifest says "
                                     f"{expected.size}")
-                elif sha.hexdigest() != expected.sha256:
+                elif digest != expected.sha256:
                     problems.append(f"{expected.name}: SHA-256 differs from the manifest")
     except (OSError, tarfile.TarError) as exc:
         problems.append(f"archive unreadable: {exc}")
@@ -186,11 +164,3 @@ def files_problems(path: Path, manifest: Manifest) -> list[str]:
     except (OSError, KeyError, tarfile.TarError, zstandard.ZstdError) as exc:
         problems.append(f"{FILES_MEMBER} unreadable: {exc}")
     return problems
-
-
-def file_sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            sha.update(chunk)
-    return sha.hexdigest()

@@ -18,6 +18,7 @@ from harbor_ops.backup.manifest import (
     is_host_backup,
     iso,
     parse_name,
+    push_record_path,
     read_sidecar,
     sidecar_path,
     utc_now,
@@ -118,4 +119,5 @@ def prune_backups(*, backup_dir: Path, keep: KeepPolicy, hostname: str,
             if not dry_run:
                 e.path.unlink(missing_ok=True)
                 sidecar_path(e.path).unlink(missing_ok=True)
+                push_record_path(e.path).unlink(missing_ok=True)
         return result

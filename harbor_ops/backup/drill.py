@@ -28,6 +28,7 @@ from harbor_ops.backup.manifest import DB_MEMBER, Manifest, iso, utc_now, write_
 from harbor_ops.backup.sources import DbSource, ExternalSource, pg_bindir
 from harbor_ops.core.errors import BackupError
 from harbor_ops.core.lock import job_lock
+from harbor_ops.core.signals import signals_raise
 
 Progress = Callable[[str], None]
 DRILL_DB = "harborctl_drill"
@@ -75,17 +76,18 @@ def verify_backup(*, path: Path, lock_path: Path | None = None,
     """Check every checksum, then restore into a scratch cluster; record the outcome."""
     say = progress or (lambda _m: None)
     t0 = time.monotonic()
-    with job_lock(lock_path, job="backup verify"):
+    with job_lock(lock_path, job="backup verify"), signals_raise():
         result = VerifyResult(path.name, ok=False, checksums_ok=False, restore_ok=None)
         try:
+            say("checking checksums and file members")
             manifest = load_manifest(path)
             problems = archive_problems(path, manifest)
             if problems:
                 raise BackupError(f"{path.name}: " + "; ".join(problems))
             result.checksums_ok = True
             if restore_drill:
-                say(f"restoring into a scratch PostgreSQL {manifest.pg_major}")
-                result.row_counts = drill(path, manifest, scratch_root)
+                say(f"starting a scratch PostgreSQL {manifest.pg_major}")
+                result.row_counts = drill(path, manifest, scratch_root, say)
                 result.restore_ok = True
             result.ok = True
         except BackupError as exc:
@@ -117,6 +119,10 @@ def restore_database(*, path: Path, target: DbSource) -> None:
             proc.kill()
             proc.wait()
             raise BackupError(f"{path.name}: the database dump is damaged ({exc})") from None
+        except BaseException:  # a signal: end pg_restore before it sees the end (no commit)
+            proc.kill()
+            proc.wait()
+            raise
         finally:
             try:
                 proc.stdin.close()
@@ -130,7 +136,8 @@ def restore_database(*, path: Path, target: DbSource) -> None:
                               + (" / ".join(lines[-3:]) or "no message"))
 
 
-def drill(path: Path, manifest: Manifest, scratch_root: Path | None) -> dict[str, int]:
+def drill(path: Path, manifest: Manifest, scratch_root: Path | None,
+          say: Progress) -> dict[str, int]:
     """Restore the dump into a scratch cluster; the row counts it holds afterwards."""
     with scratch_cluster(manifest.pg_major, root=scratch_root) as scratch:
         with scratch.source("postgres", user="postgres").session(autocommit=True) as s:
@@ -139,7 +146,9 @@ def drill(path: Path, manifest: Manifest, scratch_root: Path | None) -> dict[str
             s.query(sql.SQL("CREATE DATABASE {} OWNER {}").format(
                 sql.Identifier(DRILL_DB), sql.Identifier(DRILL_ROLE)))
         target = scratch.source(DRILL_DB)
+        say("restoring the dump into the scratch cluster")
         restore_database(path=path, target=target)
+        say("comparing row counts")
         return compare_counts(target, manifest)
 
 
@@ -162,7 +171,6 @@ def scratch_cluster(major: str, *, root: Path | None = None) -> Iterator[Scratch
                           hint=f"install postgresql-{major}")
     folder = Path(tempfile.mkdtemp(prefix="harborctl-drill-", dir=root))
     data = folder / "data"
-    started = False
     try:
         if os.geteuid() == 0:
             shutil.chown(folder, "postgres", "postgres")
@@ -173,10 +181,9 @@ def scratch_cluster(major: str, *, root: Path | None = None) -> Iterator[Scratch
                 "-c full_page_writes=off -c synchronous_commit=off")
         _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"),
                       "-o", opts, "-w", "-t", "60", "start"], "pg_ctl start")
-        started = True
         yield ScratchCluster(folder, bindir)
-    finally:
-        if started:
+    finally:  # also after a signal that came while the server was starting
+        if (data / "postmaster.pid").exists():
             _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w",
                           "stop"], "pg_ctl stop", check=False)
         shutil.rmtree(folder, ignore_errors=True)

@@ -121,43 +121,54 @@ def create_backup(*, backup_dir: Path, source: DbSource, files: HostFiles,
                   lock_path: Path | None = None, reserve_bytes: int | None = None,
                   estimate_ratio: float = ESTIMATE_RATIO, zstd_level: int = ZSTD_LEVEL,
                   dry_run: bool = False, progress: Progress | None = None) -> BackupResult:
-    """Write one backup into ``backup_dir`` and return what was written.
-
-    The backup's name is reserved (its ``.partial`` created exclusively) before the
-    database is read, so a clash is found before a dump, not after it.
-    """
+    """Write one backup into ``backup_dir`` (holding the job lock) and return it."""
     say = progress or (lambda _msg: None)
     host = hostname or socket.gethostname()
     with job_lock(lock_path, job="backup create"):
         backup_dir = Path(backup_dir)
-        entries = files.entries()
         if dry_run:
             name = backup_name(host, utc_now())
             with source.session(snapshot=True) as session:
-                base, needed = _plan(session, source, entries, backup_dir, host,
+                base, needed = _plan(session, source, files.entries(), backup_dir, host,
                                      harbor_version, estimate_ratio, reserve_bytes)
             m = Manifest(**base, members=[], finished_at=iso(utc_now()))
             return BackupResult(name, backup_dir / name, 0, m, dry_run=True,
                                 notes=[f"about {needed} bytes needed"])
-        _prepare_dir(backup_dir)
-        clean_partials(backup_dir, host)
-        partial = reserve_name(backup_dir, host)
-        name = partial.name.removesuffix(PARTIAL_SUFFIX)
-        try:
-            with source.session(snapshot=True) as session:
-                base, _needed = _plan(session, source, entries, backup_dir, host,
-                                      harbor_version, estimate_ratio, reserve_bytes)
-                snapshot = str(session.scalar(sql.SQL("SELECT pg_export_snapshot()")))
-                manifest = _write(partial, source, snapshot, entries, base, zstd_level,
-                                  reserve_bytes, say)
-            final = _publish(partial, manifest)
-        except BaseException as exc:
-            partial.unlink(missing_ok=True)
-            if isinstance(exc, OSError):
-                raise _write_error(exc, partial) from None
-            raise
-        say(f"backup {final} written")
-        return BackupResult(name, final, final.stat().st_size, manifest)
+        return write_backup(backup_dir=backup_dir, source=source, files=files,
+                            harbor_version=harbor_version, hostname=host,
+                            reserve_bytes=reserve_bytes, estimate_ratio=estimate_ratio,
+                            zstd_level=zstd_level, progress=say)
+
+
+def write_backup(*, backup_dir: Path, source: DbSource, files: HostFiles,
+                 harbor_version: str | None, hostname: str, reserve_bytes: int | None = None,
+                 estimate_ratio: float = ESTIMATE_RATIO, zstd_level: int = ZSTD_LEVEL,
+                 progress: Progress) -> BackupResult:
+    """The backup itself, for a caller that already holds the job lock (create, restore).
+
+    The backup's name is reserved (its ``.partial`` created exclusively) before the
+    database is read, so a clash is found before a dump, not after it.
+    """
+    entries = files.entries()
+    _prepare_dir(backup_dir)
+    clean_partials(backup_dir, hostname)
+    partial = reserve_name(backup_dir, hostname)
+    name = partial.name.removesuffix(PARTIAL_SUFFIX)
+    try:
+        with source.session(snapshot=True) as session:
+            base, _needed = _plan(session, source, entries, backup_dir, hostname,
+                                  harbor_version, estimate_ratio, reserve_bytes)
+            snapshot = str(session.scalar(sql.SQL("SELECT pg_export_snapshot()")))
+            manifest = _write(partial, source, snapshot, entries, base, zstd_level,
+                              reserve_bytes, progress)
+        final = _publish(partial, manifest)
+    except BaseException as exc:
+        partial.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _write_error(exc, partial) from None
+        raise
+    progress(f"backup {final} written")
+    return BackupResult(name, final, final.stat().st_size, manifest)
 
 
 def reserve_name(backup_dir: Path, host: str) -> Path:

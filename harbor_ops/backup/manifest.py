@@ -6,7 +6,6 @@ can be read was written to the end; its checksums then prove every other member.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -15,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from harbor_ops.core.fsutil import atomic_write
+from harbor_ops.core.hashing import sha256_bytes
 
 FORMAT = 1
 SUFFIX = ".hbk"
 PARTIAL_SUFFIX = ".partial"
 VERIFIED_SUFFIX = ".verified.json"
+PUSHED_SUFFIX = ".pushed.json"  # where the off-host copy is and the checksum it was sent with
 DB_MEMBER = "db.dump.zst"
 FILES_MEMBER = "files.tar.zst"
 MANIFEST_MEMBER = "manifest.json"
@@ -187,7 +188,7 @@ def certificate_index(arcname: str) -> int | None:
 
 def _self_sha(data: dict[str, Any]) -> str:
     body = {k: v for k, v in data.items() if k != "self_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return sha256_bytes(json.dumps(body, sort_keys=True).encode())
 
 
 def utc_now() -> datetime:
@@ -208,6 +209,24 @@ def read_sidecar(backup: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def push_record_path(backup: Path) -> Path:
+    return backup.with_name(backup.name + PUSHED_SUFFIX)
+
+
+def read_push_record(backup: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(push_record_path(backup).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and {"remote_name", "sha256", "size"} <= set(data) \
+        else None
+
+
+def write_push_record(backup: Path, data: dict[str, Any]) -> None:
+    atomic_write(push_record_path(backup), json.dumps(data, indent=2, sort_keys=True) + "\n",
+                 mode=0o600)
 
 
 def write_sidecar(backup: Path, data: dict[str, Any]) -> None:

@@ -19,9 +19,11 @@ and folder; no key material or passphrase is ever part of a message.
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import json
+import os
 import posixpath
 import shlex
+import shutil
 import stat
 import time
 from collections.abc import Iterator
@@ -31,7 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harbor_ops.backup.archive import file_sha256
+from harbor_ops.backup import crypto
 from harbor_ops.backup.manifest import (
     PARTIAL_SUFFIX,
     VERIFIED_SUFFIX,
@@ -39,13 +41,17 @@ from harbor_ops.backup.manifest import (
     is_host_backup,
     iso,
     parse_name,
+    read_push_record,
     sidecar_path,
     utc_now,
+    write_push_record,
+    write_sidecar,
 )
 from harbor_ops.backup.retention import BackupRef, KeepPolicy, select_to_prune
-from harbor_ops.core.errors import RemoteError
+from harbor_ops.core.errors import BackupError, RemoteError
+from harbor_ops.core.hashing import HashingWriter, sha256_file
 from harbor_ops.hosts import ssh
-from harbor_ops.site.model import Remote
+from harbor_ops.site.model import Encryption, Remote
 
 if TYPE_CHECKING:
     import paramiko
@@ -95,39 +101,150 @@ def checksums_match(local_sha256: str, remote_output: str) -> bool:
 
 
 def push_backup(path: Path, remote: Remote, *, ssh_config: Path | None = None,
-                accept_new_host_keys: bool = False) -> PushResult:
-    """Copy one backup (and its verification sidecar) to ``remote``, checked there."""
+                accept_new_host_keys: bool = False,
+                encryption: Encryption | None = None) -> PushResult:
+    """Copy one backup (and its verification sidecar) to ``remote``, checked there.
+
+    With ``encryption`` the copy is ``<name>.age``, encrypted as it streams up. The
+    SHA-256 of the bytes uploaded is recorded beside the backup (``.pushed.json``): a
+    later push finds the copy complete by that checksum, never by encrypting again
+    (age output differs each time).
+    """
     path = Path(path)
     if parse_name(path.name) is None or not path.is_file():
         raise RemoteError(f"{path} is not a backup file", hint="see `harborctl backup list`")
     t0 = time.monotonic()
+    remote_name = path.name + (crypto.SUFFIX if encryption is not None else "")
     with _session(remote, ssh_config, accept_new_host_keys) as (client, sftp, where):
         _ensure_dir(sftp, remote.path, where)
-        final = posixpath.join(remote.path, path.name)
-        partial = final + PARTIAL_SUFFIX
-        size = path.stat().st_size
+        final = posixpath.join(remote.path, remote_name)
+        known = _known_copy(path, remote_name)
         existing = _stat(sftp, final)
-        if existing is not None and existing.st_size == size:
-            digest = file_sha256(path)
-            out = _remote_sha256(client, final, size, where)
-            if checksums_match(digest, out):
-                _push_sidecar(sftp, path, final)
-                return PushResult(path.name, f"{where}/{path.name}", size, digest,
-                                  round(time.monotonic() - t0, 3), already_there=True)
+        if known is not None and existing is not None and existing.st_size == known[1] \
+                and checksums_match(known[0], _remote_sha256(client, final, known[1], where)):
+            _push_sidecar(sftp, path, final)
+            return PushResult(remote_name, f"{where}/{remote_name}", known[1], known[0],
+                              round(time.monotonic() - t0, 3), already_there=True)
+        partial = final + PARTIAL_SUFFIX
         try:
-            digest = _upload(sftp, path, partial)
-            out = _remote_sha256(client, partial, size, where)
-            if not checksums_match(digest, out):
-                raise RemoteError(f"checksum mismatch on {where} for {path.name}: the copy "
-                                  "there differs from the local backup; it was deleted",
+            digest, size = _upload(sftp, path, partial, encryption)
+            if not checksums_match(digest, _remote_sha256(client, partial, size, where)):
+                raise RemoteError(f"checksum mismatch on {where} for {remote_name}: the copy "
+                                  "there differs from what was sent; it was deleted",
                                   hint="check the remote disk and network, then push again")
             sftp.posix_rename(partial, final)
         except BaseException:
             _remove_quietly(sftp, partial)
             raise
+        write_push_record(path, {"remote_name": remote_name, "sha256": digest, "size": size,
+                                 "destination": f"{where}/{remote_name}",
+                                 "encrypted": encryption is not None})
         _push_sidecar(sftp, path, final)
-        return PushResult(path.name, f"{where}/{path.name}", size, digest,
+        return PushResult(remote_name, f"{where}/{remote_name}", size, digest,
                           round(time.monotonic() - t0, 3))
+
+
+def _known_copy(path: Path, remote_name: str) -> tuple[str, int] | None:
+    """(SHA-256, size) the copy named ``remote_name`` has when it is complete."""
+    record = read_push_record(path)
+    if record is not None and record.get("remote_name") == remote_name:
+        return str(record["sha256"]), int(record["size"])
+    if remote_name == path.name:  # a plain copy is the file itself
+        return sha256_file(path), path.stat().st_size
+    return None
+
+
+def mark_verified(path: Path, remote: Remote, *, ssh_config: Path | None = None) -> bool:
+    """Send the verification record of a pushed backup to its copy, so remote retention
+    never deletes the newest verified copy. False when the backup was never pushed."""
+    record = read_push_record(path)
+    if record is None or not sidecar_path(path).is_file():
+        return False
+    with _session(remote, ssh_config) as (_client, sftp, _where):
+        final = posixpath.join(remote.path, str(record["remote_name"]))
+        if _stat(sftp, final) is None:
+            return False
+        _push_sidecar(sftp, path, final)
+    return True
+
+
+@dataclass(frozen=True)
+class PullResult:
+    name: str
+    path: Path
+    source: str
+    size: int
+    seconds: float
+    decrypted: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "path": str(self.path), "source": self.source,
+                "size": self.size, "seconds": self.seconds, "decrypted": self.decrypted}
+
+
+def pull_backup(remote: Remote, backup_dir: Path, *, name: str | None = None,
+                hostname: str | None = None, encryption: Encryption | None = None,
+                ssh_config: Path | None = None) -> PullResult:
+    """Bring a remote copy (default: ``hostname``'s newest) back into ``backup_dir``.
+
+    An ``.age`` copy is decrypted as it streams down; the result gets its name only
+    after its manifest and every checksum are proven, so a listed backup is complete.
+    """
+    t0 = time.monotonic()
+    with _session(remote, ssh_config) as (_client, sftp, where):
+        entries = _listing(sftp, remote.path, where, hostname)
+        wanted = [e for e in entries if name is None or e.name in (name, name + crypto.SUFFIX)]
+        if not wanted:
+            raise RemoteError(f"no backup {name or 'of ' + str(hostname)} on {where}",
+                              hint="name a backup the remote folder holds")
+        entry = wanted[0]
+        local = entry.name.removesuffix(crypto.SUFFIX)
+        final = Path(backup_dir) / local
+        if final.exists():
+            raise RemoteError(f"{local} is already in {backup_dir}")
+        Path(backup_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        partial = final.with_name(local + PARTIAL_SUFFIX)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as dst, \
+                    sftp.open(posixpath.join(remote.path, entry.name), "rb") as src:
+                src.prefetch()
+                if entry.name.endswith(crypto.SUFFIX):
+                    crypto.decrypt_stream(src, dst, encryption, entry.name)
+                else:
+                    shutil.copyfileobj(src, dst, CHUNK)
+                os.fsync(dst.fileno())
+            _prove(partial, where)
+            _pull_sidecar(sftp, posixpath.join(remote.path, entry.name), final)
+            os.link(partial, final)
+        finally:
+            partial.unlink(missing_ok=True)
+    return PullResult(local, final, f"{where}/{entry.name}", final.stat().st_size,
+                      round(time.monotonic() - t0, 3), entry.name.endswith(crypto.SUFFIX))
+
+
+def _prove(partial: Path, where: str) -> None:
+    """A pulled file is a backup only when its manifest and every checksum hold."""
+    from harbor_ops.backup.drill import archive_problems, load_manifest
+
+    name = partial.name.removesuffix(PARTIAL_SUFFIX)
+    try:
+        problems = archive_problems(partial, load_manifest(partial))
+    except BackupError as exc:
+        problems = [exc.message]
+    if problems:
+        raise RemoteError(f"the copy of {name} on {where} is not a complete backup: "
+                          + "; ".join(problems))
+
+
+def _pull_sidecar(sftp: paramiko.SFTPClient, remote_file: str, final: Path) -> None:
+    try:
+        with sftp.open(remote_file + VERIFIED_SUFFIX, "rb") as f:
+            data = json.loads(f.read(1 << 16))
+    except (OSError, ValueError):
+        return
+    if isinstance(data, dict):
+        write_sidecar(final, data)
 
 
 def list_remote(remote: Remote, *, ssh_config: Path | None = None,
@@ -223,18 +340,22 @@ def _stat(sftp: paramiko.SFTPClient, path: str) -> Any:
         return None
 
 
-def _upload(sftp: paramiko.SFTPClient, path: Path, partial: str) -> str:
-    """Stream the file up (0600 from the first byte); return the SHA-256 of what was sent."""
-    digest = hashlib.sha256()
+def _upload(sftp: paramiko.SFTPClient, path: Path, partial: str,
+            encryption: Encryption | None) -> tuple[str, int]:
+    """Stream the file up (0600 from the first byte, encrypted when asked); return the
+    SHA-256 and size of what was sent."""
     _remove_quietly(sftp, partial)
     with open(path, "rb") as src, sftp.open(partial, "wb") as dst:
         sftp.chmod(partial, 0o600)
         dst.set_pipelined(True)
-        while chunk := src.read(CHUNK):
-            digest.update(chunk)
-            dst.write(chunk)
+        if encryption is not None:
+            digest, size = crypto.encrypt_stream(src, dst, encryption)
+        else:
+            sink = HashingWriter(dst)
+            shutil.copyfileobj(src, sink, CHUNK)
+            digest, size = sink.hexdigest(), sink.size
         dst.flush()
-    return digest.hexdigest()
+    return digest, size
 
 
 _PY_SHA = ("import hashlib,sys;h=hashlib.sha256();f=open(sys.argv[1],'rb')\n"
@@ -273,15 +394,13 @@ def _push_sidecar(sftp: paramiko.SFTPClient, path: Path, final: str) -> None:
 
 def _listing(sftp: paramiko.SFTPClient, folder: str, where: str,
              hostname: str | None) -> list[RemoteEntry]:
-    import json
-
     try:
         attrs = sftp.listdir_attr(folder)
     except FileNotFoundError:
         return []
     out = []
     for a in attrs:
-        parsed = parse_name(a.filename)
+        parsed = parse_name(a.filename.removesuffix(crypto.SUFFIX))
         if parsed is None or not stat.S_ISREG(a.st_mode or 0):
             continue
         if hostname is not None and parsed[0] != host_label(hostname):

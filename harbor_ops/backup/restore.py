@@ -1,13 +1,15 @@
 """``backup restore``: put a backup back, refusing everything it can before Harbor stops.
 
 Order: read and check the archive (checksums, manifest, every file member), check the
-fit (Harbor version, PostgreSQL major), stage the host files beside their destinations;
-only then stop Harbor, restore the database (one transaction: a failure changes
-nothing), swap the staged files in, start Harbor and wait for its health.
+fit (Harbor version, PostgreSQL major), stage the host files beside their destinations,
+take a safety backup of what is there; only then stop Harbor, restore the database
+(one transaction: a failure changes nothing), swap the staged files in, start Harbor
+and wait for its health. A failure after the stop puts the previous state back.
 """
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,12 +26,14 @@ from harbor_ops.backup.drill import (  # verify_backup: the package's public ent
     restore_database,
     verify_backup,
 )
+from harbor_ops.backup.engine import HostFiles, write_backup
 from harbor_ops.backup.hostfiles import Staged, file_plan, stage_files
 from harbor_ops.backup.manifest import Manifest, read_sidecar
 from harbor_ops.backup.sources import DbSource, pg_major_of
 from harbor_ops.backup.stack import HEALTH_TIMEOUT, HarborStack, wait_healthy
 from harbor_ops.core.errors import BackupError
 from harbor_ops.core.lock import job_lock
+from harbor_ops.core.signals import signals_raise
 
 __all__ = ["RestoreResult", "fit_problems", "restore_backup", "restore_database",
            "verify_backup"]
@@ -78,16 +82,20 @@ def restore_backup(*, path: Path, target: DbSource, data_volume: Path | None = N
                    force_version: bool = False, harbor_dir: Path | None = None,
                    compose: Sequence[str] | None = None, health_url: str | None = None,
                    health_timeout: float = HEALTH_TIMEOUT, lock_path: Path | None = None,
+                   safety_dir: Path | None = None, hostname: str | None = None,
                    dry_run: bool = False, progress: Progress | None = None) -> RestoreResult:
     """Put a backup back: database into ``target``, files onto the site's own paths.
 
     Every refusal (damaged, hostile, failed verify, wrong Harbor version or PostgreSQL
     major) comes before Harbor is stopped, so a refused restore leaves the site as it was.
-    With ``harbor_dir`` the compose stack is stopped, its database service started alone,
-    restored into, the whole stack started again and (with ``health_url``) waited for.
+    With ``safety_dir`` a backup of what is there now is written first. Database, secret
+    key and config are replaced as one unit: whatever fails afterwards (a signal too)
+    puts the previous ones back and starts Harbor, and the error says which state the
+    host is in. With ``harbor_dir`` the compose stack is stopped, its database service
+    started alone, restored into, the whole stack started and waited for (``health_url``).
     """
     say = progress or (lambda _m: None)
-    with job_lock(lock_path, job="backup restore"):
+    with job_lock(lock_path, job="backup restore"), signals_raise():
         manifest = load_manifest(path)
         warnings = _archive_refusals(path, manifest, force=force)
         stack = (HarborStack(harbor_dir, target, compose)
@@ -105,19 +113,120 @@ def restore_backup(*, path: Path, target: DbSource, data_volume: Path | None = N
         say("checking and staging the host files")
         staged = stage_files(path, manifest, plan)
         try:
-            counts = _replace(path, manifest, target, stack, staged, say)
+            safety = _safety_backup(safety_dir, target, _present(data_volume, harbor_yml,
+                                                                 certificates),
+                                    hostname, installed_version, say)
         except BaseException:
-            staged.undo()
+            staged.discard()
             raise
-        staged.finish()
-        if stack is not None:
-            say("starting Harbor")
-            stack.compose("up", "-d")
-            if health_url:
-                say(f"waiting for {health_url} to report healthy")
-                wait_healthy(health_url, timeout=health_timeout)
+        unit = _Unit(path, manifest, target, stack, staged, safety, say)
+        counts = unit.run(health_url, health_timeout)
+        if safety is not None:
+            warnings.append(f"the data replaced is kept in the safety backup {safety.name}")
         return RestoreResult(path.name, target.describe(), staged.written, counts,
                              warnings=warnings)
+
+
+def _present(data_volume: Path | None, harbor_yml: Path | None,
+             certificates: Sequence[Path]) -> HostFiles:
+    """The site's files that exist now (a fresh host may lack some): what a safety
+    backup can hold."""
+    has_key = data_volume is not None and (data_volume / "secret/keys/secretkey").is_file()
+    return HostFiles(data_volume=data_volume if has_key else None,
+                     harbor_yml=harbor_yml if harbor_yml and harbor_yml.is_file() else None,
+                     certificates=tuple(c for c in certificates if c.is_file()))
+
+
+def _safety_backup(folder: Path | None, target: DbSource, files: HostFiles,
+                   hostname: str | None, installed_version: str | None,
+                   say: Progress) -> Path | None:
+    """A backup of the database and files the restore is about to replace."""
+    if folder is None:
+        return None
+    say("taking a safety backup of what the restore replaces")
+    return write_backup(backup_dir=folder, source=target, files=files,
+                        harbor_version=installed_version,
+                        hostname=hostname or socket.gethostname(), progress=say).path
+
+
+class _Unit:
+    """Stop, replace database and files together, start; on any failure, the way back."""
+
+    def __init__(self, path: Path, manifest: Manifest, target: DbSource,
+                 stack: HarborStack | None, staged: Staged, safety: Path | None,
+                 say: Progress) -> None:
+        self.path, self.manifest, self.target = path, manifest, target
+        self.stack, self.staged, self.safety, self.say = stack, staged, safety, say
+        self.stopped = self.db_replaced = False
+
+    def run(self, health_url: str | None, health_timeout: float) -> dict[str, int]:
+        try:
+            if self.stack is not None:
+                self.say("stopping Harbor")
+                self.stopped = True
+                self.stack.compose("down")
+                self._database_alone()
+            self.say("restoring the database")
+            self.db_replaced = True  # from here the database may hold the backup's data
+            try:
+                restore_database(path=self.path, target=self.target)
+            except BackupError:
+                self.db_replaced = False  # pg_restore failed: its one transaction undone
+                raise
+            counts = compare_counts(self.target, self.manifest)
+            self.say("restoring host files")
+            self.staged.swap_in()
+            self._start(health_url, health_timeout)
+        except BaseException as exc:
+            state = self._recover(health_url, health_timeout)
+            raise BackupError(f"restore of {self.path.name} failed ({_what(exc)}); {state}"
+                              ) from None
+        self.staged.finish()
+        return counts
+
+    def _database_alone(self) -> None:
+        if self.stack is not None and self.target.kind == "docker":
+            self.stack.compose("up", "-d", self.stack.db_service)
+            _server_major(self.target, wait=True)
+
+    def _start(self, health_url: str | None, health_timeout: float) -> None:
+        if self.stack is None:
+            return
+        self.say("starting Harbor")
+        self.stack.compose("up", "-d")
+        if health_url:
+            self.say(f"waiting for {health_url} to report healthy")
+            wait_healthy(health_url, timeout=health_timeout)
+
+    def _recover(self, health_url: str | None, health_timeout: float) -> str:
+        """Put the previous database and files back and start Harbor; say where it is."""
+        try:
+            if self.stack is not None and self.stopped:
+                self.stack.compose("down")  # whatever runs now runs on the backup's data
+            self.staged.undo()
+            back = "its previous data (the restore changed nothing)"
+            if self.db_replaced and self.safety is not None:
+                self.say(f"putting the previous database back from {self.safety.name}")
+                self._database_alone()
+                restore_database(path=self.safety, target=self.target)
+                back = f"its previous data, put back from the safety backup {self.safety.name}"
+            elif self.db_replaced:
+                return ("a person is needed: the database may hold part of the backup and "
+                        "no safety backup was taken; the previous files were put back")
+            if self.stack is None:
+                return f"the database and host files hold {back}"
+            if not self.stopped:
+                return "Harbor was not stopped; nothing was changed"
+            self._start(health_url, health_timeout)
+            return f"Harbor is running on {back}"
+        except BaseException as exc:  # noqa: BLE001 - the state is the message
+            keep = f"; the previous data is in {self.safety}" if self.safety else ""
+            return (f"a person is needed: putting the previous state back failed "
+                    f"({_what(exc)}); Harbor may be stopped{keep}")
+
+
+def _what(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
 
 
 def _archive_refusals(path: Path, manifest: Manifest, *, force: bool) -> list[str]:
@@ -164,23 +273,6 @@ def _fit_refusals(path: Path, manifest: Manifest, target: DbSource,
         raise BackupError(f"refusing to restore {path.name}: " + "; ".join(misfit),
                           hint="--force-version to restore anyway")
     return misfit
-
-
-def _replace(path: Path, manifest: Manifest, target: DbSource, stack: HarborStack | None,
-             staged: Staged, say: Progress) -> dict[str, int]:
-    """Stop Harbor, restore the database, swap the staged files in."""
-    if stack is not None:
-        say("stopping Harbor")
-        stack.compose("down")
-        if target.kind == "docker":
-            stack.compose("up", "-d", stack.db_service)
-            _server_major(target, wait=True)
-    say("restoring the database")
-    restore_database(path=path, target=target)
-    counts = compare_counts(target, manifest)
-    say("restoring host files")
-    staged.swap_in()
-    return counts
 
 
 def _server_major(target: DbSource, *, wait: bool) -> str:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harbor_ops.backup.catalog import find_backup, prune_backups
+from harbor_ops.backup.crypto import warn_plain
 from harbor_ops.backup.drill import verify_backup
 from harbor_ops.backup.engine import BackupResult, create_backup
 from harbor_ops.backup.settings import BackupSettings
@@ -15,7 +17,8 @@ from harbor_ops.core.errors import BackupError, NoSpace, RemoteError, UsageError
 from harbor_ops.site.model import Site
 
 if TYPE_CHECKING:
-    from harbor_ops.backup.remote import PushResult
+    from harbor_ops.backup.drill import VerifyResult
+    from harbor_ops.backup.remote import PullResult, PushResult
 
 
 def create_for_site(site: Site, *, dry_run: bool = False,
@@ -40,13 +43,45 @@ def push_for_site(site: Site, path: Path, *, accept_new_host_keys: bool = False)
     remote = site.backup.remote
     if remote is None:
         raise UsageError("backup.remote is not set in the site file")
+    if site.backup.encryption is None:
+        warn_plain(f"{remote.host}:{remote.path}")
     try:
-        pushed = push_backup(path, remote, accept_new_host_keys=accept_new_host_keys)
+        pushed = push_backup(path, remote, accept_new_host_keys=accept_new_host_keys,
+                             encryption=site.backup.encryption)
         pruned = prune_remote(remote, site.backup.keep, hostname=site.hostname)
     except RemoteError as exc:
         raise RemoteError(f"backup {path.name} is complete locally, but {exc.message}",
                           hint=exc.hint) from None
     return replace(pushed, pruned=pruned)
+
+
+def pull_for_site(site: Site, name: str | None = None) -> PullResult:
+    """Bring a copy back from ``backup.remote`` (default: this host's newest) for a restore;
+    an encrypted copy needs ``backup.encryption.identity_file``."""
+    from harbor_ops.backup.remote import pull_backup
+
+    if site.backup.remote is None:
+        raise UsageError("backup.remote is not set in the site file")
+    return pull_backup(site.backup.remote, site.backup.dir, name=name,
+                       hostname=None if name else site.hostname,
+                       encryption=site.backup.encryption)
+
+
+def verify_for_site(site: Site, name: str | None = None, *, drill: bool = True,
+                    progress: Callable[[str], None] | None = None) -> VerifyResult:
+    """Verify a backup (default: the newest); a pushed one that passes the drill is marked
+    verified on the remote too, so remote retention keeps the newest verified copy."""
+    from harbor_ops.backup.remote import mark_verified
+
+    path = find_backup(site.backup.dir, name)
+    result = verify_backup(path=path, restore_drill=drill, progress=progress)
+    if drill and site.backup.remote is not None:
+        try:
+            mark_verified(path, site.backup.remote)
+        except RemoteError as exc:
+            logging.getLogger("harborctl").warning(
+                "%s is verified here, but marking its off-host copy failed: %s", path.name, exc)
+    return result
 
 
 def _create_local(site: Site, *, dry_run: bool = False,
@@ -79,8 +114,7 @@ def prune_for_site(site: Site) -> int:
 
 def verify_latest_for_site(site: Site) -> dict[str, Any]:
     """The restore drill: checksums, then a real restore of the newest backup."""
-    s = BackupSettings.from_site(site, with_secrets=False)
-    result = verify_backup(path=find_backup(s.backup_dir, None))
+    result = verify_for_site(site)
     if not result.ok:
         raise BackupError(f"restore drill of {result.name} failed: {result.error}")
     return {"drill_rows": sum(result.row_counts.values()),

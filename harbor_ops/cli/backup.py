@@ -80,12 +80,11 @@ def _table(rows: list[dict[str, Any]]) -> str:
 @output_option
 def verify_cmd(name: str | None, no_drill: bool, config: Path, output: str) -> None:
     """Check checksums, then restore into a scratch PostgreSQL (default: newest backup)."""
-    from harbor_ops.backup.catalog import find_backup
-    from harbor_ops.backup.drill import verify_backup
-    from harbor_ops.backup.settings import load_settings
+    from harbor_ops.backup.site_ops import verify_for_site
+    from harbor_ops.site.load import load_site
 
-    path = find_backup(load_settings(config).backup_dir, name)
-    result = verify_backup(path=path, restore_drill=not no_drill, progress=_progress(output))
+    result = verify_for_site(load_site(config), name, drill=not no_drill,
+                             progress=_progress(output))
     emit(result, output, lambda r: f"{r.name}: verified ({r.duration_seconds} s, "
          f"rows {sum(r.row_counts.values())})")
 
@@ -123,7 +122,8 @@ def restore_cmd(name: str | None, latest: bool, yes: bool, force: bool, force_ve
                             installed_version=s.harbor_version,
                             force=force, force_version=force_version,
                             harbor_dir=s.harbor_dir if s.harbor_dir.is_dir() else None,
-                            health_url=s.health_url, dry_run=dry_run,
+                            health_url=s.health_url, safety_dir=s.backup_dir,
+                            hostname=s.hostname, dry_run=dry_run,
                             progress=_progress(output))
     emit(result, output, lambda r: "\n".join(
         [f"{'would restore' if r.dry_run else 'restored'} {r.name} into {r.target}",
@@ -166,3 +166,21 @@ def push_cmd(name: str | None, config: Path, accept_new_host_keys: bool, output:
         [f"{r.name} {'already at' if r.already_there else 'copied to'} {r.destination} "
          f"({r.size} bytes, sha256 {r.sha256[:12]}..., {r.seconds} s)",
          *[f"pruned there: {n}" for n in r.pruned]]))
+
+
+@backup_group.command("pull")
+@click.argument("name", required=False)
+@config_option
+@output_option
+def pull_cmd(name: str | None, config: Path, output: str) -> None:
+    """Bring a copy back from backup.remote (default: this host's newest), for a restore.
+
+    An encrypted (.age) copy is decrypted with backup.encryption.identity_file as it
+    streams down, and kept only once its manifest and every checksum are proven.
+    """
+    from harbor_ops.backup.site_ops import pull_for_site
+    from harbor_ops.site.load import load_site
+
+    result = pull_for_site(load_site(config), name)
+    emit(result, output, lambda r: f"{r.path}  {r.size} bytes from {r.source}"
+         + (" (decrypted)" if r.decrypted else ""))

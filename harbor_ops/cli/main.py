@@ -110,7 +110,11 @@ def main(argv: list[str] | None = None) -> Any:
             raise
         click.echo(f"harborctl: {exc.label}: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        stop = exc.__cause__  # click turns KeyboardInterrupt into Abort
+        if isinstance(stop, KeyboardInterrupt) and hasattr(stop, "exit_code"):
+            click.echo(f"harborctl: {stop}", err=True)  # a signal (core.signals)
+            sys.exit(stop.exit_code)
         click.echo("harborctl: aborted", err=True)
         sys.exit(10)
     except click.ClickException as exc:

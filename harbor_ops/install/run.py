@@ -9,7 +9,6 @@ happens. Ansible does the rest idempotently: a second run changes nothing.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harbor_ops.core.errors import HealthError, PreflightFailed, RemoteError, UsageError
+from harbor_ops.core.hashing import sha256_file
 from harbor_ops.core.lock import job_lock
 from harbor_ops.core.paths import log_dir
 from harbor_ops.hosts import playbook as runner
@@ -69,14 +69,6 @@ class InstallResult:
 def default_log_dir() -> Path:
     """Where full Ansible logs go (see :func:`harbor_ops.core.paths.log_dir`)."""
     return log_dir()
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def role_vars(site: Site, *, bundle: Path, bundle_sha256: str, staging: Path) -> dict[str, Any]:
@@ -175,7 +167,7 @@ def _render_and_run(site: Site, *, bundle: Path, inventory: Path | None, check: 
     try:
         progress(f"render: harbor.yml and host files for Harbor {site.release.version}")
         render_site(site, output_dir=staging / "files")
-        digest = sha256_of(bundle)
+        digest = sha256_file(bundle)
         argv, env = runner.build_command(
             playbook=runner.playbook_path(PLAYBOOK), work_dir=staging / "run",
             log_path=log_path, hosts=site.hosts, inventory=inventory, forks=forks,

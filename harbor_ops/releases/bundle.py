@@ -15,17 +15,17 @@ from the version tag; the outer file name is only compared with it (a renamed fi
 from __future__ import annotations
 
 import gzip
-import hashlib
 import re
 import tarfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from packaging.version import Version
 
 from harbor_ops.core.errors import UsageError
+from harbor_ops.core.hashing import HashingReader
 
 CHUNK = 1 << 20
 REQUIRED = ("harbor/install.sh", "harbor/prepare", "harbor/common.sh", "harbor/harbor.yml.tmpl",
@@ -61,23 +61,6 @@ class BundleInfo:
                 "problems": list(self.problems), "warnings": list(self.warnings)}
 
 
-class _HashingReader:
-    """A read-only file wrapper that hashes every byte as it goes past."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self.raw = raw
-        self.digest = hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        self.digest.update(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(CHUNK):
-            pass
-
-
 def version_from_filename(name: str) -> Version | None:
     m = _FILE_VERSION.search(name)
     return Version(m.group(1)) if m else None
@@ -99,10 +82,10 @@ def inspect_bundle(path: Path) -> BundleInfo:
                 info.problems.append(f"{path.name} is not a gzip file (Harbor ships the offline "
                                      "installer as a .tgz)")
                 return info
-            reader = _HashingReader(raw)
+            reader = HashingReader(raw)
             _walk(reader, info)
             reader.drain()
-            info.sha256 = reader.digest.hexdigest()
+            info.sha256 = reader.hexdigest()
     except OSError as exc:
         info.problems.append(f"cannot read {path}: {exc.strerror or exc}")
         return info
@@ -110,7 +93,7 @@ def inspect_bundle(path: Path) -> BundleInfo:
     return info
 
 
-def _walk(reader: _HashingReader, info: BundleInfo) -> None:
+def _walk(reader: HashingReader, info: BundleInfo) -> None:
     """Decompress and walk every member; record a corrupt/truncated stream as a problem."""
     try:
         with gzip.GzipFile(fileobj=reader, mode="rb") as gz:  # type: ignore[call-overload]

@@ -124,6 +124,11 @@ def check_kind(kind: str, value: Any) -> str | None:
     raise AssertionError(f"unknown kind {kind}")
 
 
+def is_age_recipient(value: str) -> bool:
+    """An age X25519 public key (bech32 ``age1`` + 58 characters)."""
+    return bool(re.fullmatch(r"age1[02-9ac-hj-np-z]{58}", value))
+
+
 def check_file(path: Path, field: str, p: Problems) -> None:
     if not path.exists():
         p.add(field, f"{path} does not exist")

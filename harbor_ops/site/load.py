@@ -192,7 +192,8 @@ def _keep(raw: Any, prefix: str, p: Problems) -> m.Keep:
 
 def _backup(raw: dict[str, Any], p: Problems, r: PathResolver) -> m.Backup:
     f = _fields(raw, "backup", {"dir": "path", "at": "clock", "jitter_minutes": "count",
-                                "keep": "dict", "include_redis": "bool", "remote": "dict"}, p)
+                                "keep": "dict", "include_redis": "bool", "remote": "dict",
+                                "encryption": "dict"}, p)
     remote = None
     if isinstance(raw.get("remote"), dict):
         rr = _fields(raw["remote"], "backup.remote",
@@ -209,9 +210,44 @@ def _backup(raw: dict[str, Any], p: Problems, r: PathResolver) -> m.Backup:
         if "host" in rr and "path" in rr:
             remote = m.Remote(**rr)
     keep = _keep(f["keep"], "backup.keep", p) if "keep" in f else m.Keep()
+    enc = _encryption(raw["encryption"], p, r) if isinstance(raw.get("encryption"), dict) \
+        else None
     return m.Backup(dir=r.path(f.get("dir", "/var/backups/harbor")), at=str(f.get("at", "02:30")),
                     jitter_minutes=int(f.get("jitter_minutes", 15)), keep=keep,
-                    include_redis=bool(f.get("include_redis", False)), remote=remote)
+                    include_redis=bool(f.get("include_redis", False)), remote=remote,
+                    encryption=enc)
+
+
+def _encryption(raw: dict[str, Any], p: Problems, r: PathResolver) -> m.Encryption | None:
+    """age recipients (one of recipient / recipients_file) and the identity to decrypt."""
+    f = _fields(raw, "backup.encryption", {"recipient": "str", "recipients_file": "path",
+                                           "identity_file": "path"}, p)
+    if ("recipient" in f) == ("recipients_file" in f):
+        p.add("backup.encryption", "name exactly one of recipient (an age1... public key) "
+              "and recipients_file")
+        return None
+    for k in ("recipients_file", "identity_file"):
+        if k in f:
+            f[k] = r.path(f[k])
+            checks.check_file(f[k], f"backup.encryption.{k}", p)
+    if "identity_file" in f and f["identity_file"].is_file() \
+            and f["identity_file"].stat().st_mode & 0o077:
+        p.add("backup.encryption.identity_file",
+              f"{f['identity_file']} is readable by others; it is a secret key (chmod 600)")
+    rfile = f.get("recipients_file")
+    if rfile is not None and rfile.is_file():
+        bad = [ln for ln in rfile.read_text(encoding="utf-8", errors="replace").splitlines()
+               if ln.strip() and not ln.startswith("#")
+               and not checks.is_age_recipient(ln.strip())]
+        if bad:
+            p.add("backup.encryption.recipients_file",
+                  f"{rfile}: {len(bad)} line(s) are not age public keys (age1...)")
+    recipient = str(f.pop("recipient", ""))
+    if recipient and not checks.is_age_recipient(recipient):
+        p.add("backup.encryption.recipient",
+              f"{recipient[:20]!r} is not an age public key (age1..., see age-keygen -y)")
+        return None
+    return m.Encryption(recipients=(recipient,) if recipient else (), **f)
 
 
 def _agent(raw: dict[str, Any], p: Problems, r: PathResolver) -> m.Agent:

@@ -55,6 +55,16 @@ class Keep:
 
 
 @dataclass(frozen=True)
+class Encryption:
+    """age keys for every backup copy kept off the Harbor host (public keys only need
+    to be here to encrypt; the identity only where a copy is brought back)."""
+
+    recipients: tuple[str, ...] = ()
+    recipients_file: Path | None = None
+    identity_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class Remote:
     host: str
     path: str
@@ -72,6 +82,7 @@ class Backup:
     keep: Keep = field(default_factory=Keep)
     include_redis: bool = False
     remote: Remote | None = None
+    encryption: Encryption | None = None
 
 
 @dataclass(frozen=True)

@@ -311,7 +311,7 @@ def run_hop_playbook(site: Site, entry: HostEntry, opts: Options, *, number: int
                      src: hv.Release, tgt: hv.Release, steps: list[str], run_id: str,
                      backup: dict[str, Any] | None,
                      progress: Progress) -> runner.PlaybookOutcome:
-    from harbor_ops.install.run import sha256_of
+    from harbor_ops.core.hashing import sha256_file
     from harbor_ops.render.engine import render_site
 
     bundle = _bundle_for(opts.bundle_dir, tgt) if "unpack" in steps else None
@@ -327,7 +327,7 @@ def run_hop_playbook(site: Site, entry: HostEntry, opts: Options, *, number: int
                     validate=False)
         extra = hop_vars(site, number=number, src=src, tgt=tgt, steps=steps, run_id=run_id,
                          backup=backup, bundle=bundle or Path("/nonexistent"),
-                         bundle_sha256=sha256_of(bundle) if bundle else "0" * 64,
+                         bundle_sha256=sha256_file(bundle) if bundle else "0" * 64,
                          staging=staging / "files", opts=opts)
         argv, env = runner.build_command(
             playbook=runner.playbook_path(PLAYBOOK), work_dir=staging / "run",

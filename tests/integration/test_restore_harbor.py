@@ -24,7 +24,7 @@ import pytest
 from harbor_ops.backup.manifest import sidecar_path
 from harbor_ops.backup.restore import restore_backup
 from harbor_ops.backup.sources import DockerExecSource
-from harbor_ops.core.errors import HealthError
+from harbor_ops.core.errors import BackupError
 from harbor_ops.core.lock import LOCK_ENV
 from tests.bed.bundle import build_bundles
 from tests.bed.dockerd import DockerEngine
@@ -245,19 +245,24 @@ def test_restore_refuses_a_backup_from_a_newer_harbor_and_touches_nothing(
             core_started, db_started)
         assert site_c.harbor.get("/api/v2.0/health")[0] == 200
 
-        # Told to, it restores; Harbor 2.12's core then refuses the newer schema, and the
-        # health gate says so instead of reporting success.
+        # Told to, it restores; Harbor 2.12's core then refuses the newer schema, the
+        # health gate says so, and the previous data (from the safety backup taken first)
+        # is put back: Harbor runs again on what it had, and the message says so.
         monkeypatch.setenv("DOCKER_HOST", fresh_engine.env["DOCKER_HOST"])
         assert site_c.harbor.install_dir is not None
-        with pytest.raises(HealthError, match="was not healthy within 20 s"):
+        with pytest.raises(BackupError) as exc:
             restore_backup(path=site_c.backups / name, target=DockerExecSource(),
                            data_volume=site_c.harbor.data, harbor_yml=site_c.harbor_yml,
                            installed_version=OLDER, force_version=True,
                            harbor_dir=site_c.harbor.install_dir,
                            health_url=f"http://127.0.0.1:{site_c.harbor.port}/api/v2.0/health",
-                           health_timeout=20, lock_path=site_c.lock)
-        assert site_c.rows() == backup["rows"]
-        assert "no migration found for version" in site_c.harbor.engine.run(
-            "logs", "harbor-core", check=False).stdout
+                           health_timeout=20, lock_path=site_c.lock,
+                           safety_dir=site_c.backups, hostname="site-c")
+        assert "was not healthy within 20 s" in str(exc.value)
+        assert "Harbor is running on its previous data, put back from the safety backup " \
+            "harbor-site-c-" in str(exc.value)
+        assert site_c.rows() == before
+        assert site_c.secretkey.read_bytes() == key and site_c.harbor_yml.read_bytes() == yml
+        assert site_c.harbor.get("/api/v2.0/health")[0] == 200
     finally:
         site_c.harbor.down()
