@@ -260,6 +260,8 @@ def check_auth(ctx: Context) -> str:
                         "were sent: a proxy drops the Authorization header",
                         f"GET /v2/ with a token -> 401 {resp.header('www-authenticate')}",
                         host=ctx.ep.hostport))
+    elif resp.status == 401 and not ctx.credentials_ok:
+        return "anonymous token refused at GET /v2/ (expected without --username)"
     elif resp.status == 401 and ctx.challenge[0] == "basic":
         ctx.add(finding("auth-failed", "the registry refused the credentials (or a proxy "
                         "dropped them)", "GET /v2/ -> 401", host=ctx.ep.hostport))
