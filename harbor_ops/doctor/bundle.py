@@ -107,9 +107,12 @@ def known_secrets(site: Site) -> Redactor:
     data = Path(str(site.harbor.get("data_volume", "/data")))
     for path in [data / "secret" / "keys" / "secretkey"] + _key_files(site):
         try:
-            values.add(path.read_text(encoding="utf-8", errors="replace").strip())
+            text = path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             continue
+        # the whole file, and each line of it (a key file may carry comments)
+        values |= {text.strip()} | {ln.strip() for ln in text.splitlines()
+                                    if ln.strip() and not ln.startswith("#")}
     return Redactor(values)
 
 
@@ -119,6 +122,9 @@ def _key_files(site: Site) -> list[Path]:
         files.append(site.front.tls.private_key)
     if site.backup.remote is not None and site.backup.remote.key_file is not None:
         files.append(site.backup.remote.key_file)
+    if site.backup.encryption is not None and site.backup.encryption.identity_file is not None:
+        files.append(site.backup.encryption.identity_file)
+    files += [h.ssh_key_file for h in site.hosts if h.ssh_key_file is not None]
     return [f for f in files if str(f) not in ("", ".")]
 
 

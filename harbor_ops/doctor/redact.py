@@ -3,8 +3,8 @@
 A maintainer needs the configs and logs, never the passwords in them. Keys alone are not
 enough (a password echoed into a log line has no key), values alone are not enough (a
 secret harborctl was never told about, in Harbor's own env files), so every text passes
-three filters: PEM private-key blocks, ``key = value`` pairs whose key names a secret, and
-every secret value the site resolves to, wherever it appears.
+three filters: PEM private-key blocks and age secret keys, ``key = value`` pairs whose key
+names a secret, and every secret value the site resolves to, wherever it appears.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ SECRET_WORD = re.compile(r"(password|passwd|secret|token|accesskey|access_key|cr
                          r"private_key_pem|_key$|^key$)", re.I)
 _PEM_KEY = re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----",
                       re.S)
+_AGE_KEY = re.compile(r"AGE-SECRET-KEY-1[0-9A-Z]+")
 # KEY=VALUE (env files), KEY: VALUE (YAML), "KEY": "VALUE" (JSON)
 _PAIR = re.compile(r"""(?P<k>["']?[A-Za-z_][\w.-]*["']?)(?P<sep>\s*[:=]\s*)"""
                    r"""(?P<v>"[^"\n]*"|'[^'\n]*'|[^\s,}\n]+)""")
@@ -76,6 +77,7 @@ class Redactor:
 
     def text(self, text: str) -> str:
         text = _PEM_KEY.sub(f"-----{REDACTED} PRIVATE KEY-----", text)
+        text = _AGE_KEY.sub(REDACTED, text)
         text = _PAIR.sub(self._pair, text)
         for value in self.values:
             text = text.replace(value, REDACTED)

@@ -9,6 +9,7 @@ import socket
 import tarfile
 from pathlib import Path
 
+import pyrage
 import pytest
 from click.testing import CliRunner
 
@@ -45,6 +46,9 @@ def harbor_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, 
     ssh_key = tmp_path / "id_backup"
     ssh_key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAA-bundle"
                        "\n-----END OPENSSH PRIVATE KEY-----\n")
+    identity = pyrage.x25519.Identity.generate()
+    (tmp_path / "backup.age-key").write_text(f"# age identity\n{identity}\n")
+    (tmp_path / "backup.age-key").chmod(0o600)
     data, logs = tmp_path / "data", tmp_path / "logs"
     (data / "secret" / "keys").mkdir(parents=True)
     (data / "secret" / "keys" / "secretkey").write_text(SECRETS["secretkey"])
@@ -69,6 +73,7 @@ harbor:
 backup:
   dir: {tmp_path / 'backups'}
   remote: {{host: backup.bundle.test, path: /srv/backups, key_file: {ssh_key}}}
+  encryption: {{recipient: {identity.to_public()}, identity_file: {tmp_path / 'backup.age-key'}}}
 agent:
   status_file: {tmp_path / 'status.json'}
 install:
@@ -89,13 +94,14 @@ hosts:
         "LOG_LEVEL=info\n")
     (root / "common" / "config" / "core" / "private_key.pem").write_bytes(server.key_pem())
     (logs / "core.log").write_text("".join(f"line {i}\n" for i in range(500)) +
-                                   f"auth failed for admin with password {SECRETS['admin']}\n")
+                                   f"auth failed for admin with password {SECRETS['admin']}\n"
+                                   f"jobservice: loaded identity {identity}\n")
     (tmp_path / "status.json").write_text(json.dumps({"backup": {"ok": True}}))
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / "doctor-last.json").write_text('{"url": "https://x", "findings": []}')
     secrets = list(SECRETS.values()) + [
         server.key_pem().decode().splitlines()[1], "b3BlbnNzaC1rZXktdjEAAAA-bundle",
-        base64.b64encode(f"admin:{SECRETS['admin']}".encode()).decode()]
+        base64.b64encode(f"admin:{SECRETS['admin']}".encode()).decode(), str(identity)]
     return site_file, secrets
 
 
