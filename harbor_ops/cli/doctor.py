@@ -43,9 +43,12 @@ def doctor_cmd(config: Path, url: str | None, ca: Path | None, username: str | N
     """
     from harbor_ops.core.errors import DoctorProblems
     from harbor_ops.doctor.run import doctor
-    from harbor_ops.site.load import load_site
 
-    site = load_site(config) if url is None else None
+    site = None
+    if url is None:  # the site file only when it names the URL: --url alone loads less
+        from harbor_ops.site.load import load_site
+
+        site = load_site(config)
     report = doctor(site=site, url=url, ca=ca, username=username, password_env=password_env,
                     password_file=password_file, push_probe=push_probe, image=image,
                     probe_repository=probe_repository, resolve=resolve, timeout=timeout,
