@@ -1,21 +1,18 @@
 """``backup verify``: every checksum, every file member, then a real restore drill.
 
 A backup is only trusted once it has been restored: the dump is streamed into a
-throw-away PostgreSQL cluster of the backup's own major (on a unix socket in a private
-folder) and the row counts compared with the manifest. The drill restores as a role
+throw-away PostgreSQL cluster of the backup's own major (:mod:`harbor_ops.backup.scratch`)
+and the row counts compared with the manifest. The drill restores as a role
 that is not a superuser, into a database of a fixed name: nothing in the archive
 chooses a name, and SQL hidden in a forged dump cannot reach a program or a file.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +22,8 @@ from psycopg import sql
 
 from harbor_ops.backup import archive
 from harbor_ops.backup.manifest import DB_MEMBER, Manifest, iso, utc_now, write_sidecar
-from harbor_ops.backup.sources import DbSource, ExternalSource, pg_bindir
+from harbor_ops.backup.scratch import scratch_cluster
+from harbor_ops.backup.sources import DbSource
 from harbor_ops.core.errors import BackupError
 from harbor_ops.core.lock import job_lock
 from harbor_ops.core.signals import signals_raise
@@ -139,63 +137,18 @@ def restore_database(*, path: Path, target: DbSource) -> None:
 def drill(path: Path, manifest: Manifest, scratch_root: Path | None,
           say: Progress) -> dict[str, int]:
     """Restore the dump into a scratch cluster; the row counts it holds afterwards."""
-    with scratch_cluster(manifest.pg_major, root=scratch_root) as scratch:
+    with scratch_cluster(manifest.pg_major, root=scratch_root,
+                         harbor_version=manifest.harbor_version) as scratch:
         with scratch.source("postgres", user="postgres").session(autocommit=True) as s:
             s.query(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER").format(
                 sql.Identifier(DRILL_ROLE)))
             s.query(sql.SQL("CREATE DATABASE {} OWNER {}").format(
                 sql.Identifier(DRILL_DB), sql.Identifier(DRILL_ROLE)))
-        target = scratch.source(DRILL_DB)
+        target = scratch.source(DRILL_DB, user=DRILL_ROLE)
         say("restoring the dump into the scratch cluster")
         restore_database(path=path, target=target)
         say("comparing row counts")
         return compare_counts(target, manifest)
-
-
-class ScratchCluster:
-    def __init__(self, folder: Path, bindir: Path) -> None:
-        self.folder = folder
-        self.bindir = bindir
-
-    def source(self, dbname: str, *, user: str = DRILL_ROLE) -> ExternalSource:
-        return ExternalSource(host=str(self.folder), port=5432, user=user, dbname=dbname,
-                              bindir=self.bindir)
-
-
-@contextmanager
-def scratch_cluster(major: str, *, root: Path | None = None) -> Iterator[ScratchCluster]:
-    """A throw-away cluster of one major on a unix socket only; always stopped and deleted."""
-    bindir = pg_bindir(major)
-    if bindir is None or not (bindir / "initdb").exists():
-        raise BackupError(f"no PostgreSQL {major} server binaries for the restore drill",
-                          hint=f"install postgresql-{major}")
-    folder = Path(tempfile.mkdtemp(prefix="harborctl-drill-", dir=root))
-    data = folder / "data"
-    try:
-        if os.geteuid() == 0:
-            shutil.chown(folder, "postgres", "postgres")
-        os.chmod(folder, 0o700)
-        _as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
-                      "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"], "initdb")
-        opts = (f"-p 5432 -k {folder} -c listen_addresses='' -c fsync=off "
-                "-c full_page_writes=off -c synchronous_commit=off")
-        _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"),
-                      "-o", opts, "-w", "-t", "60", "start"], "pg_ctl start")
-        yield ScratchCluster(folder, bindir)
-    finally:  # also after a signal that came while the server was starting
-        if (data / "postmaster.pid").exists():
-            _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w",
-                          "stop"], "pg_ctl stop", check=False)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _as_postgres(argv: list[str], what: str, *, check: bool = True) -> None:
-    if os.geteuid() == 0:
-        argv = ["runuser", "-u", "postgres", "--", *argv]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False,
-                          cwd="/")
-    if check and proc.returncode != 0:
-        raise BackupError(f"scratch cluster {what} failed: {proc.stderr.strip()[-500:]}")
 
 
 def compare_counts(target: DbSource, manifest: Manifest) -> dict[str, int]:

@@ -123,6 +123,13 @@ class DoctorProblems(HarborctlError):
     label = "problems found"
 
 
+class EnvironmentMissing(HarborctlError):
+    """A tool or image harborctl needs is missing here (never recorded as a bad backup)."""
+
+    exit_code = 14
+    label = "environment"
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "unexpected error (a bug: run with --debug and report it)",
@@ -141,6 +148,7 @@ EXIT_CODES: dict[int, str] = {
             UpgradeRolledBack,
             RollbackFailed,
             DoctorProblems,
+            EnvironmentMissing,
         )
     },
 }

@@ -1,0 +1,166 @@
+"""The drill's throw-away PostgreSQL, of exactly the backup's major.
+
+Two ways, tried in order: the server binaries of that major on this machine
+(``postgresql-NN``: initdb/pg_ctl on a unix socket in a private folder), or Harbor's own
+``harbor-db`` image on the Docker engine harborctl talks to (``DOCKER_HOST``), which
+carries exactly the major its Harbor release uses: one container, no network, its data
+in an anonymous volume removed with it, reached by ``docker exec`` like harbor-db itself.
+Neither there is an environment problem (exit 14), never a bad backup.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+from psycopg import sql
+
+from harbor_ops.backup.sources import (
+    PG_ROOT,
+    DbSource,
+    DockerExecSource,
+    ExternalSource,
+    pg_bindir,
+    pg_major_of,
+)
+from harbor_ops.core.errors import BackupError, EnvironmentMissing
+
+PG_ROOT_ENV = "HARBORCTL_PG_ROOT"  # where postgresql-NN lives (tests point it elsewhere)
+DB_IMAGE_SUFFIX = "harbor-db"
+START_SECONDS = 120
+
+
+class Scratch:
+    """Where the drill connects: a source on the scratch server, as any role and database."""
+
+    def __init__(self, admin: ExternalSource | DockerExecSource) -> None:
+        self.admin = admin
+
+    def source(self, dbname: str, *, user: str) -> DbSource:
+        return replace(self.admin, dbname=dbname, user=user)
+
+
+@contextmanager
+def scratch_cluster(major: str, *, root: Path | None = None,
+                    harbor_version: str | None = None) -> Iterator[Scratch]:
+    """A cluster of ``major``, always stopped and deleted on exit (a signal too)."""
+    bindir = pg_bindir(major, root=Path(os.environ.get(PG_ROOT_ENV) or PG_ROOT))
+    if bindir is not None and (bindir / "initdb").exists():
+        with _local_cluster(bindir, root) as scratch:
+            yield scratch
+        return
+    with _container_cluster(major, harbor_version) as scratch:
+        yield scratch
+
+
+@contextmanager
+def _local_cluster(bindir: Path, root: Path | None) -> Iterator[Scratch]:
+    folder = Path(tempfile.mkdtemp(prefix="harborctl-drill-", dir=root))
+    data = folder / "data"
+    try:
+        if os.geteuid() == 0:
+            shutil.chown(folder, "postgres", "postgres")
+        os.chmod(folder, 0o700)
+        _as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
+                      "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"], "initdb")
+        opts = (f"-p 5432 -k {folder} -c listen_addresses='' -c fsync=off "
+                "-c full_page_writes=off -c synchronous_commit=off")
+        _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"),
+                      "-o", opts, "-w", "-t", "60", "start"], "pg_ctl start")
+        yield Scratch(ExternalSource(host=str(folder), port=5432, user="postgres",
+                                     dbname="postgres", bindir=bindir))
+    finally:  # also after a signal that came while the server was starting
+        if (data / "postmaster.pid").exists():
+            _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w",
+                          "stop"], "pg_ctl stop", check=False)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _as_postgres(argv: list[str], what: str, *, check: bool = True) -> None:
+    if os.geteuid() == 0:
+        argv = ["runuser", "-u", "postgres", "--", *argv]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False,
+                          cwd="/")
+    if check and proc.returncode != 0:
+        raise BackupError(f"scratch cluster {what} failed: {proc.stderr.strip()[-500:]}")
+
+
+@contextmanager
+def _container_cluster(major: str, harbor_version: str | None) -> Iterator[Scratch]:
+    docker = shutil.which("docker")
+    missing = EnvironmentMissing(
+        f"no PostgreSQL {major} for the restore drill: no postgresql-{major} server "
+        f"binaries here and no {DB_IMAGE_SUFFIX} image of PostgreSQL {major} on the Docker "
+        "engine", hint=f"install postgresql-{major}, or run verify where Harbor's images "
+        "are loaded (DOCKER_HOST)")
+    if docker is None:
+        raise missing
+    tried: list[str] = []
+    for image in _db_images(docker, harbor_version):
+        name = f"harborctl-drill-{secrets.token_hex(6)}"
+        try:
+            got = _start(docker, image, name)
+            if got == major:
+                yield Scratch(DockerExecSource(container=name, user="postgres",
+                                               dbname="postgres", docker=docker))
+                return
+            tried.append(f"{image} (PostgreSQL {got})")
+        finally:
+            subprocess.run([docker, "rm", "-f", "-v", name], capture_output=True,
+                           timeout=120, check=False)
+    if tried:
+        missing.message += f" (tried {', '.join(tried)})"
+    raise missing
+
+
+def _db_images(docker: str, harbor_version: str | None) -> list[str]:
+    """harbor-db images on the engine, the one of the backup's Harbor release first."""
+    proc = subprocess.run([docker, "image", "ls", "--format", "{{json .}}"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    if proc.returncode != 0:
+        return []
+    found = []
+    for line in proc.stdout.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if str(row.get("Repository", "")).endswith(DB_IMAGE_SUFFIX) and row.get("Tag"):
+            found.append(f"{row['Repository']}:{row['Tag']}")
+    wanted = f"v{harbor_version}" if harbor_version else None
+    return sorted(set(found), key=lambda i: (i.rsplit(":", 1)[1] != wanted, i))
+
+
+def _start(docker: str, image: str, name: str) -> str:
+    """Run ``image`` as Harbor does (its own entrypoint, a fresh data volume); its major."""
+    run = subprocess.run([docker, "run", "-d", "--name", name, "--network", "none",
+                          "-v", "/var/lib/postgresql/data", image],
+                         capture_output=True, text=True, timeout=120, check=False)
+    if run.returncode != 0:
+        raise BackupError(f"starting {image} for the restore drill failed: "
+                          f"{run.stderr.strip()[-300:]}")
+    source = DockerExecSource(container=name, user="postgres", dbname="postgres",
+                              docker=docker)
+    deadline = time.monotonic() + START_SECONDS
+    for _ in range(START_SECONDS * 2):
+        try:
+            with source.session() as s:
+                # The entrypoint's own init server comes and goes; the final one is PID 1.
+                if str(s.scalar(sql.SQL("SELECT pg_read_file('postmaster.pid')"))
+                       ).split("\n")[0].strip() == "1":
+                    return pg_major_of(int(s.scalar(sql.SQL("SHOW server_version_num"))))
+        except BackupError:
+            pass
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    raise BackupError(f"{image} did not start a PostgreSQL server within {START_SECONDS} s")
