@@ -238,3 +238,40 @@ def test_proxy_drops_the_port_from_host(stack: ds.Stack) -> None:
     report = doctor(stack, stack.start_front(ds.Front(host_header="$host")))
     found = [f for f in report.findings if f.id == "upload-location-mismatch"]
     assert found and f"https://{ds.HOST}/v2/" in found[0].evidence, report.findings
+
+
+@pytest.fixture(scope="module")
+def plain_registry(stack: ds.Stack) -> Iterator[str]:
+    """A plain registry:2 with htpasswd (no Harbor API), as many sites run beside Harbor."""
+    if shutil.which("htpasswd") is None:
+        unavailable("htpasswd (apache2-utils) is not installed (see .ci/provision)")
+    folder = stack.tmp / "plain"
+    folder.mkdir()
+    line = subprocess.run(["htpasswd", "-Bbn", "alice", "alice-pw-1"], check=True,
+                          capture_output=True, text=True).stdout
+    (folder / "htpasswd").write_text(line)
+    port = ds.free_port()
+    (folder / "config.yml").write_text(json.dumps({
+        "version": 0.1, "log": {"level": "warn"},
+        "storage": {"filesystem": {"rootdirectory": str(folder / "data")},
+                    "delete": {"enabled": True}},
+        "http": {"addr": f"127.0.0.1:{port}", "secret": "test-only-not-secret"},
+        "auth": {"htpasswd": {"realm": "plain", "path": str(folder / "htpasswd")}}}))
+    proc = subprocess.Popen([ds.REGISTRY, "serve", str(folder / "config.yml")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ds.wait_port(port, proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        ds.stop(proc)
+
+
+def test_plain_registry_with_basic_auth(plain_registry: str) -> None:
+    opts = dict(url=plain_registry, username="alice", timeout=5.0)
+    report = run_doctor(DoctorOptions(password="alice-pw-1", **opts),  # type: ignore[arg-type]
+                        keep_result=False)
+    assert report.findings == [] and report.harbor is False
+    assert next(c for c in report.checks if c.name == "push-probe").status == "ok"
+    wrong = run_doctor(DoctorOptions(password="not-it", **opts),  # type: ignore[arg-type]
+                       keep_result=False)
+    assert "auth-failed" in ids(wrong)
