@@ -11,10 +11,12 @@ with the standard tool: ``age -d -i identity.txt harbor-....hbk.age > harbor-...
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from harbor_ops.core.errors import BackupError, ConfigError
+from harbor_ops.core.fsutil import fsync_dir
 from harbor_ops.core.hashing import HashingWriter
 from harbor_ops.site.model import Encryption
 
@@ -73,6 +75,30 @@ def encrypt_stream(src: BinaryIO, dst: BinaryIO, enc: Encryption) -> tuple[str, 
     except pyrage.EncryptError as exc:
         raise BackupError(f"encrypting the backup failed: {exc}") from None
     return sink.hexdigest(), sink.size
+
+
+def encrypt_file(plain: Path, enc: Encryption) -> tuple[Path, str, int]:
+    """``<backup>.age`` beside a finished backup, then the plain file removed.
+
+    For copies that are not on the Harbor host (the controller's backups of remote hosts):
+    the age file appears atomically (written as ``.partial``, fsynced, renamed) and the
+    plain backup and its ``.partial`` never outlive the call. Returns (path, SHA-256, size)
+    of the age file, the checksum its later copies are proven by.
+    """
+    target = plain.with_name(plain.name + SUFFIX)
+    partial = target.with_name(target.name + ".partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as dst, open(plain, "rb") as src:
+            digest, size = encrypt_stream(src, dst, enc)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(partial, target)
+        fsync_dir(target.parent)
+    finally:
+        partial.unlink(missing_ok=True)
+        plain.unlink(missing_ok=True)
+    return target, digest, size
 
 
 def decrypt_stream(src: BinaryIO, dst: BinaryIO, enc: Encryption | None, what: str) -> None:
