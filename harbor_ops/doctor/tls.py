@@ -29,6 +29,14 @@ from harbor_ops.doctor.wire import Endpoint, insecure_context
 from harbor_ops.hosts.certs import name_matches, san_names
 
 DOCKER_CERTS_DIR = Path("/etc/docker/certs.d")
+# The Web PKI profile, minus what Go's verifier (docker, containerd, skopeo) does not ask
+# for: key identifiers. A private CA made without them must not read as "unknown authority".
+_ANY = xv.Criticality.AGNOSTIC
+_EE_POLICY = xv.ExtensionPolicy.webpki_defaults_ee().may_be_present(
+    x509.AuthorityKeyIdentifier, _ANY, None)
+_CA_POLICY = (xv.ExtensionPolicy.webpki_defaults_ca()
+              .may_be_present(x509.AuthorityKeyIdentifier, _ANY, None)
+              .may_be_present(x509.SubjectKeyIdentifier, _ANY, None))
 AIA_MAX_BYTES = 64 * 1024
 
 
@@ -150,6 +158,7 @@ def _verifies(chain: list[x509.Certificate], anchors: list[x509.Certificate],
     if not anchors:
         return "no trusted CA certificates"
     verifier = (xv.PolicyBuilder().store(xv.Store(anchors)).time(at)
+                .extension_policies(ca_policy=_CA_POLICY, ee_policy=_EE_POLICY)
                 .build_server_verifier(subject))
     try:
         verifier.verify(chain[0], chain[1:])

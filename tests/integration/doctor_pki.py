@@ -59,7 +59,7 @@ def ca(cn: str, issuer: Issued | None = None) -> Issued:
 
 
 def leaf(issuer: Issued, names: list[str], *, days: int = 90, expired: bool = False,
-         aia_url: str | None = None) -> Issued:
+         aia_url: str | None = None, key_ids: bool = True) -> Issued:
     key = ec.generate_private_key(ec.SECP256R1())
     start = NOW - dt.timedelta(days=400 if expired else 1)
     end = NOW - dt.timedelta(days=2) if expired else NOW + dt.timedelta(days=days)
@@ -76,9 +76,10 @@ def leaf(issuer: Issued, names: list[str], *, days: int = 90, expired: bool = Fa
          .add_extension(x509.SubjectAlternativeName(sans), critical=False)
          .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
          .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                        critical=False)
-         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-             issuer.key.public_key()), critical=False))
+                        critical=False))
+    if key_ids:
+        b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            issuer.key.public_key()), critical=False)
     if aia_url:
         b = b.add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
             AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(aia_url))]),

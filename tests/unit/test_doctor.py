@@ -70,6 +70,8 @@ INTER = pki.ca("Intermediate", ROOT)
      {"tls-expired"}),
     ([pki.leaf(INTER, ["reg.test"])], [ROOT], "reg.test", {"tls-unknown-authority"}),
     ([pki.leaf(INTER, ["reg.test"]), INTER], [], "reg.test", {"tls-unknown-authority"}),
+    # Go accepts a leaf without key identifiers; so must doctor's judgement
+    ([pki.leaf(INTER, ["reg.test"], key_ids=False), INTER], [ROOT], "reg.test", set()),
 ])
 def test_judge(chain: list[pki.Issued], anchors: list[pki.Issued], host: str,
                expected: set[str]) -> None:
