@@ -1,7 +1,7 @@
 """`harborctl upgrade apply` on a real test-bed host: one hop 2.14.4 -> 2.15.2 with data.
 
 The host gets Harbor 2.14.4 through `harborctl install` (the Harbor-shaped bundle: real
-PostgreSQL, real pg_upgrade 15 -> 17 in 2.15.2's harbor-db, real registry and nginx), rows in
+PostgreSQL, real pg_upgrade 15 -> 18 in 2.15.2's harbor-db, real registry and nginx), rows in
 Harbor's key tables and a pushed image; then the site file's harbor.version becomes 2.15.2
 and `upgrade apply` runs: verified backup from the controller, images loaded while 2.14.4
 serves, the window, the gate. Everything is checked on the host as an operator would.
