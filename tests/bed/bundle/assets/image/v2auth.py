@@ -194,7 +194,10 @@ class _Body:
 
 
 def proxy(handler, auth: str, host: str) -> None:
-    headers = {k: v for k, v in handler.headers.items() if k.lower() not in HOP_HEADERS}
+    headers: dict[str, str] = {}
+    for key, value in handler.headers.items():  # repeated headers (Accept) joined, not lost
+        if key.lower() not in HOP_HEADERS:
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
     headers.update({"Authorization": auth, "Host": host})
     length = handler.headers.get("Content-Length")
     chunked = "chunked" in handler.headers.get("Transfer-Encoding", "").lower()
