@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from harbor_ops.install.run import role_vars, sha256_of  # noqa: E402
+from harbor_ops.core.hashing import sha256_file  # noqa: E402
+from harbor_ops.install.run import role_vars  # noqa: E402
 from harbor_ops.render.engine import render_site  # noqa: E402
 from harbor_ops.site.load import load_site_text  # noqa: E402
 from tests.bed.bundle.builder import build_bundle  # noqa: E402
@@ -60,7 +61,7 @@ def up(base: Path) -> None:
     bundle = build_bundle(version, base / "bundles")
     staging = base / "staging"
     render_site(site, output_dir=staging)
-    variables = role_vars(site, bundle=bundle, bundle_sha256=sha256_of(bundle), staging=staging)
+    variables = role_vars(site, bundle=bundle, bundle_sha256=sha256_file(bundle), staging=staging)
     fd = os.open(base / "harbor-vars.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(variables, fh, indent=2)
