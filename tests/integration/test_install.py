@@ -25,6 +25,7 @@ import testinfra
 
 from harbor_ops.core.errors import PreflightFailed
 from harbor_ops.install.run import InstallResult, install
+from harbor_ops.preflight.run import run_preflight
 from harbor_ops.site.load import load_site
 from harbor_ops.site.model import Site
 from tests.bed.bundle.builder import build_bundle
@@ -271,6 +272,31 @@ def test_installed_host_snapshot_restores_a_healthy_harbor_in_seconds(
     assert sorted(running) == sorted(CONTAINERS)
     print(f"snapshot {snapshot_s:.1f} s; restore {restore_s:.1f} s, healthy {healthy_s:.1f} s")
     assert healthy, "Harbor did not come back healthy after the restore"
+
+
+def test_preflight_reads_the_schema_inside_harbor_db_on_the_host(
+        runner: Runner, testbed: TestBed, h1: Host) -> None:
+    """Preflight's schema check runs ``docker exec harbor-db psql`` on the host over SSH: it
+    must read Harbor's database in the host's container (not the controller's), so a dirty
+    schema there fails. The installed snapshot then undoes the damage in seconds."""
+    sql = "psql -U postgres -d registry -tAc"
+    version = h1.exec(f"docker exec harbor-db {sql} 'select version from schema_migrations'")
+    assert version.stdout.strip().isdigit(), version
+    skip = ["cpu", "memory", "disk", "ports", "hostname"]
+    report = run_preflight(runner.site, skip=skip, ssh_config=testbed.ssh_config_path)
+    schema = [r for r in report.results["h1"] if r.name == "schema_dirty"]
+    assert schema and schema[0].verdict == "pass", report.results["h1"]
+    assert f"version {version.stdout.strip()}, clean" in schema[0].reason
+    h1.exec(f"docker exec harbor-db {sql} 'update schema_migrations set dirty = true'")
+    try:
+        report = run_preflight(runner.site, skip=skip, ssh_config=testbed.ssh_config_path)
+        schema = [r for r in report.results["h1"] if r.name == "schema_dirty"]
+        assert schema and schema[0].verdict == "fail", report.results["h1"]
+    finally:
+        testbed.restore("h1", "installed")
+    assert _wait_healthy(h1, timeout=120)
+    clean = h1.exec(f"docker exec harbor-db {sql} 'select dirty from schema_migrations'")
+    assert clean.stdout.strip() == "f"
 
 
 def _wait_healthy(host: Host, timeout: float) -> bool:
