@@ -64,7 +64,7 @@ class Staged:
 
     plan: dict[str, Path]
     written: list[str] = field(default_factory=list)
-    swapped: list[Path] = field(default_factory=list)
+    swapped: list[tuple[Path, bool]] = field(default_factory=list)  # (dest, it existed)
 
     def swap_in(self) -> None:
         """Each destination replaced by its staged twin; the old one kept aside."""
@@ -74,20 +74,23 @@ class Staged:
                 continue  # the backup holds nothing for it: the site's file stays
             if previous_path(dest).exists() or previous_path(dest).is_symlink():
                 _remove(previous_path(dest))
-            if dest.exists() or dest.is_symlink():
+            existed = dest.exists() or dest.is_symlink()
+            self.swapped.append((dest, existed))  # before the renames: undo sees both
+            if existed:
                 os.rename(dest, previous_path(dest))
-            self.swapped.append(dest)
             os.rename(staged, dest)
             fsync_dir(dest.parent)
 
     def undo(self) -> None:
         """Put every swapped destination back as it was (best effort, all of them)."""
-        for dest in reversed(self.swapped):
+        for dest, existed in reversed(self.swapped):
             with contextlib.suppress(OSError):
-                if previous_path(dest).exists() or previous_path(dest).is_symlink():
+                if not existed:
+                    _remove(dest)
+                elif previous_path(dest).exists() or previous_path(dest).is_symlink():
                     _remove(dest)
                     os.rename(previous_path(dest), dest)
-                    fsync_dir(dest.parent)
+                fsync_dir(dest.parent)
         self.swapped.clear()
         self.discard()
 
@@ -98,7 +101,7 @@ class Staged:
 
     def finish(self) -> None:
         """The swap is final: the previous files go."""
-        for dest in self.swapped:
+        for dest, _existed in self.swapped:
             _remove(previous_path(dest))
         self.discard()
 
