@@ -195,23 +195,28 @@ class HostRun:
             self.say(f"{self.entry.name}: {decision.reason}: {decision.action} "
                      f"({', '.join(decision.steps)})")
             src, tgt = hv.release(str(state.source)), hv.release(str(state.target))
-            if not self._hop(state.hop, src, tgt, list(decision.steps), str(state.run)):
+            got = self._hop(state.hop, src, tgt, list(decision.steps), str(state.run))
+            if decision.action == "rollback" and got == journal.ROLLED_BACK:
+                if not decision.retry_after:  # it failed before: report the rollback
+                    self._finish_rollback()
+                    return
+                self.say(f"{self.entry.name}: rolled back after the interruption; "
+                         f"trying hop {tgt} again")
+            elif got != journal.DONE:
                 return
-            if decision.action == "rollback" and not decision.retry_after:
-                self._finish_rollback()
-                return
+        run_id, number = f"{int(time.time() * 1000):x}", 0
         while True:
             plan = self._replan()
             if plan is None:
                 return
             if not plan.hops:
-                self.o.outcome, self.o.on_release = "done", plan.installed
+                self.o.outcome, self.o.on_release, self.o.message = "done", plan.installed, ""
                 return
-            hop = plan.hops[0]
-            run_id = f"{int(time.time() * 1000):x}"
+            hop, number = plan.hops[0], number + 1
             backup = self._backup(hop)
             steps = [s.name for s in st.HOP_STEPS if s.name != "backup"]
-            if not self._hop(hop.number, hop.source, hop.target, steps, run_id, backup=backup):
+            if self._hop(number, hop.source, hop.target, steps, run_id,
+                         backup=backup) != journal.DONE:
                 return
 
     def _replan(self) -> HostPlan | None:
@@ -237,8 +242,8 @@ class HostRun:
         return {"path": str(path), "started": started, "ended": time.time()}
 
     def _hop(self, number: int, src: hv.Release, tgt: hv.Release, steps: list[str],
-             run_id: str, backup: dict[str, Any] | None = None) -> bool:
-        """Run the playbook for one hop; True when the hop ended on ``tgt``, healthy."""
+             run_id: str, backup: dict[str, Any] | None = None) -> str:
+        """Run the playbook for one hop; the journal's outcome (DONE: on ``tgt``, healthy)."""
         self.say(f"{self.entry.name}: hop {number}: {src} -> {tgt}: {', '.join(steps)}")
         outcome = run_hop_playbook(self.site, self.entry, self.opts, number=number, src=src,
                                    tgt=tgt, steps=steps, run_id=run_id, backup=backup,
@@ -257,7 +262,7 @@ class HostRun:
                             "outcome": state.outcome})
         if state.outcome == journal.DONE:
             self.o.on_release = str(tgt)
-            return True
+            return journal.DONE
         where = f"hop {number} ({src} -> {tgt}) failed at {state.failed_step or state.step}"
         why = state.failure or "; ".join(str(f) for f in outcome.failures) or "see the log"
         if state.outcome == journal.ROLLED_BACK:
@@ -270,7 +275,7 @@ class HostRun:
                               f"({state.outcome}); the snapshot of the data from before the hop"
                               f" is kept on {self.entry.name}; next: fix the cause and run "
                               "`harborctl upgrade apply` again (it retries the rollback)")
-        return False
+        return state.outcome
 
     def _finish_rollback(self) -> None:
         self.o.outcome = "rolled_back"

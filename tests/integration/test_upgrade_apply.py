@@ -1,11 +1,13 @@
-"""`harborctl upgrade apply` on a real test-bed host: one hop 2.14.4 -> 2.15.2 with data.
+"""`harborctl upgrade apply` on a real test-bed host: 2.9.5 -> 2.15.2 (three hops) with data,
+and a `kill -9` of harborctl in the middle of a hop.
 
-The host gets Harbor 2.14.4 through `harborctl install` (the Harbor-shaped bundle: real
-PostgreSQL, real pg_upgrade 15 -> 18 in 2.15.2's harbor-db, real registry and nginx), rows in
-Harbor's key tables and a pushed image; then the site file's harbor.version becomes 2.15.2
-and `upgrade apply` runs: verified backup from the controller, images loaded while 2.14.4
-serves, the window, the gate. Everything is checked on the host as an operator would.
-The tests in this module share one host and run in file order.
+The host gets Harbor 2.9.5 through `harborctl install` (the Harbor-shaped bundle: real
+PostgreSQL, real pg_upgrade in harbor-db, real registry and nginx), rows in Harbor's key
+tables and a pushed image; then the site file's harbor.version becomes 2.15.2 and
+`harborctl upgrade apply` runs as a user runs it, and is killed with SIGKILL when the host's
+journal says hop 2 began `start` (the new release may touch the data from there). The next
+`apply` must roll hop 2 back to its snapshot, try it again and reach 2.15.2 with every row.
+Everything is checked on the host as an operator would. The tests share one host, in order.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +36,9 @@ from tests.integration.test_install import ADMIN_PASSWORD, write_site
 
 pytestmark = pytest.mark.integration
 
-OLD, NEW = "2.14.4", "2.15.2"
+OLD, NEW = "2.9.5", "2.15.2"
+STOPS = ("2.11.2", "2.13.5", "2.15.2")
+JOURNAL = "/var/lib/harborctl/upgrade.journal"
 ROWS_SQL = """
 INSERT INTO harbor_user (username, realname) SELECT 'user' || i, 'User ' || i
   FROM generate_series(1, 40) i;
@@ -57,7 +64,7 @@ def private_lock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("bundles")
-    for v in (OLD, NEW):
+    for v in (OLD, *STOPS):
         build_bundle(v, d)
     return d
 
@@ -111,8 +118,60 @@ def _opts(testbed: TestBed, site_dir: Path, bundles: Path) -> Options:
                    health_retries=36)
 
 
+def test_refusal_before_anything_changes_when_a_stop_has_no_bundle(
+        testbed: TestBed, installed: tuple[Host, Path, str], bundles: Path,
+        tmp_path: Path) -> None:
+    host, site_dir, _ = installed
+    site = _site_at(site_dir, host, testbed.client_key, NEW)
+    partial = tmp_path / "no-2.13.5"
+    partial.mkdir()
+    for v in (OLD, "2.11.2", NEW):
+        name = f"harbor-offline-installer-v{v}.tgz"
+        (partial / name).symlink_to(bundles / name)
+    result = apply(site, to=NEW, host=None, opts=_opts(testbed, site_dir, partial))
+    assert isinstance(result.error, UpgradePathError)
+    assert "no bundle for stop 2.13.5 (hop 2)" in result.error.message
+    assert result.hosts[0].outcome == "refused"
+    assert host.exec("readlink /opt/harbor/harbor").stdout.strip() == f"harbor-{OLD}"
+    assert host.exec("test -e /var/lib/harborctl/upgrade.journal", check=False).returncode != 0
+
+
+def _journal(host: Host) -> list[dict[str, object]]:
+    text = host.exec(f"cat {JOURNAL}", check=False).stdout
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
 @pytest.fixture(scope="module")
-def upgraded(testbed: TestBed, installed: tuple[Host, Path, str],
+def killed(testbed: TestBed, installed: tuple[Host, Path, str], bundles: Path,
+           private_lock: None) -> list[dict[str, object]]:
+    """`harborctl upgrade apply` as a user runs it, SIGKILLed when hop 2 begins `start`."""
+    host, site_dir, _ = installed
+    site = _site_at(site_dir, host, testbed.client_key, NEW)
+    assert site.path is not None
+    argv = [str(Path(sys.executable).with_name("harborctl")), "upgrade", "apply", "--yes",
+            "-c", str(site.path), "--to", NEW, "--bundle-dir", str(bundles),
+            "--ssh-config", str(testbed.ssh_config_path), "--log-dir", str(site_dir / "logs"),
+            "--backup-dir", str(site_dir / "backups"), "--health-retries", "36"]
+    with open(site_dir / "killed.err", "wb") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.monotonic() + 900
+            while time.monotonic() < deadline and proc.poll() is None:
+                if any(e["hop"] == 2 and e["step"] == "start" and e["event"] == "begin"
+                       for e in _journal(host)):
+                    proc.send_signal(signal.SIGKILL)
+                    break
+                time.sleep(0.3)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL, (site_dir / "killed.err").read_text()[-2000:]
+    return _journal(host)
+
+
+@pytest.fixture(scope="module")
+def upgraded(testbed: TestBed, installed: tuple[Host, Path, str], killed: list[object],
              bundles: Path) -> tuple[ApplyResult, list[str]]:
     host, site_dir, _ = installed
     site = _site_at(site_dir, host, testbed.client_key, NEW)
@@ -123,27 +182,31 @@ def upgraded(testbed: TestBed, installed: tuple[Host, Path, str],
     return result, lines
 
 
-def test_refusal_before_anything_changes_when_a_stop_has_no_bundle(
-        testbed: TestBed, installed: tuple[Host, Path, str], tmp_path: Path) -> None:
+def test_status_after_the_kill_says_what_the_next_run_does(
+        testbed: TestBed, installed: tuple[Host, Path, str], killed: list[dict[str, object]],
+        bundles: Path) -> None:
     host, site_dir, _ = installed
+    assert killed[-1]["step"] == "start" and killed[-1]["hop"] == 2
     site = _site_at(site_dir, host, testbed.client_key, NEW)
-    empty = tmp_path / "no-bundles"
-    empty.mkdir()
-    result = apply(site, to=NEW, host=None, opts=_opts(testbed, site_dir, empty))
-    assert isinstance(result.error, UpgradePathError)
-    assert "no bundle for stop 2.15.2" in result.error.message
-    assert host.exec("readlink /opt/harbor/harbor").stdout.strip() == f"harbor-{OLD}"
-    assert host.exec("test -e /var/lib/harborctl/upgrade.journal", check=False).returncode != 0
+    st = status(site, host=None, opts=_opts(testbed, site_dir, bundles)).to_dict()["hosts"][0]
+    assert st["plan"]["journal"]["step"] == "start"
+    assert st["plan"]["resume"]["action"] == "rollback" and st["plan"]["resume"]["retry_after"]
+    assert host.exec("test -e /var/lib/harborctl/upgrade.window", check=False).returncode == 0
 
 
-def test_the_hop_ends_on_the_new_release(upgraded: tuple[ApplyResult, list[str]],
-                                         installed: tuple[Host, Path, str]) -> None:
+def test_the_run_after_the_kill_rolls_back_retries_and_reaches_the_target(
+        upgraded: tuple[ApplyResult, list[str]], installed: tuple[Host, Path, str]) -> None:
     result, lines = upgraded
     assert result.error is None, (result.error, "\n".join(lines[-30:]))
     host_out = result.hosts[0]
     assert (host_out.outcome, host_out.on_release) == ("done", NEW)
-    hop = host_out.hops[0]
-    assert hop["outcome"] == "done" and hop["downtime_seconds"] > 0
+    runs = [(h["hop"], h["to"], h["outcome"]) for h in host_out.hops]
+    # hop 2 rolled back from the killed run's snapshot, then hops 2 (again) and 3
+    assert runs == [(2, "2.13.5", "rolled_back"), (1, "2.13.5", "done"), (2, NEW, "done")]
+    rollback = [s["step"] for s in host_out.hops[0]["steps"] if s["step"].startswith("rb_")]
+    assert rollback == ["rb_stop", "rb_restore", "rb_switch", "rb_start", "rb_gate"]
+    hop = host_out.hops[-1]
+    assert hop["downtime_seconds"] > 0
     names = [s["step"] for s in hop["steps"]]
     assert names == ["backup", "unpack", "load_images", "configure", "count_rows", "stop",
                      "snapshot", "switch", "start", "gate", "finish"]

@@ -1,0 +1,297 @@
+"""Benchmark: downtime of `harborctl upgrade apply` against Harbor's manual upgrade procedure.
+
+Same run, same bed host, same data: Harbor 2.14.4 installed by `harborctl install` with a
+database of at least ``--db-mb`` MB and Harbor-sized images (the double's image tarball padded
+with ``--pad-mb`` MB of incompressible layer, so `docker load` costs what Harbor's ~650 MB of
+layers cost), then one hop to 2.15.2 (a real pg_upgrade), twice:
+
+1. `harborctl upgrade apply` (backup, unpack, docker load and prepare while 2.14.4 serves;
+   then stop, snapshot, switch, start, gate);
+2. Harbor's documented procedure (goharbor/website docs/administration/upgrade), scripted
+   faithfully on the host: `docker compose down`; `mv harbor /my_backup_dir/harbor`;
+   `cp -r /data/database /my_backup_dir/`; extract the new installer; `docker image load -i
+   harbor.v2.15.2.tar.gz`; harbor.yml for 2.15.2 (the double has no `prepare migrate`: the
+   file harborctl renders for 2.15.2 is copied instead, which only makes the manual path
+   faster); `./install.sh`.
+
+Downtime = the time `GET /v2/` through the host's front does not answer 200 or 401, sampled
+every 100 ms from the controller. The host is reinstalled between the two runs. Goal (issue
+11): harborctl's downtime under 0.35 of the manual one. Run as root from the repository:
+
+    .venv/bin/python -m bench.bench_upgrade [--pad-mb 650] [--db-mb 250]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from harbor_ops.install.run import install
+from harbor_ops.site.load import load_site
+from harbor_ops.site.model import Site
+from harbor_ops.upgrade.apply import Options, apply
+from tests.bed.bundle.builder import build_bundle
+from tests.bed.hosts import Host, TestBed
+
+OLD, NEW = "2.14.4", "2.15.2"
+GOAL = 0.35
+# Rows of ~2 KB of random hex in artifact.extra_attrs: TOAST keeps them near that size.
+DATA_SQL = """
+INSERT INTO artifact (project_id, repository_id, repository_name, digest, size, extra_attrs)
+SELECT 1, i, 'bench/repo' || i, 'sha256:' || md5(i::text), i,
+       (SELECT string_agg(md5(random()::text || i || j), '') FROM generate_series(1, 64) j)
+  FROM generate_series({start}, {stop}) i;
+"""
+
+
+def write_site(directory: Path, version: str, host: Host, key: Path) -> Site:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "pw").write_text("bench-Admin-pw\n")
+    (directory / "harborctl.yml").write_text(f"""\
+harbor:
+  version: {version}
+  hostname: {host.address}
+  http: {{port: 8080}}
+  harbor_admin_password_file: pw
+  database: {{password_file: pw}}
+  data_volume: /data
+front:
+  listen: 0.0.0.0:80
+  server_name: {host.address}
+  upstream: http://127.0.0.1:8080
+install: {{dir: /opt/harbor, bundle_dir: /opt/harbor-bundles}}
+hosts:
+  - {{name: {host.name}, address: {host.address}, ssh_key_file: {key}}}
+""")
+    return load_site(directory / "harborctl.yml")
+
+
+# ------------------------------------------------------------------ Harbor-sized images
+
+
+def _layer(directory: Path, size: int) -> Path:
+    """A layer tar holding ``size`` random bytes (incompressible, like real binaries)."""
+    path = directory / "layer.tar"
+    data = directory / "pad.bin"
+    with open(data, "wb") as fh:
+        left = size
+        while left > 0:
+            chunk = min(left, 8 << 20)
+            fh.write(os.urandom(chunk))
+            left -= chunk
+    with tarfile.open(path, "w") as tar:
+        tar.add(data, arcname="pad.bin")
+    data.unlink()
+    return path
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def pad_images(tarball: Path, version: str, size: int, work: Path) -> None:
+    """Add an image of ``size`` bytes (one layer) to a `docker save` tarball, in place."""
+    layer = _layer(work, size)
+    diff = _sha256(layer)
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff}"]}}).encode()
+    cfg_name = hashlib.sha256(config).hexdigest() + ".json"
+    out = tarball.with_suffix(".padded")
+    with tarfile.open(tarball, "r:gz") as src, gzip.open(out, "wb", compresslevel=1) as gz, \
+            tarfile.open(fileobj=gz, mode="w") as dst:
+        manifest = []
+        for member in src:
+            if member.name == "manifest.json":
+                manifest = json.load(src.extractfile(member))  # type: ignore[arg-type]
+                continue
+            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+        dst.add(layer, arcname=f"{diff}/layer.tar")
+        info = tarfile.TarInfo(cfg_name)
+        info.size = len(config)
+        dst.addfile(info, _bytes(config))
+        manifest.append({"Config": cfg_name, "RepoTags": [f"goharbor/harbor-pad:v{version}"],
+                         "Layers": [f"{diff}/layer.tar"]})
+        body = json.dumps(manifest).encode()
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(body)
+        dst.addfile(info, _bytes(body))
+    os.replace(out, tarball)
+    layer.unlink()
+
+
+def _bytes(data: bytes):  # type: ignore[no-untyped-def]
+    import io
+
+    return io.BytesIO(data)
+
+
+def padded_bundle(version: str, out: Path, size: int) -> Path:
+    """The double's bundle for ``version`` with its image tarball padded by ``size`` bytes."""
+    plain = build_bundle(version, out / "plain")
+    work = out / f"work-{version}"
+    work.mkdir(parents=True)
+    with tarfile.open(plain, "r:gz") as tar:
+        tar.extractall(work, filter="data")
+    pad_images(work / "harbor" / f"harbor.v{version}.tar.gz", version, size, work)
+    bundle = out / plain.name
+    with tarfile.open(bundle, "w:gz", compresslevel=1) as tar:
+        tar.add(work / "harbor", arcname="harbor")
+    shutil.rmtree(work)
+    return bundle
+
+
+# ------------------------------------------------------------------ downtime sampling
+
+
+class Sampler:
+    """GET /v2/ through the front every 100 ms; the seconds it did not answer 200/401."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.samples = url, []  # type: ignore[var-annotated]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.url, timeout=1) as r:  # noqa: S310 - bed
+                    ok = r.status == 200
+            except urllib.error.HTTPError as exc:
+                ok = exc.code == 401
+            except OSError:
+                ok = False
+            self.samples.append((t, ok))
+            self._stop.wait(max(0.0, 0.1 - (time.monotonic() - t)))
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def downtime(self) -> float:
+        down, prev = 0.0, None
+        for t, ok in self.samples:
+            if prev is not None and not prev[1]:
+                down += t - prev[0]
+            prev = (t, ok)
+        return down
+
+
+# ------------------------------------------------------------------ the two procedures
+
+
+def prepared_host(bed: TestBed, bundles: dict[str, Path], work: Path, db_mb: int) -> Site:
+    """h1 fresh, Harbor 2.14.4 installed, ``db_mb`` MB of rows; returns the site at 2.15.2."""
+    host = bed.reset("h1")
+    site = write_site(work / "site-old", OLD, host, bed.client_key)
+    install(site, bundle=bundles[OLD], log_dir=work / "logs", ssh_config=bed.ssh_config_path,
+            timeout=1800)
+    rows, step = db_mb * 1024 * 1024 // 2200, 20000
+    for start in range(1, rows + 1, step):
+        host.exec("docker exec -i harbor-db psql -q -v ON_ERROR_STOP=1 -U postgres -d registry",
+                  input=DATA_SQL.format(start=start, stop=min(rows, start + step - 1)).encode(),
+                  timeout=900)
+    size = host.exec("docker exec harbor-db psql -U postgres -d registry -tAc "
+                     "\"SELECT pg_database_size('registry')\"").stdout.strip()
+    print(f"  database: {int(size) / 1e6:.0f} MB")
+    return write_site(work / "site-new", NEW, host, bed.client_key)
+
+
+def run_harborctl(bed: TestBed, site: Site, bundle_dir: Path, work: Path) -> float:
+    host = bed.hosts["h1"]
+    lines: list[str] = []
+    with Sampler(f"http://{host.address}/v2/") as s:
+        result = apply(site, to=NEW, host=None, progress=lines.append, opts=Options(
+            bundle_dir=bundle_dir, ssh_config=bed.ssh_config_path, log_dir=work / "logs",
+            backup_dir=work / "backups"))
+    if result.error is not None:
+        raise SystemExit(f"harborctl upgrade apply failed: {result.error}")
+    hop = result.hosts[0].hops[-1]
+    print(f"  harborctl downtime {s.downtime():.1f} s (its own account: "
+          f"{hop['downtime_seconds']} s); steps:")
+    for step in hop["steps"]:
+        print(f"    {step['step']:<12} {step['phase']:<9} {step['seconds']:>7.1f} s")
+    return s.downtime()
+
+
+MANUAL = """set -e
+t() {{ echo "STEP $1 $(date +%s.%N)"; }}
+mkdir -p /my_backup_dir /opt/harbor-manual
+t down; cd /opt/harbor/harbor && docker-compose -p harbor down
+t mv; cd /opt/harbor && mv harbor-{old} /my_backup_dir/harbor
+t cp; cp -r /data/database /my_backup_dir/
+t extract; tar xzf /root/harbor-offline-installer-v{new}.tgz -C /opt/harbor-manual
+t load; docker image load -i /opt/harbor-manual/harbor/harbor.v{new}.tar.gz
+t migrate; cp /root/harbor.yml.{new} /opt/harbor-manual/harbor/harbor.yml
+t install; cd /opt/harbor-manual/harbor && COMPOSE_PROJECT_NAME=harbor ./install.sh
+t done
+"""
+
+
+def run_manual(bed: TestBed, site: Site, bundle: Path, work: Path) -> float:
+    from harbor_ops.render.engine import render_site
+
+    host = bed.hosts["h1"]
+    render_site(site, output_dir=work / "rendered", validate=False)
+    shutil.copy(bundle, host.root_path / "root" / bundle.name)
+    shutil.copy(work / "rendered" / "harbor.yml", host.root_path / "root" / f"harbor.yml.{NEW}")
+    with Sampler(f"http://{host.address}/v2/") as s:
+        out = host.exec(MANUAL.format(old=OLD, new=NEW), timeout=1800).stdout
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not (s.samples and s.samples[-1][1]):
+            time.sleep(0.2)
+    marks = [(p[1], float(p[2])) for p in (ln.split() for ln in out.splitlines())
+             if len(p) == 3 and p[0] == "STEP"]
+    print(f"  manual downtime {s.downtime():.1f} s; steps:")
+    for (name, t0), (_, t1) in zip(marks, marks[1:], strict=False):
+        print(f"    {name:<12} {t1 - t0:7.1f} s")
+    return s.downtime()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pad-mb", type=int, default=650)
+    ap.add_argument("--db-mb", type=int, default=250)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-upgrade-"))
+    os.environ["HARBORCTL_LOCK_FILE"] = str(work / "harborctl.lock")
+    bed = TestBed.allocate(work / "bed")
+    try:
+        bed.up(["h1"], docker=True)
+        bundle_dir = work / "bundles"
+        bundles = {v: padded_bundle(v, bundle_dir, args.pad_mb << 20) for v in (OLD, NEW)}
+        print(f"bench_upgrade: {OLD} -> {NEW}, images padded by {args.pad_mb} MB, "
+              f"database >= {args.db_mb} MB")
+        ours = run_harborctl(bed, prepared_host(bed, bundles, work, args.db_mb), bundle_dir,
+                             work)
+        manual = run_manual(bed, prepared_host(bed, bundles, work, args.db_mb), bundles[NEW],
+                            work)
+        ratio = ours / manual if manual else float("inf")
+        print(f"downtime: harborctl {ours:.1f} s, manual {manual:.1f} s, ratio {ratio:.2f} "
+              f"(goal < {GOAL}): {'MET' if ratio < GOAL else 'NOT MET'}")
+    finally:
+        bed.down()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
