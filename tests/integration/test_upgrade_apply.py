@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from harbor_ops.site.load import load_site
 from harbor_ops.site.model import Site
 from harbor_ops.upgrade.apply import ApplyResult, Options, apply, status
 from tests.bed.bundle.builder import build_bundle
+from tests.bed.dockerd import DockerEngine
 from tests.bed.hosts import Host, TestBed
 from tests.integration.test_bundle import _tiny_oci_layout
 from tests.integration.test_install import ADMIN_PASSWORD, write_site
@@ -58,6 +60,23 @@ def private_lock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """This machine's /run/harborctl.lock belongs to whoever else runs harborctl here."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HARBORCTL_LOCK_FILE", str(tmp_path_factory.mktemp("lock") / "harborctl.lock"))
+        yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def drill_engine(docker_engine: DockerEngine, bundles: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The restore drill of a 2.9.5 backup needs PostgreSQL 14, which this machine lacks:
+    harborctl then drills in 2.9.5's own harbor-db image, on the engine DOCKER_HOST names."""
+    out = tmp_path_factory.mktemp("drill-images")
+    with tarfile.open(bundles / f"harbor-offline-installer-v{OLD}.tgz") as tgz:
+        member = next(m for m in tgz.getmembers() if m.name.endswith(f"v{OLD}.tar.gz"))
+        src = tgz.extractfile(member)
+        assert src is not None
+        (out / "images.tar.gz").write_bytes(src.read())
+    docker_engine.run("load", "-i", str(out / "images.tar.gz"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DOCKER_HOST", docker_engine.env["DOCKER_HOST"])
         yield
 
 
