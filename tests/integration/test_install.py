@@ -220,6 +220,27 @@ def test_docker_protocol_push_and_pull_through_the_front(h1: Host, first: Instal
     assert headers.get("X-Cache-Status") != "HIT"
 
 
+def test_doctor_finds_nothing_wrong_with_the_installed_harbor(h1: Host, first: InstallResult,
+                                                             tmp_path: Path) -> None:
+    """doctor from the controller, as a client of the front (the site's URL), push probe
+    included (token realm, upload, pull back, delete, health, systeminfo): nothing above
+    info. Harbor's own port is not the URL external_url names, and doctor says so."""
+    from harbor_ops.doctor.context import DoctorOptions
+    from harbor_ops.doctor.run import run_doctor
+
+    def doctor(url: str) -> Any:
+        return run_doctor(DoctorOptions(url=url, username="admin", password=ADMIN_PASSWORD,
+                                        docker_certs_dir=tmp_path), keep_result=False)
+
+    report = doctor(f"http://{h1.address}")
+    assert [f for f in report.findings if f.severity != "info"] == [], str(report)
+    assert report.harbor and all(c.status in ("ok", "skip") for c in report.checks)
+    assert next(c for c in report.checks if c.name == "push-probe").status == "ok"
+    inner = doctor(f"http://{h1.address}:8080")
+    assert [(f.id, f.severity) for f in inner.findings] == [
+        ("external-url-mismatch", "warning")], str(inner)
+
+
 def test_boot_and_agent_schedule_without_systemd(ti: testinfra.host.Host) -> None:
     assert "@reboot" in ti.file("/etc/cron.d/harbor").content_string
     assert "backup create" in ti.file("/etc/cron.d/harborctl").content_string
@@ -334,3 +355,4 @@ def test_corrupt_bundle_is_refused_before_the_host_is_touched(
                  "etc/nginx/conf.d/harbor.conf"):
         assert not (h2.root_path / path).exists(), path
     assert not (tmp_path / "logs").exists()  # no playbook ran
+
