@@ -7,6 +7,10 @@ plain `pg_dump -Fc` of the same database, and `harborctl`'s restore vs `pg_resto
 Goal: create under 0.6 of pg_dump -Fc's time, and no larger. Run as root:
 
     .venv/bin/python bench/bench_backup.py [--scale 8] [--artifacts 300000]
+
+``--remote`` times backups of test-bed Harbor hosts from the controller instead
+(:mod:`bench.bench_backup_remote`): over SSH against harborctl run on the host itself,
+and 4 hosts with ``backup.parallel: 2`` against one host.
 """
 
 from __future__ import annotations
@@ -47,7 +51,16 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=8, help="pgbench scale (8 = 800k accounts)")
     ap.add_argument("--artifacts", type=int, default=300_000)
     ap.add_argument("--runs", type=int, default=3, help="best of N for each timing")
+    ap.add_argument("--remote", action="store_true",
+                    help="the controller-over-SSH case on test-bed hosts")
+    ap.add_argument("--mb", type=int, default=250, help="--remote: database size per host")
+    ap.add_argument("--hosts", type=int, default=4, help="--remote: hosts of the fleet case")
     args = ap.parse_args()
+    if args.remote:
+        from bench.bench_backup_remote import run_remote
+
+        run_remote(args)
+        return
     work = Path(tempfile.mkdtemp(prefix="harborctl-bench-"))
     shutil.chown(work, "postgres", "postgres")
     with socket.socket() as s:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import threading
 import urllib.error
@@ -15,9 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harbor_ops.core.errors import BackupError, HarborctlError, HealthError
+from harbor_ops.core.errors import BackupError, HarborctlError, HealthError, RemoteError
 from harbor_ops.site.checks import size_bytes
-from harbor_ops.site.model import Site
+from harbor_ops.site.model import HostEntry, Site
 
 HEALTH_TIMEOUT = 10.0
 BACKUP_ATTEMPTS = 3
@@ -117,25 +118,68 @@ def upgrade_check(site: Site) -> dict[str, Any]:
     return detail
 
 
+class HostsFailed(HarborctlError):
+    """Some hosts of a fleet job failed; ``detail`` still reports every host."""
+
+    def __init__(self, message: str, detail: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
 def backup(site: Site) -> dict[str, Any]:
-    """The nightly backup, retried within bounds when the database refuses connections."""
+    """The nightly backup: this host, or every host of the inventory from the controller."""
+    from harbor_ops.backup.fleet import is_local
     from harbor_ops.backup.site_ops import create_for_site, prune_for_site
 
+    if not all(is_local(h) for h in site.hosts):
+        return _fleet(site, "backup", _backup_host)
+    result = _retried(lambda: create_for_site(site))
+    pruned = prune_for_site(site)
+    return _backup_numbers(result, pruned)
+
+
+def _retried(create: Any) -> Any:
+    """A backup retried within bounds when the database or the host does not answer."""
     last: HarborctlError | None = None
     waits = _retry_seconds()
     for attempt in range(BACKUP_ATTEMPTS):
         try:
-            result = create_for_site(site)
-            break
-        except BackupError as exc:
+            return create()
+        except (BackupError, RemoteError) as exc:
             last = exc
             pause = waits[min(attempt, len(waits) - 1)]
             if attempt + 1 < BACKUP_ATTEMPTS and STOP.wait(pause):
                 break
-    else:
-        assert last is not None
-        raise last
-    pruned = prune_for_site(site)
+    assert last is not None
+    raise last
+
+
+def _backup_host(site: Site, entry: HostEntry) -> dict[str, Any]:
+    from harbor_ops.backup.fleet import create_on_host, prune_on_host
+
+    jitter = site.backup.jitter_minutes * 60
+    if jitter and STOP.wait(random.uniform(0, jitter)):  # each host its own start
+        raise HarborctlError("the agent is stopping")
+    result = _retried(lambda: create_on_host(site, entry))
+    return _backup_numbers(result, len(prune_on_host(site, entry).deleted))
+
+
+def _fleet(site: Site, job: str, one: Any) -> dict[str, Any]:
+    """``one(site, host)`` on every host, ``backup.parallel`` at a time; per-host detail."""
+    from harbor_ops.backup.fleet import run_each
+
+    result = run_each(job, site.hosts, lambda e: one(site, e), parallel=site.backup.parallel)
+    hosts = {o.host: {"ok": o.ok, "error": o.error, **(o.result or {})}
+             for o in result.outcomes}
+    detail = {"hosts": hosts, "hosts_failed": len(result.failed),
+              "hosts_ok": len(hosts) - len(result.failed)}
+    if result.failed:
+        raise HostsFailed(f"{job} failed on {', '.join(result.failed)}: "
+                          + "; ".join(str(hosts[h]["error"]) for h in result.failed), detail)
+    return detail
+
+
+def _backup_numbers(result: Any, pruned: int) -> dict[str, Any]:
     m = result.manifest
     seconds = (datetime.fromisoformat(m.finished_at) - datetime.fromisoformat(m.started_at))
     return {"backup_size_bytes": result.size,
@@ -154,9 +198,20 @@ def _retry_seconds() -> tuple[float, ...]:
 
 def drill(site: Site) -> dict[str, Any]:
     """The weekly restore drill: a real restore of the newest backup into a scratch DB."""
+    from harbor_ops.backup.fleet import is_local
     from harbor_ops.backup.site_ops import verify_latest_for_site
 
+    if not all(is_local(h) for h in site.hosts):
+        return _fleet(site, "drill", _drill_host)
     return verify_latest_for_site(site)
+
+
+def _drill_host(site: Site, entry: HostEntry) -> dict[str, Any]:
+    from harbor_ops.backup.fleet import verify_on_host
+
+    result = verify_on_host(site, entry)
+    return {"drill_rows": sum(result.row_counts.values()),
+            "drill_duration_seconds": result.duration_seconds}
 
 
 JOBS = {

@@ -40,8 +40,12 @@ class JobSpec:
     weekday: str | None = None
 
 
+# Jobs that look at this machine's Harbor; a controller of SSH hosts only has none.
+HOST_LOCAL_JOBS = ("health", "disk_and_logs")
+
+
 def job_specs(site: Site) -> tuple[JobSpec, ...]:
-    return (
+    specs = (
         JobSpec("backup", at=site.backup.at),
         JobSpec("drill", at=_shift(site.backup.at, hours=2), weekday=site.agent.drill_weekday),
         JobSpec("upgrade_check", interval=timedelta(hours=24)),
@@ -49,6 +53,13 @@ def job_specs(site: Site) -> tuple[JobSpec, ...]:
         JobSpec("certificates", interval=timedelta(hours=12)),
         JobSpec("disk_and_logs", interval=timedelta(hours=1)),
     )
+    if has_local_host(site):
+        return specs
+    return tuple(s for s in specs if s.name not in HOST_LOCAL_JOBS)
+
+
+def has_local_host(site: Site) -> bool:
+    return any(h.connection == "local" for h in site.hosts)
 
 
 def _shift(at: str, *, hours: int) -> str:
@@ -94,23 +105,66 @@ class JobRecord:
     detail: dict[str, Any] | None = None
 
 
+HostRecords = dict[str, dict[str, JobRecord]]  # host -> job -> record
+
+
 def load_status(path: Path) -> dict[str, JobRecord]:
+    return _load(path)[0]
+
+
+def load_host_status(path: Path) -> HostRecords:
+    return _load(path)[1]
+
+
+def _load(path: Path) -> tuple[dict[str, JobRecord], HostRecords]:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
-        return {}
+        return {}, {}
     fields = JobRecord.__dataclass_fields__
-    return {name: JobRecord(**{k: v for k, v in rec.items() if k in fields})
-            for name, rec in raw.get("jobs", {}).items()}
+
+    def records(doc: dict[str, Any]) -> dict[str, JobRecord]:
+        return {name: JobRecord(**{k: v for k, v in rec.items() if k in fields})
+                for name, rec in doc.items()}
+    return (records(raw.get("jobs", {})),
+            {h: records(jobs) for h, jobs in (raw.get("hosts") or {}).items()})
 
 
-def write_status(path: Path, jobs: dict[str, JobRecord]) -> None:
-    doc = {"updated": _iso(datetime.now().astimezone()), "pid": os.getpid(),
-           "jobs": {n: vars(r) for n, r in sorted(jobs.items())}}
+def write_status(path: Path, jobs: dict[str, JobRecord],
+                 hosts: HostRecords | None = None) -> None:
+    doc: dict[str, Any] = {"updated": _iso(datetime.now().astimezone()), "pid": os.getpid(),
+                           "jobs": {n: vars(r) for n, r in sorted(jobs.items())}}
+    if hosts:
+        doc["hosts"] = {h: {n: vars(r) for n, r in sorted(recs.items())}
+                        for h, recs in sorted(hosts.items())}
     atomic_write(path, json.dumps(doc, indent=2) + "\n", mode=0o644)
 
 
-def metrics_text(jobs: dict[str, JobRecord]) -> str:
+def host_metrics(hosts: HostRecords) -> list[str]:
+    """Per-host lines of fleet jobs, labelled ``host="h1"``."""
+    rows = [(h, n, r) for h, recs in sorted(hosts.items()) for n, r in sorted(recs.items())]
+    if not rows:
+        return []
+    lines = ["# HELP harborctl_host_job_success Whether a job's last run on a host succeeded.",
+             "# TYPE harborctl_host_job_success gauge"]
+    lines += [f'harborctl_host_job_success{{job="{n}",host="{h}"}} '
+              f'{1 if r.result == "ok" else 0}' for h, n, r in rows if r.result != "never"]
+    lines += ["# HELP harborctl_host_job_failures_total Failed runs on a host since its last "
+              "success.", "# TYPE harborctl_host_job_failures_total gauge"]
+    lines += [f'harborctl_host_job_failures_total{{job="{n}",host="{h}"}} {r.failures}'
+              for h, n, r in rows]
+    lines += ["# HELP harborctl_host_job_last_success_timestamp_seconds Last success of a job "
+              "on a host.", "# TYPE harborctl_host_job_last_success_timestamp_seconds gauge"]
+    lines += [f'harborctl_host_job_last_success_timestamp_seconds{{job="{n}",host="{h}"}} '
+              f"{_epoch(r.last_success):.0f}" for h, n, r in rows if r.last_success]
+    for h, n, r in rows:
+        for key, value in sorted((r.detail or {}).items()):
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                lines.append(f'harborctl_{n}_{key}{{host="{h}"}} {value}')
+    return lines
+
+
+def metrics_text(jobs: dict[str, JobRecord], hosts: HostRecords | None = None) -> str:
     """Prometheus textfile-collector format."""
     lines = [
         "# HELP harborctl_job_last_run_timestamp_seconds Last time a harborctl agent job ran.",
@@ -143,6 +197,7 @@ def metrics_text(jobs: dict[str, JobRecord]) -> str:
             if isinstance(value, int | float) and not isinstance(value, bool):
                 metric = f"harborctl_{rec_name}_{key}"
                 lines += [f"# TYPE {metric} gauge", f"{metric} {value}"]
+    lines += host_metrics(hosts or {})
     return "\n".join(lines) + "\n"
 
 
@@ -170,7 +225,7 @@ class Agent:
         self.jobs = jobs if jobs is not None else agent_jobs.JOBS
         self.specs = {s.name: s for s in job_specs(site)}
         self.status_path = site.agent.status_file
-        self.records = load_status(self.status_path)
+        self.records, self.host_records = _load(self.status_path)
         self.stopping = threading.Event()
 
     def run_job(self, name: str) -> JobRecord:
@@ -183,6 +238,7 @@ class Agent:
             rec.last_success = _iso(started)
         except HarborctlError as exc:
             rec.result, rec.error, rec.failures = "failed", exc.message, rec.failures + 1
+            rec.detail = getattr(exc, "detail", None)
         except Exception as exc:  # noqa: BLE001 - a job's bug must not stop the agent
             rec.result, rec.error = "failed", f"{type(exc).__name__}: {exc}"
             rec.failures += 1
@@ -190,14 +246,31 @@ class Agent:
         rec.last_run = _iso(started)
         rec.next_run = _iso(next_due(self.specs[name], started.replace(tzinfo=None),
                                      started.replace(tzinfo=None)))
+        self._record_hosts(name, rec, started)
         self.save()
         return rec
 
+    def _record_hosts(self, name: str, rec: JobRecord, started: datetime) -> None:
+        """A fleet job's per-host outcome (``detail["hosts"]``) as per-host records."""
+        per_host = (rec.detail or {}).pop("hosts", None)
+        if not isinstance(per_host, dict):
+            return
+        for host, detail in per_host.items():
+            hrec = self.host_records.setdefault(host, {}).setdefault(name, JobRecord())
+            ok = bool(detail.pop("ok", False))
+            hrec.error = detail.pop("error", None)
+            hrec.last_run, hrec.next_run = rec.last_run, rec.next_run
+            hrec.result = "ok" if ok else "failed"
+            hrec.failures = 0 if ok else hrec.failures + 1
+            hrec.detail = detail
+            if ok:
+                hrec.last_success = _iso(started)
+
     def save(self) -> None:
-        write_status(self.status_path, self.records)
+        write_status(self.status_path, self.records, self.host_records)
         if self.site.agent.metrics_dir is not None:
             atomic_write(self.site.agent.metrics_dir / "harborctl.prom",
-                         metrics_text(self.records), mode=0o644)
+                         metrics_text(self.records, self.host_records), mode=0o644)
 
     def run_due(self, now: datetime | None = None) -> list[str]:
         now = now or datetime.now()
@@ -236,7 +309,9 @@ def run_once(site: Site) -> dict[str, Any]:
     with single_instance(site.agent.status_file):
         agent = Agent(site)
         ran = agent.run_due()
-        return {"ran": ran, "jobs": {n: vars(r) for n, r in agent.records.items()}}
+        return {"ran": ran, "jobs": {n: vars(r) for n, r in agent.records.items()},
+                "hosts": {h: {n: vars(r) for n, r in recs.items()}
+                          for h, recs in agent.host_records.items()}}
 
 
 def run_forever(site: Site, *, max_seconds: float | None = None,
@@ -255,7 +330,8 @@ def run_forever(site: Site, *, max_seconds: float | None = None,
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         scheduler = schedule.Scheduler()
-        jitter = site.backup.jitter_minutes * 60
+        # A fleet's hosts each wait their own jitter inside the job.
+        jitter = site.backup.jitter_minutes * 60 if has_local_host(site) else 0
         for spec in agent.specs.values():
             _schedule(scheduler, spec, agent, jitter, log)
         agent.save()  # the status file says the agent is up before the first job ends

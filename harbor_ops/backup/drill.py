@@ -68,10 +68,20 @@ class VerifyResult:
         return dict(self.__dict__)
 
 
+# A restore drill run elsewhere (an SSH host's harbor-db image): the restored database's
+# row counts of the manifest's key tables, and its schema_migrations version.
+RemoteDrill = Callable[[Path, Manifest], tuple[dict[str, int], int | None]]
+
+
 def verify_backup(*, path: Path, lock_path: Path | None = None,
                   scratch_root: Path | None = None, restore_drill: bool = True,
-                  progress: Progress | None = None) -> VerifyResult:
-    """Check every checksum, then restore into a scratch cluster; record the outcome."""
+                  progress: Progress | None = None,
+                  remote_drill: RemoteDrill | None = None) -> VerifyResult:
+    """Check every checksum, then restore into a scratch cluster; record the outcome.
+
+    ``remote_drill``: where the scratch restore runs for a backup of an SSH host when
+    this machine lacks its PostgreSQL major (that host's own harbor-db image).
+    """
     say = progress or (lambda _m: None)
     t0 = time.monotonic()
     with job_lock(lock_path, job="backup verify"), signals_raise():
@@ -83,7 +93,11 @@ def verify_backup(*, path: Path, lock_path: Path | None = None,
             if problems:
                 raise BackupError(f"{path.name}: " + "; ".join(problems))
             result.checksums_ok = True
-            if restore_drill:
+            if restore_drill and remote_drill is not None:
+                say(f"restoring into a scratch PostgreSQL {manifest.pg_major} on the host")
+                result.row_counts = check_counts(*remote_drill(path, manifest), manifest)
+                result.restore_ok = True
+            elif restore_drill:
                 say(f"starting a scratch PostgreSQL {manifest.pg_major}")
                 result.row_counts = drill(path, manifest, scratch_root, say)
                 result.restore_ok = True
@@ -160,8 +174,14 @@ def compare_counts(target: DbSource, manifest: Manifest) -> dict[str, int]:
         if manifest.schema_version is not None:
             schema = int(s.scalar(sql.SQL(
                 "SELECT version FROM public.schema_migrations LIMIT 1")))
-    diffs = [f"{t}: {counts[t]} rows, manifest {n}" for t, n in manifest.row_counts.items()
-             if counts[t] != n]
+    return check_counts(counts, schema, manifest)
+
+
+def check_counts(counts: dict[str, int], schema: int | None,
+                 manifest: Manifest) -> dict[str, int]:
+    """The restored counts, or a BackupError naming every table that differs."""
+    diffs = [f"{t}: {counts.get(t)} rows, manifest {n}"
+             for t, n in manifest.row_counts.items() if counts.get(t) != n]
     if schema != manifest.schema_version:
         diffs.append(f"schema_migrations {schema}, manifest {manifest.schema_version}")
     if diffs:

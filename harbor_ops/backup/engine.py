@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, Protocol, cast
 
 import zstandard
 from psycopg import sql
@@ -85,9 +85,27 @@ class HostFiles:
         for i, cert in enumerate(self.certificates):
             if not cert.is_file():
                 raise BackupError(f"certificate file {cert} (named in harbor.yml) is missing")
-            safe = re.sub(r"[^A-Za-z0-9._+@-]", "_", cert.name)[:200]
-            out.append(FileEntry("certificate", str(cert), f"certs/{i}-{safe}"))
+            out.append(FileEntry("certificate", str(cert), cert_arcname(i, cert.name)))
         return out
+
+    def size(self, entry: FileEntry) -> int:
+        return _tree_size(Path(entry.path))
+
+    def add_to(self, tar: tarfile.TarFile, entry: FileEntry) -> None:
+        tar.add(entry.path, arcname=entry.arcname, recursive=True)
+
+
+def cert_arcname(index: int, name: str) -> str:
+    """A certificate's name inside the backup: the file name, made safe, numbered."""
+    return f"certs/{index}-" + re.sub(r"[^A-Za-z0-9._+@-]", "_", name)[:200]
+
+
+class FileSource(Protocol):
+    """Where the host files come from: this host (:class:`HostFiles`) or over SFTP."""
+
+    def entries(self) -> list[FileEntry]: ...
+    def size(self, entry: FileEntry) -> int: ...
+    def add_to(self, tar: tarfile.TarFile, entry: FileEntry) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -116,7 +134,7 @@ class _DbFacts:
     counts: dict[str, int]
 
 
-def create_backup(*, backup_dir: Path, source: DbSource, files: HostFiles,
+def create_backup(*, backup_dir: Path, source: DbSource, files: FileSource,
                   harbor_version: str | None, hostname: str | None = None,
                   lock_path: Path | None = None, reserve_bytes: int | None = None,
                   estimate_ratio: float = ESTIMATE_RATIO, zstd_level: int = ZSTD_LEVEL,
@@ -129,8 +147,8 @@ def create_backup(*, backup_dir: Path, source: DbSource, files: HostFiles,
         if dry_run:
             name = backup_name(host, utc_now())
             with source.session(snapshot=True) as session:
-                base, needed = _plan(session, source, files.entries(), backup_dir, host,
-                                     harbor_version, estimate_ratio, reserve_bytes)
+                base, needed = _plan(session, source, files, files.entries(), backup_dir,
+                                     host, harbor_version, estimate_ratio, reserve_bytes)
             m = Manifest(**base, members=[], finished_at=iso(utc_now()))
             return BackupResult(name, backup_dir / name, 0, m, dry_run=True,
                                 notes=[f"about {needed} bytes needed"])
@@ -140,7 +158,7 @@ def create_backup(*, backup_dir: Path, source: DbSource, files: HostFiles,
                             zstd_level=zstd_level, progress=say)
 
 
-def write_backup(*, backup_dir: Path, source: DbSource, files: HostFiles,
+def write_backup(*, backup_dir: Path, source: DbSource, files: FileSource,
                  harbor_version: str | None, hostname: str, reserve_bytes: int | None = None,
                  estimate_ratio: float = ESTIMATE_RATIO, zstd_level: int = ZSTD_LEVEL,
                  progress: Progress) -> BackupResult:
@@ -156,10 +174,10 @@ def write_backup(*, backup_dir: Path, source: DbSource, files: HostFiles,
     name = partial.name.removesuffix(PARTIAL_SUFFIX)
     try:
         with source.session(snapshot=True) as session:
-            base, _needed = _plan(session, source, entries, backup_dir, hostname,
+            base, _needed = _plan(session, source, files, entries, backup_dir, hostname,
                                   harbor_version, estimate_ratio, reserve_bytes)
             snapshot = str(session.scalar(sql.SQL("SELECT pg_export_snapshot()")))
-            manifest = _write(partial, source, snapshot, entries, base, zstd_level,
+            manifest = _write(partial, source, snapshot, files, entries, base, zstd_level,
                               reserve_bytes, progress)
         final = _publish(partial, manifest)
     except BaseException as exc:
@@ -188,12 +206,12 @@ def reserve_name(backup_dir: Path, host: str) -> Path:
     raise BackupError(f"no free backup name for {host} in {backup_dir} (1000 taken)")
 
 
-def _plan(session: SqlSession, source: DbSource, entries: list[FileEntry], backup_dir: Path,
-          host: str, harbor_version: str | None, estimate_ratio: float,
+def _plan(session: SqlSession, source: DbSource, files: FileSource, entries: list[FileEntry],
+          backup_dir: Path, host: str, harbor_version: str | None, estimate_ratio: float,
           reserve_bytes: int | None) -> tuple[dict[str, Any], int]:
     """The manifest's fields known before the dump, after checking the space it needs."""
     facts = _db_facts(session)
-    files_size = sum(_tree_size(Path(e.path)) for e in entries)
+    files_size = sum(files.size(e) for e in entries)
     needed = int(facts.data_size * estimate_ratio) + files_size + (1 << 20)
     _check_space(backup_dir if backup_dir.exists() else backup_dir.parent, needed,
                  reserve_bytes)
@@ -285,7 +303,8 @@ def _reserve(st: os.statvfs_result) -> int:
     return min(st.f_blocks * st.f_frsize // 50, 1 << 30)
 
 
-def _write(partial: Path, source: DbSource, snapshot: str, entries: list[FileEntry],
+def _write(partial: Path, source: DbSource, snapshot: str, files: FileSource,
+           entries: list[FileEntry],
            manifest_base: dict[str, Any], level: int, reserve: int | None,
            say: Progress) -> Manifest:
     guard = _SpaceGuard(partial.parent, reserve)
@@ -302,7 +321,7 @@ def _write(partial: Path, source: DbSource, snapshot: str, entries: list[FileEnt
         with cctx.stream_writer(cast(IO[bytes], sink), closefd=False) as z, \
                 tarfile.open(fileobj=z, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             for e in entries:
-                tar.add(e.path, arcname=e.arcname, recursive=True)
+                files.add_to(tar, e)
         writer.end(sink)
         manifest = Manifest(**manifest_base, members=list(writer.members),
                             finished_at=iso(utc_now()))

@@ -26,7 +26,7 @@ from harbor_ops.backup.drill import (  # verify_backup: the package's public ent
     restore_database,
     verify_backup,
 )
-from harbor_ops.backup.engine import HostFiles, write_backup
+from harbor_ops.backup.engine import FileSource, HostFiles, write_backup
 from harbor_ops.backup.hostfiles import Staged, file_plan, stage_files
 from harbor_ops.backup.manifest import Manifest, read_sidecar
 from harbor_ops.backup.sources import DbSource, pg_major_of
@@ -38,6 +38,8 @@ from harbor_ops.core.signals import signals_raise
 __all__ = ["RestoreResult", "fit_problems", "restore_backup", "restore_database",
            "verify_backup"]
 Progress = Callable[[str], None]
+# Puts the saved host files beside their destinations (this host: :func:`stage_files`).
+Stager = Callable[[Path, Manifest, dict[str, Path]], Any]
 
 
 def fit_problems(manifest: Manifest, *, installed_version: str | None,
@@ -83,7 +85,9 @@ def restore_backup(*, path: Path, target: DbSource, data_volume: Path | None = N
                    compose: Sequence[str] | None = None, health_url: str | None = None,
                    health_timeout: float = HEALTH_TIMEOUT, lock_path: Path | None = None,
                    safety_dir: Path | None = None, hostname: str | None = None,
-                   dry_run: bool = False, progress: Progress | None = None) -> RestoreResult:
+                   dry_run: bool = False, progress: Progress | None = None,
+                   stack: Any = None, stager: Stager | None = None,
+                   present: FileSource | None = None) -> RestoreResult:
     """Put a backup back: database into ``target``, files onto the site's own paths.
 
     Every refusal (damaged, hostile, failed verify, wrong Harbor version or PostgreSQL
@@ -93,13 +97,17 @@ def restore_backup(*, path: Path, target: DbSource, data_volume: Path | None = N
     puts the previous ones back and starts Harbor, and the error says which state the
     host is in. With ``harbor_dir`` the compose stack is stopped, its database service
     started alone, restored into, the whole stack started and waited for (``health_url``).
+    An SSH host brings its own ``stack`` (compose over SSH), ``stager`` and ``present``
+    files (over SFTP).
     """
     say = progress or (lambda _m: None)
     with job_lock(lock_path, job="backup restore"), signals_raise():
         manifest = load_manifest(path)
         warnings = _archive_refusals(path, manifest, force=force)
-        stack = (HarborStack(harbor_dir, target, compose)
-                 if harbor_dir is not None and not dry_run else None)
+        if dry_run:
+            stack = None
+        elif stack is None and harbor_dir is not None:
+            stack = HarborStack(harbor_dir, target, compose)
         warnings += _fit_refusals(path, manifest, target, stack, say,
                                   installed_version=installed_version,
                                   force_version=force_version)
@@ -111,11 +119,10 @@ def restore_backup(*, path: Path, target: DbSource, data_volume: Path | None = N
                                  [f"{a} -> {d}" for a, d in plan.items()], manifest.row_counts,
                                  dry_run=True, warnings=warnings)
         say("checking and staging the host files")
-        staged = stage_files(path, manifest, plan)
+        staged = (stager or stage_files)(path, manifest, plan)
         try:
-            safety = _safety_backup(safety_dir, target, _present(data_volume, harbor_yml,
-                                                                 certificates),
-                                    hostname, installed_version, say)
+            now = present or _present(data_volume, harbor_yml, certificates)
+            safety = _safety_backup(safety_dir, target, now, hostname, installed_version, say)
         except BaseException:
             staged.discard()
             raise
@@ -137,7 +144,7 @@ def _present(data_volume: Path | None, harbor_yml: Path | None,
                      certificates=tuple(c for c in certificates if c.is_file()))
 
 
-def _safety_backup(folder: Path | None, target: DbSource, files: HostFiles,
+def _safety_backup(folder: Path | None, target: DbSource, files: FileSource,
                    hostname: str | None, installed_version: str | None,
                    say: Progress) -> Path | None:
     """A backup of the database and files the restore is about to replace."""
@@ -153,7 +160,7 @@ class _Unit:
     """Stop, replace database and files together, start; on any failure, the way back."""
 
     def __init__(self, path: Path, manifest: Manifest, target: DbSource,
-                 stack: HarborStack | None, staged: Staged, safety: Path | None,
+                 stack: Any, staged: Staged, safety: Path | None,
                  say: Progress) -> None:
         self.path, self.manifest, self.target = path, manifest, target
         self.stack, self.staged, self.safety, self.say = stack, staged, safety, say
@@ -251,7 +258,7 @@ def _archive_refusals(path: Path, manifest: Manifest, *, force: bool) -> list[st
 
 
 def _fit_refusals(path: Path, manifest: Manifest, target: DbSource,
-                  stack: HarborStack | None, say: Progress, *,
+                  stack: Any, say: Progress, *,
                   installed_version: str | None, force_version: bool) -> list[str]:
     misfit = fit_problems(manifest, installed_version=installed_version, target_pg_major=None)
     started_db = False

@@ -36,8 +36,12 @@ def create_for_site(site: Site, *, dry_run: bool = False,
     return result
 
 
-def push_for_site(site: Site, path: Path, *, accept_new_host_keys: bool = False) -> PushResult:
-    """Copy one backup to ``backup.remote`` (checked there), then apply retention there."""
+def push_for_site(site: Site, path: Path, *, accept_new_host_keys: bool = False,
+                  hostname: str | None = None) -> PushResult:
+    """Copy one backup to ``backup.remote`` (checked there), then apply retention there.
+
+    ``hostname``: whose backups the remote retention looks at (default: this site's).
+    """
     from harbor_ops.backup.remote import prune_remote, push_backup
 
     remote = site.backup.remote
@@ -48,7 +52,7 @@ def push_for_site(site: Site, path: Path, *, accept_new_host_keys: bool = False)
     try:
         pushed = push_backup(path, remote, accept_new_host_keys=accept_new_host_keys,
                              encryption=site.backup.encryption)
-        pruned = prune_remote(remote, site.backup.keep, hostname=site.hostname)
+        pruned = prune_remote(remote, site.backup.keep, hostname=hostname or site.hostname)
     except RemoteError as exc:
         raise RemoteError(f"backup {path.name} is complete locally, but {exc.message}",
                           hint=exc.hint) from None

@@ -44,12 +44,15 @@ def once_cmd(config: Path, output: str) -> None:
 @output_option
 def status_cmd(config: Path, output: str) -> None:
     """Show the last run, result and next run of each job."""
-    from harbor_ops.agent.loop import load_status
+    from harbor_ops.agent.loop import load_host_status, load_status
     from harbor_ops.site.load import load_site
 
     site = load_site(config)
     records = load_status(site.agent.status_file)
-    emit({"jobs": {n: vars(r) for n, r in records.items()}}, output, text=_status_text)
+    hosts = load_host_status(site.agent.status_file)
+    emit({"jobs": {n: vars(r) for n, r in records.items()},
+          "hosts": {h: {n: vars(r) for n, r in recs.items()} for h, recs in hosts.items()}},
+         output, text=_status_text)
 
 
 def _status_text(doc: dict) -> str:  # type: ignore[type-arg]
@@ -60,4 +63,9 @@ def _status_text(doc: dict) -> str:  # type: ignore[type-arg]
     for name, rec in sorted(jobs.items()):
         rows.append(f"{name:<15} {rec.get('result', ''):<7} {rec.get('last_run') or '-':<26} "
                     f"{rec.get('next_run') or '-':<26} {rec.get('error') or ''}")
+    for host, recs in sorted((doc.get("hosts") or {}).items()):
+        for name, rec in sorted(recs.items()):
+            rows.append(f"{host + ':' + name:<15} {rec.get('result', ''):<7} "
+                        f"{rec.get('last_run') or '-':<26} {rec.get('next_run') or '-':<26} "
+                        f"{rec.get('error') or ''}")
     return "\n".join(rows)

@@ -12,7 +12,9 @@ from harbor_ops.cli.options import (
     config_option,
     dry_run_option,
     emit,
+    hosts_option,
     output_option,
+    ssh_config_option,
 )
 
 
@@ -22,27 +24,50 @@ def _progress(output: str) -> Any:
     return lambda msg: click.echo(f"... {msg}", err=True)
 
 
+def _emit(result: Any, output: str, one: Any) -> None:
+    """One host's result as before; with --all a report per host, then exit 6 if any failed."""
+    from harbor_ops.backup.fleet import FleetResult
+
+    if not isinstance(result, FleetResult):
+        emit(result, output, one)
+        return
+    emit(result, output, lambda r: "\n".join(
+        f"{o.host}: " + (one(o.result).replace("\n", "\n  ") if o.ok else f"FAILED: {o.error}")
+        for o in r.outcomes))
+    result.raise_for_failures()
+
+
 @click.group("backup")
 def backup_group() -> None:
-    """Create, list, verify, restore and prune backups of Harbor."""
+    """Create, list, verify, restore and prune backups of every Harbor host.
+
+    Backups are taken from the machine harborctl runs on: a local host directly, an SSH
+    host of the site's inventory over SSH (its backups in <backup.dir>/<host>/).
+    """
 
 
 @backup_group.command("create")
 @config_option
+@hosts_option
+@ssh_config_option
+@accept_new_host_keys_option
 @dry_run_option
 @output_option
-def create_cmd(config: Path, dry_run: bool, output: str) -> None:
+def create_cmd(config: Path, host: str | None, all_hosts: bool, ssh_config: Path | None,
+               accept_new_host_keys: bool, dry_run: bool, output: str) -> None:
     """Dump Harbor's database and save its secret key, harbor.yml and certificates.
 
     When space is short, old backups are pruned by the keep policy first (never the
     newest verified one); with backup.remote set, the backup is copied off-host and
     checked there.
     """
-    from harbor_ops.backup.site_ops import create_for_site
+    from harbor_ops.backup.fleet import create_backups
     from harbor_ops.site.load import load_site
 
-    result = create_for_site(load_site(config), dry_run=dry_run, progress=_progress(output))
-    emit(result, output, lambda r: (
+    result = create_backups(load_site(config), host=host, all_hosts=all_hosts,
+                            ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys,
+                            dry_run=dry_run, progress=_progress(output))
+    _emit(result, output, lambda r: (
         f"would write {r.path} ({r.notes[0]})" if r.dry_run else
         f"{r.path}  {r.size} bytes  schema {r.manifest.schema_version}  "
         f"rows {sum(r.manifest.row_counts.values())}"))
@@ -50,14 +75,17 @@ def create_cmd(config: Path, dry_run: bool, output: str) -> None:
 
 @backup_group.command("list")
 @config_option
+@hosts_option
 @output_option
-def list_cmd(config: Path, output: str) -> None:
+def list_cmd(config: Path, host: str | None, all_hosts: bool, output: str) -> None:
     """Complete backups, newest first, with their verification state."""
-    from harbor_ops.backup.catalog import list_backups
-    from harbor_ops.backup.settings import load_settings
+    from harbor_ops.backup.fleet import list_on_host, on_hosts
+    from harbor_ops.site.load import load_site
 
-    entries = list_backups(load_settings(config).backup_dir)
-    emit([e.to_dict() for e in entries], output, lambda rows: _table(rows))
+    site = load_site(config)
+    result = on_hosts(site, "backup list", lambda e: list_on_host(site, e), host=host,
+                      all_hosts=all_hosts)
+    _emit(result, output, _table)
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -77,15 +105,21 @@ def _table(rows: list[dict[str, Any]]) -> str:
 @click.argument("name", required=False)
 @click.option("--no-drill", is_flag=True, help="Check the checksums only, skip the restore.")
 @config_option
+@hosts_option
+@ssh_config_option
 @output_option
-def verify_cmd(name: str | None, no_drill: bool, config: Path, output: str) -> None:
+def verify_cmd(name: str | None, no_drill: bool, config: Path, host: str | None,
+               all_hosts: bool, ssh_config: Path | None, output: str) -> None:
     """Check checksums, then restore into a scratch PostgreSQL (default: newest backup)."""
-    from harbor_ops.backup.site_ops import verify_for_site
+    from harbor_ops.backup.fleet import on_hosts, verify_on_host
     from harbor_ops.site.load import load_site
 
-    result = verify_for_site(load_site(config), name, drill=not no_drill,
-                             progress=_progress(output))
-    emit(result, output, lambda r: f"{r.name}: verified ({r.duration_seconds} s, "
+    site = load_site(config)
+    result = on_hosts(site, "backup verify", lambda e: verify_on_host(
+        site, e, name=name, restore_drill=not no_drill, ssh_config=ssh_config,
+        progress=_progress(output)),
+        host=host, all_hosts=all_hosts, name=name)
+    _emit(result, output, lambda r: f"{r.name}: verified ({r.duration_seconds} s, "
          f"rows {sum(r.row_counts.values())})")
 
 
@@ -97,34 +131,30 @@ def verify_cmd(name: str | None, no_drill: bool, config: Path, output: str) -> N
 @click.option("--force-version", is_flag=True,
               help="Restore a backup whose PostgreSQL major or Harbor version does not fit.")
 @config_option
+@click.option("--host", "host", default=None, metavar="NAME",
+              help="The host of the site's inventory to restore (default: the only one).")
+@ssh_config_option
 @dry_run_option
 @output_option
 def restore_cmd(name: str | None, latest: bool, yes: bool, force: bool, force_version: bool,
-                config: Path, dry_run: bool, output: str) -> None:
+                config: Path, host: str | None, ssh_config: Path | None, dry_run: bool,
+                output: str) -> None:
     """Stop Harbor, restore database, secret key, harbor.yml and certificates, start it."""
-    from harbor_ops.backup.catalog import find_backup
-    from harbor_ops.backup.restore import restore_backup
-    from harbor_ops.backup.settings import load_settings
-    from harbor_ops.core.errors import Aborted, UsageError
+    from harbor_ops.backup.fleet import restore_choice, restore_on_host
+    from harbor_ops.core.errors import Aborted
+    from harbor_ops.site.load import load_site
 
-    if not name and not latest:
-        raise UsageError("restore: name a backup (see `harborctl backup list`) or pass --latest")
-    s = load_settings(config)
-    path = find_backup(s.backup_dir, name, latest_verified=latest)
+    site = load_site(config)
+    entry, path = restore_choice(site, host=host, name=name, latest=latest)
     if not (yes or dry_run):
-        typed = click.prompt(f"This replaces Harbor's database and secret key with {path.name}."
-                             "\nType the backup name to continue", default="",
-                             show_default=False)
+        typed = click.prompt(f"This replaces Harbor's database and secret key on {entry.name} "
+                             f"with {path.name}.\nType the backup name to continue",
+                             default="", show_default=False)
         if typed.strip() != path.name:
             raise Aborted("restore not confirmed; nothing was changed")
-    result = restore_backup(path=path, target=s.source, data_volume=s.files.data_volume,
-                            harbor_yml=s.files.harbor_yml, certificates=s.files.certificates,
-                            installed_version=s.harbor_version,
-                            force=force, force_version=force_version,
-                            harbor_dir=s.harbor_dir if s.harbor_dir.is_dir() else None,
-                            health_url=s.health_url, safety_dir=s.backup_dir,
-                            hostname=s.hostname, dry_run=dry_run,
-                            progress=_progress(output))
+    result = restore_on_host(site, entry, path, ssh_config=ssh_config, force=force,
+                             force_version=force_version, dry_run=dry_run,
+                             progress=_progress(output))
     emit(result, output, lambda r: "\n".join(
         [f"{'would restore' if r.dry_run else 'restored'} {r.name} into {r.target}",
          *[f"  {f}" for f in r.files], *[f"  warning: {w}" for w in r.warnings]]))
@@ -132,18 +162,20 @@ def restore_cmd(name: str | None, latest: bool, yes: bool, force: bool, force_ve
 
 @backup_group.command("prune")
 @config_option
+@hosts_option
 @dry_run_option
 @output_option
-def prune_cmd(config: Path, dry_run: bool, output: str) -> None:
+def prune_cmd(config: Path, host: str | None, all_hosts: bool, dry_run: bool,
+              output: str) -> None:
     """Delete backups the keep policy does not keep; never the newest verified one."""
-    from harbor_ops.backup.catalog import prune_backups
-    from harbor_ops.backup.settings import load_settings
+    from harbor_ops.backup.fleet import on_hosts, prune_on_host
+    from harbor_ops.site.load import load_site
 
-    s = load_settings(config)
-    result = prune_backups(backup_dir=s.backup_dir, keep=s.keep, hostname=s.hostname,
-                           dry_run=dry_run)
+    site = load_site(config)
+    result = on_hosts(site, "backup prune", lambda e: prune_on_host(site, e, dry_run=dry_run),
+                      host=host, all_hosts=all_hosts)
     verb = "would delete" if dry_run else "deleted"
-    emit(result, output, lambda r: "\n".join(
+    _emit(result, output, lambda r: "\n".join(
         [*[f"{verb} {n}" for n in r.deleted], *[f"kept {n} ({why})" for n, why in r.kept.items()]]
         ) or "nothing to prune")
 
@@ -151,18 +183,20 @@ def prune_cmd(config: Path, dry_run: bool, output: str) -> None:
 @backup_group.command("push")
 @click.argument("name", required=False)
 @config_option
+@hosts_option
 @accept_new_host_keys_option
 @output_option
-def push_cmd(name: str | None, config: Path, accept_new_host_keys: bool, output: str) -> None:
+def push_cmd(name: str | None, config: Path, host: str | None, all_hosts: bool,
+             accept_new_host_keys: bool, output: str) -> None:
     """Copy a backup (default: the newest) to backup.remote, checked by SHA-256 there."""
-    from harbor_ops.backup.catalog import find_backup
-    from harbor_ops.backup.site_ops import push_for_site
+    from harbor_ops.backup.fleet import on_hosts, push_on_host
     from harbor_ops.site.load import load_site
 
     site = load_site(config)
-    result = push_for_site(site, find_backup(site.backup.dir, name),
-                           accept_new_host_keys=accept_new_host_keys)
-    emit(result, output, lambda r: "\n".join(
+    result = on_hosts(site, "backup push", lambda e: push_on_host(
+        site, e, name=name, accept_new_host_keys=accept_new_host_keys),
+                      host=host, all_hosts=all_hosts, name=name)
+    _emit(result, output, lambda r: "\n".join(
         [f"{r.name} {'already at' if r.already_there else 'copied to'} {r.destination} "
          f"({r.size} bytes, sha256 {r.sha256[:12]}..., {r.seconds} s)",
          *[f"pruned there: {n}" for n in r.pruned]]))

@@ -88,5 +88,5 @@ def install_cmd(bundle: Path, config: Path, harbor_version: str | None,
     emit(install(site, bundle=bundle, inventory=inventory, check=check,
                  skip_checks=skip_checks, forks=forks, ssh_config=ssh_config,
                  accept_new_host_keys=accept_new_host_keys,
-                 log_dir=log_dir or default_log_dir(),
+                 log_dir=log_dir or default_log_dir(), schedule_root=Path("/"),
                  progress=lambda line: click.echo(line, err=True)), output)

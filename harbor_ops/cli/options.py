@@ -52,3 +52,18 @@ def emit(result: Any, output: str, text: Callable[[Any], str] | None = None) -> 
         click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
     else:
         click.echo(text(result) if text else str(result))
+
+
+def hosts_option(f: F) -> F:
+    """``--host NAME`` / ``--all``: which hosts of the site's inventory a command acts on."""
+    f = click.option("--all", "all_hosts", is_flag=True,
+                     help="Every host of the site's inventory (a report per host).")(f)
+    return click.option("--host", "host", default=None, metavar="NAME",
+                        help="One host of the site's inventory (default: the only one).")(f)
+
+
+def ssh_config_option(f: F) -> F:
+    return click.option(
+        "--ssh-config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None, envvar="HARBORCTL_SSH_CONFIG",
+        help="An ssh client config for the hosts; default: ~/.ssh/config.")(f)

@@ -43,6 +43,7 @@ class InstallResult:
     elapsed: float
     hosts: dict[str, runner.HostTally] = field(default_factory=dict)
     log_path: Path | None = None
+    controller_schedule: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -52,7 +53,8 @@ class InstallResult:
         return {"version": self.version, "bundle": str(self.bundle), "check": self.check,
                 "changed": self.changed, "elapsed": round(self.elapsed, 1),
                 "hosts": {h: t.to_dict() for h, t in self.hosts.items()},
-                "log": str(self.log_path) if self.log_path else None}
+                "log": str(self.log_path) if self.log_path else None,
+                "controller_schedule": self.controller_schedule}
 
     def __str__(self) -> str:
         verb = "would change" if self.check else "changed"
@@ -61,6 +63,9 @@ class InstallResult:
         for host, t in self.hosts.items():
             lines.append(f"  {host}: ok={t.ok} {verb}={t.changed} failed={t.failed} "
                          f"skipped={t.skipped}")
+        if self.controller_schedule:
+            lines.append("agent schedule on this controller (backs up every SSH host; none "
+                         f"on the hosts): {', '.join(self.controller_schedule)}")
         if self.log_path:
             lines.append(f"full Ansible log: {self.log_path}")
         return "\n".join(lines)
@@ -120,8 +125,13 @@ def failed_checks(report: PreflightReport) -> list[str]:
 def install(site: Site, *, bundle: Path, inventory: Path | None = None, check: bool = False,
             skip_checks: Sequence[str] = (), progress: Callable[[str], None] = lambda _: None,
             log_dir: Path, forks: int | None = None, ssh_config: Path | None = None,
-            accept_new_host_keys: bool = False, timeout: float = 3600) -> InstallResult:
-    """Install (or, with ``check``, dry-run) Harbor from ``bundle`` on the site's hosts."""
+            accept_new_host_keys: bool = False, timeout: float = 3600,
+            schedule_root: Path | None = None) -> InstallResult:
+    """Install (or, with ``check``, dry-run) Harbor from ``bundle`` on the site's hosts.
+
+    With ``schedule_root`` (the CLI: ``/``) and SSH hosts in the site, the agent's
+    schedule is installed on this controller, which backs every host up over SSH.
+    """
     from harbor_ops.preflight.run import run_preflight
 
     bundle = Path(bundle).resolve()
@@ -145,22 +155,24 @@ def install(site: Site, *, bundle: Path, inventory: Path | None = None, check: b
     # One job at a time on this host: a nightly backup never dumps a database that
     # install.sh is taking down (check mode changes nothing, so it needs no lock).
     with nullcontext() if check else job_lock(job="install"):
-        outcome = _render_and_run(site, bundle=bundle, inventory=inventory, check=check,
-                                  forks=forks, ssh_config=ssh_config,
-                                  accept_new_host_keys=accept_new_host_keys, log_path=log_path,
-                                  output_path=output_path, progress=progress, timeout=timeout)
+        outcome, schedule = _render_and_run(
+            site, bundle=bundle, inventory=inventory, check=check, forks=forks,
+            ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys,
+            log_path=log_path, output_path=output_path, progress=progress, timeout=timeout,
+            schedule_root=None if check else schedule_root)
     _raise_for(outcome, log_path, output_path)
     return InstallResult(version=str(site.release.version), bundle=bundle, check=check,
                          elapsed=time.monotonic() - started, hosts=outcome.hosts,
-                         log_path=log_path)
+                         log_path=log_path, controller_schedule=schedule)
 
 
 def _render_and_run(site: Site, *, bundle: Path, inventory: Path | None, check: bool,
                     forks: int | None, ssh_config: Path | None,
                     accept_new_host_keys: bool, log_path: Path,
-                    output_path: Path, progress: Callable[[str], None],
-                    timeout: float) -> runner.PlaybookOutcome:
+                    output_path: Path, progress: Callable[[str], None], timeout: float,
+                    schedule_root: Path | None) -> tuple[runner.PlaybookOutcome, list[str]]:
     """Render into a private staging folder, run the playbook, delete the staging folder."""
+    from harbor_ops.install.schedule import install_controller_schedule, needs_controller_schedule
     from harbor_ops.render.engine import render_site
 
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX))  # 0700: harbor.yml has secrets
@@ -178,7 +190,11 @@ def _render_and_run(site: Site, *, bundle: Path, inventory: Path | None, check: 
                                   timeout=timeout)
         for line in run:
             progress(line)
-        return run.outcome
+        schedule: list[str] = []
+        if run.outcome.ok and schedule_root is not None and needs_controller_schedule(site):
+            schedule = install_controller_schedule(staging / "files", schedule_root)
+            progress(f"controller: agent schedule for the SSH hosts in {', '.join(schedule)}")
+        return run.outcome, schedule
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -162,7 +162,10 @@ def contexts(site: Site, doc: dict[str, Any], rel: Release,
         "systemd/harborctl-agent.timer": {
             **common, "agent_every_minutes": options.agent_every_minutes,
             "backup_at": site.backup.at},
-        "cron/harborctl": {**common, "backup_minute": int(minute), "backup_hour": int(hour)},
+        "cron/harborctl": {**common, "backup_minute": int(minute), "backup_hour": int(hour),
+                           # SSH hosts: the controller's agent backs up each of them.
+                           "cron_command": ("backup create" if all(
+                               h.connection == "local" for h in site.hosts) else "agent once")},
     }
 
 

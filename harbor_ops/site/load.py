@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -22,6 +23,7 @@ from harbor_ops.site import checks, harbor_section
 from harbor_ops.site import model as m
 from harbor_ops.site.problems import PathResolver, Problems
 
+_HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SECTIONS = ("harbor", "front", "logrotate", "backup", "agent", "install", "hosts")
 SECRET_SUFFIXES = ("_file", "_env")
 EXAMPLE = "site/example.yml"
@@ -193,7 +195,7 @@ def _keep(raw: Any, prefix: str, p: Problems) -> m.Keep:
 def _backup(raw: dict[str, Any], p: Problems, r: PathResolver) -> m.Backup:
     f = _fields(raw, "backup", {"dir": "path", "at": "clock", "jitter_minutes": "count",
                                 "keep": "dict", "include_redis": "bool", "remote": "dict",
-                                "encryption": "dict"}, p)
+                                "encryption": "dict", "parallel": "posint"}, p)
     remote = None
     if isinstance(raw.get("remote"), dict):
         rr = _fields(raw["remote"], "backup.remote",
@@ -215,7 +217,7 @@ def _backup(raw: dict[str, Any], p: Problems, r: PathResolver) -> m.Backup:
     return m.Backup(dir=r.path(f.get("dir", "/var/backups/harbor")), at=str(f.get("at", "02:30")),
                     jitter_minutes=int(f.get("jitter_minutes", 15)), keep=keep,
                     include_redis=bool(f.get("include_redis", False)), remote=remote,
-                    encryption=enc)
+                    encryption=enc, parallel=int(f.get("parallel", 2)))
 
 
 def _encryption(raw: dict[str, Any], p: Problems, r: PathResolver) -> m.Encryption | None:
@@ -285,6 +287,9 @@ def _hosts(raw: Any, p: Problems, r: PathResolver) -> tuple[m.HostEntry, ...]:
         if "name" not in f:
             p.add(f"hosts[{i}].name", "required")
             continue
+        if not _HOST_NAME.fullmatch(str(f["name"])):
+            p.add(f"hosts[{i}].name", f"{f['name']!r} is not a host name; use letters, "
+                  "digits, '.', '_' and '-' (it names the host's backup folder)")
         if f["name"] in seen:
             p.add(f"hosts[{i}].name", f"{f['name']!r} is listed twice")
         seen.add(f["name"])

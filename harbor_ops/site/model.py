@@ -83,6 +83,7 @@ class Backup:
     include_redis: bool = False
     remote: Remote | None = None
     encryption: Encryption | None = None
+    parallel: int = 2  # SSH hosts backed up at once from the controller
 
 
 @dataclass(frozen=True)

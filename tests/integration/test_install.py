@@ -241,9 +241,11 @@ def test_doctor_finds_nothing_wrong_with_the_installed_harbor(h1: Host, first: I
         ("external-url-mismatch", "warning")], str(inner)
 
 
-def test_boot_and_agent_schedule_without_systemd(ti: testinfra.host.Host) -> None:
+def test_boot_schedule_without_systemd_and_no_agent_on_an_ssh_host(
+        ti: testinfra.host.Host) -> None:
+    """The controller backs SSH hosts up; nothing of the agent is scheduled on the host."""
     assert "@reboot" in ti.file("/etc/cron.d/harbor").content_string
-    assert "backup create" in ti.file("/etc/cron.d/harborctl").content_string
+    assert not ti.file("/etc/cron.d/harborctl").exists
 
 
 def test_second_run_changes_nothing(runner: Runner, bundle: Path, first: InstallResult,

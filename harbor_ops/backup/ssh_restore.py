@@ -1,0 +1,206 @@
+"""Restoring an SSH host from the controller: compose over SSH, files back over SFTP.
+
+The restore core (:func:`harbor_ops.backup.restore.restore_backup`) keeps every refusal,
+the database stream, the safety nets and the health wait; an SSH host only brings how its
+compose stack is driven and where the saved files are staged: the same staging twins as
+on this host (:mod:`harbor_ops.backup.hostfiles`), written over SFTP, swapped in with
+renames on the host's filesystem, undone when the database restore fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import posixpath
+import re
+import shlex
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+import yaml
+
+from harbor_ops.backup import archive
+from harbor_ops.backup.hostfiles import previous_path, staging_path
+from harbor_ops.backup.manifest import Manifest
+from harbor_ops.backup.ssh_host import reason, ssh_errors
+from harbor_ops.core.errors import BackupError, RemoteError
+
+COMPOSE_TIMEOUT = 600.0
+# Compose project and service names as harborctl accepts them from the host.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def run(client: Any, host: str, command: str, *, timeout: float = 120.0) -> str:
+    """Run ``command`` on the host; its stdout, or a RemoteError naming the host."""
+    try:
+        _in, out, err = client.exec_command(command, timeout=timeout)
+        stdout = out.read().decode(errors="replace")
+        stderr = err.read().decode(errors="replace").strip()
+        rc = out.channel.recv_exit_status()
+    except Exception as exc:  # noqa: BLE001 - paramiko raises many kinds
+        raise RemoteError(f"host {host}: `{command}` failed: {reason(exc)}") from None
+    if rc != 0:
+        raise RemoteError(f"host {host}: `{command}` failed ({rc}): {stderr[-500:]}")
+    return stdout
+
+
+class SshStack:
+    """Harbor's compose project on an SSH host, driven like :class:`HarborStack` does."""
+
+    def __init__(self, client: Any, sftp: Any, host: str, harbor_dir: str,
+                 container: str = "harbor-db") -> None:
+        self.client, self.host, self.harbor_dir = client, host, harbor_dir
+        self.db_service = _service_of(sftp, posixpath.join(harbor_dir, "docker-compose.yml"),
+                                      container)
+        fmt = shlex.quote('{{index .Config.Labels "com.docker.compose.project"}}')
+        self.project: str | None = None
+        for name in (container, "harbor-core"):
+            try:
+                label = run(client, host, f"docker inspect -f {fmt} {shlex.quote(name)}").strip()
+            except RemoteError:
+                continue
+            if label and label != "<no value>" and _NAME.fullmatch(label):
+                self.project = label
+                break
+
+    def compose(self, *args: str) -> None:
+        words = [*(["-p", self.project] if self.project else []), *args]
+        tail = shlex.join(words)
+        run(self.client, self.host, f"cd {shlex.quote(self.harbor_dir)} && if command -v "
+            f"docker-compose >/dev/null 2>&1; then docker-compose {tail}; "
+            f"else docker compose {tail}; fi", timeout=COMPOSE_TIMEOUT)
+
+
+def _service_of(sftp: Any, compose_file: str, container: str) -> str:
+    try:
+        with sftp.open(compose_file, "rb") as f:
+            doc = yaml.safe_load(f.read(1 << 20)) or {}
+    except (OSError, yaml.YAMLError):
+        return "postgresql"
+    for name, body in (doc.get("services") or {}).items():
+        if isinstance(body, dict) and body.get("container_name") == container \
+                and _NAME.fullmatch(str(name)):
+            return str(name)
+    return "postgresql"
+
+
+@dataclass
+class SftpStaged:
+    """:class:`~harbor_ops.backup.hostfiles.Staged` on an SSH host: same twins, same swap."""
+
+    client: Any
+    sftp: Any
+    host: str
+    plan: dict[str, Path]
+    written: list[str] = field(default_factory=list)
+    swapped: list[Path] = field(default_factory=list)
+
+    def _exists(self, path: Path) -> bool:
+        try:
+            self.sftp.lstat(str(path))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def _remove(self, path: Path) -> None:
+        run(self.client, self.host, f"rm -rf -- {shlex.quote(str(path))}")
+
+    def swap_in(self) -> None:
+        with ssh_errors(self.host, "swapping the restored files in over SFTP"):
+            for dest in self.plan.values():
+                staged = staging_path(dest)
+                if not self._exists(staged):
+                    continue
+                if self._exists(previous_path(dest)):
+                    self._remove(previous_path(dest))
+                if self._exists(dest):
+                    self.sftp.posix_rename(str(dest), str(previous_path(dest)))
+                self.swapped.append(dest)
+                self.sftp.posix_rename(str(staged), str(dest))
+
+    def undo(self) -> None:
+        for dest in reversed(self.swapped):
+            with contextlib.suppress(Exception):
+                if self._exists(previous_path(dest)):
+                    self._remove(dest)
+                    self.sftp.posix_rename(str(previous_path(dest)), str(dest))
+        self.swapped.clear()
+        self.discard()
+
+    def discard(self) -> None:
+        for dest in self.plan.values():
+            with contextlib.suppress(Exception):
+                self._remove(staging_path(dest))
+
+    def finish(self) -> None:
+        for dest in self.swapped:
+            self._remove(previous_path(dest))
+        self.discard()
+
+
+def stage_over_sftp(client: Any, sftp: Any, host: str, path: Path, manifest: Manifest,
+                    plan: dict[str, Path]) -> SftpStaged:
+    """Write the saved files into the staging twins of ``plan``'s destinations on the host.
+
+    The same rules as on this host: only plain files and folders named by the manifest,
+    only under the twin of a destination the site names, a single file never a folder.
+    """
+    staged = SftpStaged(client, sftp, host, plan)
+    listed = [e.arcname for e in manifest.files]
+    try:
+        with ssh_errors(host, "staging the restored files over SFTP"):
+            for dest in plan.values():
+                staged._remove(staging_path(dest))
+                _mkdirs(sftp, str(dest.parent))
+            for info, data in archive.file_members(path):
+                problem = archive.member_problem(info, listed)
+                if problem:
+                    raise BackupError(f"refusing {path.name}: {problem}")
+                name = info.name.rstrip("/")
+                prefix = next((p for p in plan if name == p or name.startswith(p + "/")), None)
+                if prefix is not None:
+                    _put(sftp, info, data, plan[prefix], prefix,
+                         name[len(prefix):].lstrip("/"))
+            staged.written = [str(d) for d in plan.values() if staged._exists(staging_path(d))]
+    except BaseException:
+        staged.discard()
+        raise
+    return staged
+
+
+def _put(sftp: Any, info: tarfile.TarInfo, data: IO[bytes] | None, dest: Path, prefix: str,
+         rel: str) -> None:
+    folder = prefix.startswith("data_volume/")
+    if not folder and (rel or not info.isreg()):
+        raise BackupError(f"refusing member {info.name!r}: {prefix} is a single file")
+    if folder and not rel and not info.isdir():
+        raise BackupError(f"refusing member {info.name!r}: {prefix} is a folder")
+    parts = PurePosixPath(rel).parts if rel else ()
+    if ".." in parts:
+        raise BackupError(f"refusing member {info.name!r}: it leaves {dest}")
+    target = posixpath.join(str(staging_path(dest)), *parts)
+    if info.isdir():
+        _mkdirs(sftp, target)
+    else:
+        _mkdirs(sftp, posixpath.dirname(target))
+        with sftp.open(target, "wbx") as f:
+            f.set_pipelined(True)
+            if data is not None:
+                while chunk := data.read(archive.CHUNK):
+                    f.write(chunk)
+    sftp.chown(target, info.uid, info.gid)
+    sftp.chmod(target, info.mode & 0o775)  # as saved, never world-writable or setuid
+
+
+def _mkdirs(sftp: Any, folder: str) -> None:
+    missing = []
+    while folder not in ("", "/"):
+        try:
+            sftp.stat(folder)
+            break
+        except FileNotFoundError:
+            missing.append(folder)
+            folder = posixpath.dirname(folder)
+    for d in reversed(missing):
+        sftp.mkdir(d, mode=0o700)

@@ -1,0 +1,315 @@
+"""Backups of three test-bed Harbor hosts from the controller, over real SSH, and back.
+
+One installed bed serves every test of this module (file order): install on h1..h3, data
+and a pushed image on each, ``backup create --all`` and ``verify --all`` as a user runs
+them; h2 loses its database and secret key and comes back empty, ``restore --host h2``
+brings every row, the key and harbor.yml back. Then the SSH session's own sshd is killed
+at each phase of a backup (the host's main sshd lives on), and finally one host's link
+goes down during the agent's nightly run.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from harbor_ops.agent import loop as agent_loop
+from harbor_ops.agent.jobs import BACKUP_RETRY_ENV
+from harbor_ops.backup import fleet
+from harbor_ops.backup.catalog import list_backups
+from harbor_ops.core.errors import HarborctlError
+from harbor_ops.core.lock import LOCK_ENV
+from harbor_ops.install.run import install
+from harbor_ops.site.load import load_site
+from harbor_ops.site.model import Site
+from tests.bed.bundle.builder import build_bundle
+from tests.bed.hosts import Host, TestBed
+from tests.integration.test_bundle import _tiny_oci_layout
+
+pytestmark = pytest.mark.integration
+
+VERSION = "2.15.2"
+NAMES = ("h1", "h2", "h3")
+ADMIN_PASSWORD = "it-Fleet-Admin-1"  # throw-away values for throw-away hosts
+DB_PASSWORD = "it-Fleet-Db-2"
+TABLES = {"harbor_user": "user_id", "project": "project_id", "repository": "repository_id",
+          "artifact": "id", "audit_log": "id", "schema_migrations": "version"}
+
+
+@dataclass
+class Fleet:
+    bed: TestBed
+    hosts: dict[str, Host]
+    config: Path
+    site: Site
+    base: Path
+
+    def harborctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, LOCK_ENV: str(self.base / "harborctl.lock")}
+        return subprocess.run([sys.executable, "-m", "harbor_ops.cli.main", *args, "-c",
+                               str(self.config)], capture_output=True, text=True, env=env,
+                              timeout=900, check=False)
+
+    def sql(self, host: str, query: str) -> list[str]:
+        proc = self.hosts[host].exec(
+            "docker exec -i harbor-db psql -U postgres -d registry -v ON_ERROR_STOP=1 -tA",
+            input=query.encode())
+        return [line for line in proc.stdout.splitlines() if line]
+
+    def rows(self, host: str) -> dict[str, list[str]]:
+        return {t: self.sql(host, f"SELECT * FROM {t} ORDER BY {key}")
+                for t, key in TABLES.items()}
+
+
+def _write_site(base: Path, hosts: list[Host], key: Path) -> Path:
+    secrets = base / "secrets"
+    secrets.mkdir(mode=0o700, exist_ok=True)
+    (secrets / "admin").write_text(ADMIN_PASSWORD + "\n")
+    (secrets / "db").write_text(DB_PASSWORD + "\n")
+    entries = "".join(f"  - {{name: {h.name}, address: {h.address}, ssh_key_file: {key}}}\n"
+                      for h in hosts)
+    config = base / "harborctl.yml"
+    config.write_text(f"""\
+harbor:
+  version: {VERSION}
+  hostname: {hosts[0].address}
+  http: {{port: 8080}}
+  harbor_admin_password_file: secrets/admin
+  database: {{password_file: secrets/db}}
+  data_volume: /data
+install: {{dir: /opt/harbor, bundle_dir: /opt/harbor-bundles}}
+backup:
+  dir: {base}/backups
+  jitter_minutes: 0
+  parallel: 2
+agent:
+  status_file: {base}/state/status.json
+  metrics_dir: {base}/metrics
+hosts:
+{entries}""")
+    return config
+
+
+def _fill(f: Fleet, host: str, n: int) -> None:
+    f.sql(host, f"""
+        INSERT INTO project (owner_id, name)
+          SELECT 1, '{host}-team-' || i FROM generate_series(1, {n}) AS i;
+        INSERT INTO repository (name, project_id, description, pull_count)
+          SELECT p.name || '/app-' || j, p.project_id, 'repo ' || j, j
+          FROM project p, generate_series(1, 3) AS j WHERE p.name LIKE '{host}-team-%';
+        INSERT INTO artifact (project_id, repository_id, repository_name, digest, size,
+                              media_type)
+          SELECT r.project_id, r.repository_id, r.name,
+                 'sha256:' || encode(sha256(convert_to(r.name || '#' || k, 'UTF8')), 'hex'),
+                 k, 'application/vnd.oci.image.manifest.v1+json'
+          FROM repository r, generate_series(1, 4) AS k;
+        INSERT INTO audit_log (project_id, operation, resource_type, resource, username)
+          SELECT a.project_id, 'push', 'artifact', a.repository_name || '@' || a.digest,
+                 'admin' FROM artifact a;""")
+
+
+def _skopeo(host: Host, auth_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    auth = auth_dir / f"auth-{host.name}.json"
+    token = base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode()
+    auth.write_text(json.dumps({"auths": {f"{host.address}:8080": {"auth": token}}}))
+    auth.chmod(0o600)
+    return subprocess.run(["skopeo", *args[:1], "--quiet", "--authfile", str(auth), *args[1:]],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.fixture(scope="module")
+def fleet_bed(testbed: TestBed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    hosts = [testbed.reset(n) for n in NAMES]
+    base = tmp_path_factory.mktemp("fleet")
+    config = _write_site(base, hosts, testbed.client_key)
+    site = load_site(config)
+    # This session's own lock and ssh config, for in-process calls (restored at the end).
+    saved = {k: os.environ.get(k) for k in ("HARBORCTL_SSH_CONFIG", LOCK_ENV)}
+    os.environ["HARBORCTL_SSH_CONFIG"] = str(testbed.ssh_config_path)
+    os.environ[LOCK_ENV] = str(base / "harborctl.lock")
+    bundle = build_bundle(VERSION, tmp_path_factory.mktemp("bundles"))
+    result = install(site, bundle=bundle, log_dir=base / "logs",
+                     ssh_config=testbed.ssh_config_path, timeout=1200)
+    assert all(t.failed == 0 for t in result.hosts.values()), result
+    f = Fleet(testbed, {h.name: h for h in hosts}, config, site, base)
+    layout = _tiny_oci_layout(base / "oci")
+    for i, h in enumerate(hosts):
+        _fill(f, h.name, 4 + i)
+        pushed = _skopeo(h, base, "copy", "--dest-tls-verify=false", f"oci:{layout}:v1",
+                         f"docker://{h.address}:8080/library/hello:v1")
+        assert pushed.returncode == 0, pushed.stderr
+    # h1's dump lasts long enough to be cut mid-stream (about 30 MB of audit rows).
+    f.sql("h1", "INSERT INTO audit_log (project_id, operation, resource_type, resource, "
+          "username) SELECT 1, 'pull', 'artifact', md5(i::text) || repeat('x', 120), 'admin' "
+          "FROM generate_series(1, 200000) AS i")
+    yield f
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def first(fleet_bed: Fleet) -> dict[str, object]:
+    """backup create --all, then verify --all, from the controller."""
+    before = {h: fleet_bed.rows(h) for h in NAMES}
+    created = fleet_bed.harborctl("backup", "create", "--all", "-o", "json")
+    assert created.returncode == 0, created.stderr
+    doc = json.loads(created.stdout)
+    verified = fleet_bed.harborctl("backup", "verify", "--all", "-o", "json")
+    assert verified.returncode == 0, verified.stderr
+    return {"created": doc, "verified": json.loads(verified.stdout), "rows": before}
+
+
+def test_create_all_writes_one_backup_per_host_on_the_controller(fleet_bed: Fleet,
+                                                                first: dict) -> None:
+    doc = first["created"]
+    assert doc["ok"] and [h["host"] for h in doc["hosts"]] == list(NAMES)
+    for h in doc["hosts"]:
+        manifest = h["result"]["manifest"]
+        assert manifest["hostname"] == h["host"]
+        assert manifest["row_counts"]["project"] == len(first["rows"][h["host"]]["project"])
+        assert Path(h["result"]["path"]).parent == fleet_bed.base / "backups" / h["host"]
+    for name in NAMES:  # nothing of the dump stayed on the Harbor host
+        leftovers = fleet_bed.hosts[name].exec(
+            "find / -xdev \\( -name '*.hbk*' -o -name '*.dump*' \\) -print", check=False)
+        assert leftovers.stdout.strip() == "", leftovers.stdout
+    assert all(h["result"]["restore_ok"] for h in first["verified"]["hosts"])
+
+
+def test_one_of_several_hosts_needs_host_or_all(fleet_bed: Fleet, first: dict) -> None:
+    res = fleet_bed.harborctl("backup", "list")
+    assert res.returncode == 2 and "--host NAME" in res.stderr, res.stderr
+    res = fleet_bed.harborctl("backup", "list", "--host", "h2", "-o", "json")
+    assert res.returncode == 0 and len(json.loads(res.stdout)) == 1
+
+
+def test_restore_host_brings_back_every_row_the_key_and_harbor_yml(
+        fleet_bed: Fleet, first: dict) -> None:
+    h2 = fleet_bed.hosts["h2"]
+    key = "/data/secret/keys/secretkey"
+    yml = "/opt/harbor/harbor/harbor.yml"
+    key_before = h2.exec(f"base64 {key}").stdout
+    yml_before = h2.exec(f"cat {yml}").stdout
+    h2.exec(f"cd /opt/harbor/harbor && docker-compose -p harbor down >/dev/null 2>&1 && "
+            f"rm -rf /data/database /data/secret && echo '# edited' >> {yml} "
+            f"&& ./install.sh >/dev/null", timeout=600)
+    _wait_healthy(h2)
+    assert h2.exec(f"base64 {key}").stdout != key_before  # a new, empty Harbor
+    assert fleet_bed.rows("h2")["artifact"] == []
+    res = fleet_bed.harborctl("backup", "restore", "--host", "h2", "--latest", "--yes",
+                              "-o", "json")
+    assert res.returncode == 0, res.stderr
+    assert fleet_bed.rows("h2") == first["rows"]["h2"]
+    assert h2.exec(f"base64 {key}").stdout == key_before
+    assert h2.exec(f"cat {yml}").stdout == yml_before
+    pulled = _skopeo(h2, fleet_bed.base, "copy", "--src-tls-verify=false",
+                     f"docker://{h2.address}:8080/library/hello:v1",
+                     f"dir:{fleet_bed.base / 'pulled'}")
+    assert pulled.returncode == 0, pulled.stderr
+    assert (fleet_bed.base / "pulled" / "manifest.json").is_file()
+
+
+def _wait_healthy(host: Host, timeout: float = 180) -> None:
+    url = f"http://{host.address}:8080/api/v2.0/health"
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - bed address
+                if json.loads(resp.read()).get("status") == "healthy":
+                    return
+        except (OSError, ValueError) as exc:
+            last = str(exc)
+        time.sleep(1)
+    raise AssertionError(f"{host.name} not healthy after {timeout} s: {last}")
+
+
+def _kill_session_sshd(host: Host) -> int:
+    """Kill the per-connection sshd processes (children of the host's main sshd)."""
+    ps = host.exec("ps -eo pid=,ppid=,comm=").stdout.split("\n")
+    procs = [line.split() for line in ps if line.strip()]
+    sshd = {p[0]: p[1] for p in procs if len(p) == 3 and p[2] == "sshd"}
+    sessions = [pid for pid, ppid in sshd.items() if ppid in sshd]
+    if sessions:
+        host.exec(f"kill -9 {' '.join(sessions)}", check=False)
+    return len(sessions)
+
+
+@pytest.mark.parametrize("phase", ["connected", "dumping", "mid-dump", "files"] * 3)
+# connected: before the snapshot session; dumping: snapshot held, pg_dump starting;
+# mid-dump: while the dump streams; files: the dump is in, SFTP starts.
+def test_ssh_drop_mid_backup_lists_nothing_partial(fleet_bed: Fleet, first: dict,
+                                                   phase: str) -> None:
+    site, entry = fleet_bed.site, fleet_bed.site.hosts[0]
+    host = fleet_bed.hosts[entry.name]
+    before = [e.name for e in list_backups(fleet.backup_dir(site, entry))]
+    killed: list[int] = []
+
+    trigger = {"connected": "connected", "dumping": "dumping", "mid-dump": "dumping",
+               "files": "host files"}[phase]
+
+    def progress(msg: str) -> None:
+        if trigger not in msg:
+            return
+        if phase == "mid-dump":
+            threading.Timer(random.uniform(0.1, 0.3),
+                            lambda: killed.append(_kill_session_sshd(host))).start()
+        else:
+            killed.append(_kill_session_sshd(host))
+
+    with pytest.raises(HarborctlError) as err:
+        fleet.create_on_host(site, entry, progress=progress)
+    time.sleep(0.1)
+    assert killed and killed[0] >= 1
+    assert "h1" in str(err.value), err.value
+    backups = fleet.backup_dir(site, entry)
+    assert [e.name for e in list_backups(backups)] == before
+    assert not list(backups.glob("*.partial"))
+
+
+def test_next_run_succeeds_and_earlier_backups_still_verify(fleet_bed: Fleet,
+                                                            first: dict) -> None:
+    res = fleet_bed.harborctl("backup", "create", "--host", "h1", "-o", "json")
+    assert res.returncode == 0, res.stderr
+    for e in list_backups(fleet.backup_dir(fleet_bed.site, fleet_bed.site.hosts[0])):
+        checked = fleet_bed.harborctl("backup", "verify", e.name, "--host", "h1", "--no-drill")
+        assert checked.returncode == 0, checked.stderr
+
+
+def test_agent_backs_up_the_others_when_one_host_is_unreachable(
+        fleet_bed: Fleet, first: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    site, bed = fleet_bed.site, fleet_bed.bed
+    monkeypatch.setenv(BACKUP_RETRY_ENV, "0.2")
+    counts = {e.name: len(list_backups(fleet.backup_dir(site, e))) for e in site.hosts}
+    veth = bed.veth(fleet_bed.hosts["h3"])
+    subprocess.run(["ip", "link", "set", veth, "down"], check=True)
+    try:
+        runner = agent_loop.Agent(site)
+        rec = runner.run_job("backup")
+    finally:
+        subprocess.run(["ip", "link", "set", veth, "up"], check=True)
+    assert rec.result == "failed" and "h3" in (rec.error or "")
+    for e in site.hosts:
+        grew = len(list_backups(fleet.backup_dir(site, e))) - counts[e.name]
+        assert grew == (0 if e.name == "h3" else 1), e.name
+    status = json.loads(site.agent.status_file.read_text())
+    assert {h: status["hosts"][h]["backup"]["result"] for h in NAMES} == {
+        "h1": "ok", "h2": "ok", "h3": "failed"}
+    assert site.agent.metrics_dir is not None
+    prom = (site.agent.metrics_dir / "harborctl.prom").read_text()
+    assert 'harborctl_host_job_success{job="backup",host="h3"} 0' in prom
+    assert 'harborctl_host_job_success{job="backup",host="h1"} 1' in prom

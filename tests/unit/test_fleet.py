@@ -1,0 +1,241 @@
+"""Backups of every host from the controller: host choice, per-host folders, per-host outcome."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from harbor_ops.agent import jobs
+from harbor_ops.agent import loop as agent
+from harbor_ops.backup import fleet
+from harbor_ops.cli.main import cli
+from harbor_ops.core.errors import BackupError, ConfigError, RemoteError, UsageError
+from harbor_ops.site.load import load_site_text
+from harbor_ops.site.model import Site
+
+
+def _site_text(tmp_path: Path, hosts: str, extra: str = "") -> str:
+    return textwrap.dedent(f"""\
+        harbor:
+          version: 2.15.2
+          hostname: harbor.test
+          harbor_admin_password_env: A
+          database: {{password_env: B}}
+        backup:
+          dir: {tmp_path}/backups
+          jitter_minutes: 0
+        {extra}
+        agent:
+          status_file: {tmp_path}/state/status.json
+          metrics_dir: {tmp_path}/metrics
+        hosts:
+        """) + textwrap.indent(textwrap.dedent(hosts), "  ")
+
+
+def _fleet(tmp_path: Path, n: int = 3, extra: str = "") -> Site:
+    hosts = "".join(f"- {{name: h{i}, address: 10.200.99.{i}}}\n" for i in range(1, n + 1))
+    return load_site_text(_site_text(tmp_path, hosts, extra), base_dir=tmp_path)
+
+
+@pytest.mark.parametrize("n,host,all_hosts,want", [
+    (1, None, False, ["h1"]),  # one host: the default
+    (3, "h2", False, ["h2"]),
+    (3, None, True, ["h1", "h2", "h3"]),
+    (1, None, True, ["h1"]),
+])
+def test_select_hosts(tmp_path: Path, n: int, host: str | None, all_hosts: bool,
+                      want: list[str]) -> None:
+    site = _fleet(tmp_path, n)
+    assert [h.name for h in fleet.select_hosts(site, host, all_hosts)] == want
+
+
+@pytest.mark.parametrize("host,all_hosts,words", [
+    (None, False, ["3 hosts", "h1, h2, h3", "--host NAME", "--all"]),
+    ("h9", False, ["--host", "'h9'", "valid: h1, h2, h3"]),
+    ("h1", True, ["--host and --all"]),
+])
+def test_select_hosts_refusals_name_what_is_valid(tmp_path: Path, host: str | None,
+                                                  all_hosts: bool, words: list[str]) -> None:
+    with pytest.raises(UsageError) as err:
+        fleet.select_hosts(_fleet(tmp_path), host, all_hosts)
+    assert all(w in err.value.message for w in words), err.value.message
+
+
+def test_backups_live_per_host_on_the_controller(tmp_path: Path) -> None:
+    site = _fleet(tmp_path, 2)
+    assert fleet.backup_dir(site, site.hosts[1]) == tmp_path / "backups" / "h2"
+    local = load_site_text(_site_text(tmp_path, "- {name: me, connection: local}\n"),
+                           base_dir=tmp_path)
+    assert fleet.backup_dir(local, local.hosts[0]) == tmp_path / "backups"  # as today
+    assert fleet.host_lock(local.hosts[0]) is None
+    assert fleet.host_lock(site.hosts[0]) != fleet.host_lock(site.hosts[1])
+
+
+@pytest.mark.parametrize("extra,hosts,field", [
+    ("", "- {name: ../etc, address: 10.200.99.1}\n", "hosts[0].name"),
+    ("", "- {name: a/b, address: 10.200.99.1}\n", "hosts[0].name"),
+])
+def test_host_names_that_cannot_name_a_folder_are_refused(tmp_path: Path, extra: str,
+                                                          hosts: str, field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_site_text(_site_text(tmp_path, hosts, extra), base_dir=tmp_path)
+    assert field in str(err.value)
+
+
+def test_backup_parallel_must_be_positive(tmp_path: Path) -> None:
+    text = _site_text(tmp_path, "- {name: h1, address: 10.200.99.1}\n").replace(
+        "jitter_minutes: 0", "jitter_minutes: 0\n  parallel: 0")
+    with pytest.raises(ConfigError) as err:
+        load_site_text(text, base_dir=tmp_path)
+    assert "backup.parallel" in str(err.value)
+    assert _fleet(tmp_path).backup.parallel == 2  # the default
+
+
+def test_run_each_bounds_parallelism_and_isolates_failures(tmp_path: Path) -> None:
+    site = _fleet(tmp_path, 4)
+    running, peak, lock = 0, 0, threading.Lock()
+
+    def one(entry: Any) -> str:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        if entry.name == "h3":
+            raise BackupError("pg_dump failed")
+        if entry.name == "h4":
+            raise OSError("Connection reset by peer")
+        return entry.name
+
+    result = fleet.run_each("backup create", site.hosts, one, parallel=2)
+    assert peak == 2
+    assert [o.host for o in result.outcomes] == ["h1", "h2", "h3", "h4"]
+    assert result.failed == ["h3", "h4"]
+    assert result.outcomes[2].error == "host h3: pg_dump failed"
+    assert result.outcomes[2].exit_code == 8 and result.outcomes[3].exit_code == 6
+    with pytest.raises(RemoteError) as err:
+        result.raise_for_failures()
+    assert err.value.exit_code == 6 and "h3, h4" in err.value.message
+    doc = result.to_dict()
+    assert doc["ok"] is False and [h["host"] for h in doc["hosts"]] == ["h1", "h2", "h3", "h4"]
+
+
+def _write_site(tmp_path: Path, n: int) -> Path:
+    hosts = "".join(f"- {{name: h{i}, address: 10.200.99.{i}}}\n" for i in range(1, n + 1))
+    path = tmp_path / "harborctl.yml"
+    path.write_text(_site_text(tmp_path, hosts))
+    return path
+
+
+def test_cli_needs_host_or_all_on_a_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("A", "x")
+    monkeypatch.setenv("B", "y")
+    config = _write_site(tmp_path, 3)
+    for args in (["backup", "create"], ["backup", "list"], ["backup", "prune"],
+                 ["backup", "verify"]):
+        res = CliRunner().invoke(cli, [*args, "-c", str(config)])
+        assert res.exit_code != 0 and isinstance(res.exception, UsageError), args
+        assert "--host NAME" in res.exception.message
+
+
+def test_cli_list_all_reports_per_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _write_site(tmp_path, 2)
+    res = CliRunner().invoke(cli, ["backup", "list", "--all", "-o", "json", "-c", str(config)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert [(h["host"], h["ok"], h["result"]) for h in doc["hosts"]] == [
+        ("h1", True, []), ("h2", True, [])]
+    res = CliRunner().invoke(cli, ["backup", "verify", "some-name", "--all", "-c", str(config)])
+    assert isinstance(res.exception, UsageError) and "--host" in res.exception.message
+
+
+def test_unreachable_host_fails_its_own_create(tmp_path: Path) -> None:
+    """Nothing listens on that port: the host is named, and no backup is listed."""
+    site = load_site_text(_site_text(tmp_path, "- {name: h1, address: 127.0.0.1, port: 9}\n"),
+                          base_dir=tmp_path)
+    entry = site.hosts[0]
+    start = time.monotonic()
+    with pytest.raises(RemoteError) as err:
+        fleet.create_on_host(site, entry, ssh_config=None)
+    assert "host h1" in err.value.message and time.monotonic() - start < 30
+    assert fleet.list_on_host(site, entry) == []
+
+
+def test_agent_records_each_host_and_labels_metrics(tmp_path: Path) -> None:
+    site = _fleet(tmp_path, 3)
+
+    def one(_site: Site, entry: Any) -> dict[str, Any]:
+        if entry.name == "h2":
+            raise RemoteError("host h2 (root@10.200.99.2:22) is unreachable: timed out")
+        return {"backup_size_bytes": 100}
+
+    runner = agent.Agent(site, jobs={"backup": lambda s: jobs._fleet(s, "backup", one)})
+    rec = runner.run_job("backup")
+    assert rec.result == "failed" and "h2" in (rec.error or "")
+    status = json.loads(site.agent.status_file.read_text())
+    assert status["hosts"]["h1"]["backup"]["result"] == "ok"
+    assert status["hosts"]["h2"]["backup"]["result"] == "failed"
+    assert "unreachable" in status["hosts"]["h2"]["backup"]["error"]
+    assert status["jobs"]["backup"]["detail"] == {"hosts_failed": 1, "hosts_ok": 2}
+    assert site.agent.metrics_dir is not None
+    prom = (site.agent.metrics_dir / "harborctl.prom").read_text()
+    assert 'harborctl_host_job_success{job="backup",host="h1"} 1' in prom
+    assert 'harborctl_host_job_success{job="backup",host="h2"} 0' in prom
+    assert 'harborctl_host_job_failures_total{job="backup",host="h2"} 1' in prom
+    assert 'harborctl_backup_backup_size_bytes{host="h3"} 100' in prom
+    assert agent.load_host_status(site.agent.status_file)["h2"]["backup"].failures == 1
+
+
+def test_a_controller_of_ssh_hosts_runs_no_host_local_checks(tmp_path: Path) -> None:
+    names = {s.name for s in agent.job_specs(_fleet(tmp_path, 2))}
+    assert "backup" in names and "drill" in names
+    assert not names & set(agent.HOST_LOCAL_JOBS)
+
+
+def test_controller_schedule_runs_the_agent_for_ssh_hosts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harbor_ops.install.schedule import install_controller_schedule, needs_controller_schedule
+    from harbor_ops.render.engine import render_site
+
+    monkeypatch.setenv("A", "admin-pw")
+    monkeypatch.setenv("B", "db-pw")
+    site = _fleet(tmp_path, 2)
+    assert needs_controller_schedule(site)
+    local = load_site_text(_site_text(tmp_path, "- {name: me, connection: local}\n"),
+                           base_dir=tmp_path)
+    assert not needs_controller_schedule(local)
+    render_site(site, output_dir=tmp_path / "rendered")
+    written = install_controller_schedule(tmp_path / "rendered", tmp_path / "root")
+    assert written == [str(tmp_path / "root/etc/cron.d/harborctl")]
+    line = Path(written[0]).read_text().splitlines()[-1]
+    assert " agent once -c " in line and " backup create" not in line
+    assert Path(written[0]).stat().st_mode & 0o777 == 0o644
+
+
+def test_ssh_source_refuses_arguments_that_would_split_the_remote_command() -> None:
+    from harbor_ops.backup.ssh_host import SshDockerSource
+
+    source = SshDockerSource(host="h1", client=None, sudo=True)
+    assert source.argv("pg_dump", ["-Fc"])[:4] == ["sudo", "-n", "docker", "exec"]
+    for bad in ("--snapshot=00000003-1; rm -rf /", "$(id)", "a b", "x\ny", "-Fc\n"):
+        with pytest.raises(BackupError) as err:
+            source.popen("pg_dump", [bad])  # refused before any channel is opened
+        assert "host h1: refusing argument" in err.value.message
+
+
+def test_drill_output_parsing() -> None:
+    from harbor_ops.backup.ssh_drill import _parse_counts
+
+    assert _parse_counts("artifact|240\nproject|13\n.schema|171\n", "h1") == (
+        {"artifact": 240, "project": 13}, 171)
+    with pytest.raises(BackupError):
+        _parse_counts("", "h1")
