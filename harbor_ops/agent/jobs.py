@@ -5,18 +5,16 @@ A job raises a HarborctlError on failure; the agent records the message and coun
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
 import threading
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harbor_ops.core.errors import BackupError, HarborctlError, HealthError, RemoteError
+from harbor_ops.core.errors import BackupError, HarborctlError, RemoteError
+from harbor_ops.hosts import health as probe
 from harbor_ops.site.checks import size_bytes
 from harbor_ops.site.model import HostEntry, Site
 
@@ -30,17 +28,9 @@ STOP = threading.Event()
 
 
 def health(site: Site) -> dict[str, Any]:
-    """Ask Harbor's /api/v2.0/health; unhealthy components are named in the error."""
-    port = (site.harbor.get("http") or {}).get("port", 80)
-    url = f"http://127.0.0.1:{port}/api/v2.0/health"
-    try:
-        with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT) as resp:  # noqa: S310
-            doc = json.loads(resp.read())
-    except (urllib.error.URLError, OSError, json.JSONDecodeError) as exc:
-        raise HealthError(f"Harbor health endpoint {url} did not answer: {exc}") from None
-    bad = [c["name"] for c in doc.get("components", []) if c.get("status") != "healthy"]
-    if doc.get("status") != "healthy" or bad:
-        raise HealthError(f"Harbor is unhealthy: {', '.join(bad) or doc.get('status')}")
+    """Ask Harbor's /api/v2.0/health at the site's real URL (TLS verified when Harbor
+    serves HTTPS); unhealthy components are named in the error."""
+    doc = probe.check(probe.endpoint(site.harbor), timeout=HEALTH_TIMEOUT)
     return {"components": len(doc.get("components", []))}
 
 

@@ -34,6 +34,7 @@ from harbor_ops.backup.stack import HEALTH_TIMEOUT, HarborStack, wait_healthy
 from harbor_ops.core.errors import BackupError
 from harbor_ops.core.lock import job_lock
 from harbor_ops.core.signals import signals_raise
+from harbor_ops.hosts.health import HealthEndpoint
 
 __all__ = ["RestoreResult", "fit_problems", "restore_backup", "restore_database",
            "verify_backup"]
@@ -82,7 +83,8 @@ def restore_backup(*, path: Path, target: DbSource, data_volume: Path | None = N
                    harbor_yml: Path | None = None, certificates: Sequence[Path] = (),
                    installed_version: str | None = None, force: bool = False,
                    force_version: bool = False, harbor_dir: Path | None = None,
-                   compose: Sequence[str] | None = None, health_url: str | None = None,
+                   compose: Sequence[str] | None = None,
+                   health_url: HealthEndpoint | str | None = None,
                    health_timeout: float = HEALTH_TIMEOUT, lock_path: Path | None = None,
                    safety_dir: Path | None = None, hostname: str | None = None,
                    dry_run: bool = False, progress: Progress | None = None,

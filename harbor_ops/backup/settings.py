@@ -12,6 +12,8 @@ from typing import Any
 
 from harbor_ops.backup.engine import HostFiles
 from harbor_ops.backup.sources import DbSource, DockerExecSource, ExternalSource
+from harbor_ops.hosts import health
+from harbor_ops.hosts.health import HealthEndpoint
 from harbor_ops.site.model import Keep, Remote, Site
 
 
@@ -25,7 +27,7 @@ class BackupSettings:
     harbor_dir: Path
     hostname: str
     remote: Remote | None = None
-    health_url: str | None = None
+    health_url: HealthEndpoint | None = None
 
     @classmethod
     def from_site(cls, site: Site, *, with_secrets: bool = True) -> BackupSettings:
@@ -55,15 +57,7 @@ class BackupSettings:
         return cls(backup_dir=site.backup.dir, keep=site.backup.keep, source=source,
                    files=files, harbor_version=str(site.release.version),
                    harbor_dir=harbor_dir, hostname=site.hostname, remote=site.backup.remote,
-                   health_url=health_url(harbor))
-
-
-def health_url(harbor: dict[str, Any]) -> str:
-    """Harbor's own health endpoint on this host (https when Harbor terminates TLS)."""
-    if "https" in harbor:
-        port = int((harbor.get("https") or {}).get("port", 443))
-        return f"https://127.0.0.1:{port}/api/v2.0/health"
-    return f"http://127.0.0.1:{int((harbor.get('http') or {}).get('port', 80))}/api/v2.0/health"
+                   health_url=health.endpoint(harbor))
 
 
 def load_settings(config: Path) -> BackupSettings:

@@ -7,14 +7,9 @@ environment), and must not call Harbor back until ``/api/v2.0/health`` says so.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import ssl
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +17,8 @@ import yaml
 
 from harbor_ops.backup.sources import DbSource
 from harbor_ops.core.errors import BackupError, HealthError
+from harbor_ops.hosts import health
+from harbor_ops.hosts.health import HealthEndpoint
 
 # Harbor's core migrates its schema at start; a first start after a restore can take minutes.
 HEALTH_TIMEOUT = 300.0
@@ -89,36 +86,12 @@ def _service_of(compose_file: Path, container: str) -> str:
     return "postgresql"
 
 
-def wait_healthy(url: str, *, timeout: float = HEALTH_TIMEOUT, interval: float = 1.0) -> None:
-    """Poll Harbor's /api/v2.0/health until every component is healthy (bounded).
-
-    Harbor answers 502 from nginx until core is up, then 'unhealthy' while components
-    start; only a healthy answer ends the wait. The last state names what is unhealthy.
-    """
-    context = None
-    if url.startswith("https:"):  # a loopback liveness probe: Harbor's own certificate
-        context = ssl.create_default_context()  # names the public host, not 127.0.0.1
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    for _ in range(int(timeout / interval) + 1):
-        try:
-            with urllib.request.urlopen(url, timeout=10, context=context) as resp:  # noqa: S310
-                doc = json.loads(resp.read())
-            bad = [c.get("name", "?") for c in doc.get("components", [])
-                   if c.get("status") != "healthy"]
-            if doc.get("status") == "healthy" and not bad:
-                return
-            last = f"unhealthy: {', '.join(bad) or doc.get('status')}"
-        except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code}"
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            last = f"no answer ({exc})"
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(interval)
-    raise HealthError(f"the backup was restored and Harbor started, but {url} was not "
-                      f"healthy within {timeout:g} s ({last})",
-                      hint="docker logs harbor-core; a Harbor older than the backup "
-                      "refuses its schema")
+def wait_healthy(target: HealthEndpoint | str, *, timeout: float = HEALTH_TIMEOUT,
+                 interval: float = 1.0) -> None:
+    """After a restore, wait (bounded) until Harbor's health API says every component is up."""
+    try:
+        health.wait_healthy(target, timeout=timeout, interval=interval)
+    except HealthError as exc:
+        raise HealthError(f"the backup was restored and Harbor started, but {exc.message}",
+                          hint="docker logs harbor-core; a Harbor older than the backup "
+                          "refuses its schema") from None

@@ -22,6 +22,7 @@ from harbor_ops.core.errors import HealthError, PreflightFailed, RemoteError, Us
 from harbor_ops.core.hashing import sha256_file
 from harbor_ops.core.lock import job_lock
 from harbor_ops.core.paths import log_dir
+from harbor_ops.hosts import health
 from harbor_ops.hosts import playbook as runner
 from harbor_ops.site.model import Site
 
@@ -82,11 +83,6 @@ def role_vars(site: Site, *, bundle: Path, bundle_sha256: str, staging: Path) ->
     trivy = site.install.with_trivy and "--with-trivy" in rel.install_flags
     harbor = site.harbor
     http_port = int((harbor.get("http") or {}).get("port", 80))
-    if "https" in harbor:
-        https_port = int((harbor.get("https") or {}).get("port", 443))
-        health_url = f"https://127.0.0.1:{https_port}/api/v2.0/health"
-    else:
-        health_url = f"http://127.0.0.1:{http_port}/api/v2.0/health"
     tls: dict[str, dict[str, str]] = {}
     https = harbor.get("https") or {}
     for key, mode in (("certificate", "0644"), ("private_key", "0600")):
@@ -106,7 +102,7 @@ def role_vars(site: Site, *, bundle: Path, bundle_sha256: str, staging: Path) ->
         "harbor_bundle_dir": str(site.install.bundle_dir),
         "harbor_install_flags": ["--with-trivy"] if trivy else [],
         "harbor_http_port": http_port,
-        "harbor_health_url": health_url,
+        "harbor_health_url": health.endpoint(harbor).loopback_url,
         "harbor_health_components": list(rel.health_components) + (["trivy"] if trivy else []),
         "harbor_front_enabled": site.front is not None,
         "harbor_nginx_cache_dir": str(cache.path) if cache is not None else "",
