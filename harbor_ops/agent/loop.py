@@ -9,25 +9,24 @@ according to the status file (the pure :func:`due_jobs`).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from harbor_ops.core.errors import HarborctlError, LockHeld
+from harbor_ops.core.errors import HarborctlError
 from harbor_ops.core.fsutil import atomic_write
+from harbor_ops.core.lock import file_lock
+from harbor_ops.site.checks import WEEKDAYS
 from harbor_ops.site.model import Site
-
-WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
 @dataclass(frozen=True)
@@ -285,23 +284,11 @@ class Agent:
         return ran
 
 
-@contextmanager
-def single_instance(status_file: Path) -> Iterator[None]:
+def single_instance(status_file: Path) -> AbstractContextManager[Path]:
     """Hold ``<status file>.lock`` for the agent's lifetime; a second agent is refused."""
-    lock = status_file.with_name(status_file.name + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise LockHeld(f"another harborctl agent runs (pid {holder}); lock {lock}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)
+    return file_lock(status_file.with_name(status_file.name + ".lock"), mode=0o644,
+                     busy="another harborctl agent runs",
+                     holder_line=f"pid={os.getpid()} job=agent since={int(time.time())}")
 
 
 def run_once(site: Site) -> dict[str, Any]:

@@ -124,7 +124,7 @@ def test_a_second_agent_is_refused(tmp_path: Path) -> None:
             """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        with pytest.raises(LockHeld, match=f"pid {holder.pid}"), agent.single_instance(status):
+        with pytest.raises(LockHeld, match=f"pid={holder.pid}"), agent.single_instance(status):
             pass
     finally:
         holder.communicate(input="", timeout=10)
