@@ -8,6 +8,7 @@ should apply but does not (localhost, missing files, clashing ports).
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from harbor_ops.releases import yml_schema as schema
@@ -30,6 +31,9 @@ def check_harbor(harbor: dict[str, Any], rel: Release, p: Problems, r: PathResol
     _check_secrets_present(harbor, p)
     _check_https(harbor, p, r)
     _check_blocks(harbor, rel, p)
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _field(path: str) -> str:
@@ -133,8 +137,11 @@ def _check_secret_ref(path: str, base: str, value: Any, node: dict[str, Any], p:
         return
     if path.endswith("_file"):
         checks.check_file(r.path(value), _field(path), p)
-    elif not value.replace("_", "").isalnum():
-        p.add(_field(path), f"{value!r} is not an environment variable name")
+    elif not _ENV_NAME.match(value):
+        # Never echoed: a secret pasted here by mistake must not reach a terminal or log.
+        p.add(_field(path), "must name an environment variable (letters, digits and _, "
+              "not starting with a digit); the value given is not shown, it may be the "
+              "secret itself")
 
 
 def _check_driver(driver: str, settings: Any, rel: Release, p: Problems,

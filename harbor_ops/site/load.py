@@ -53,9 +53,9 @@ def load_site_text(text: str, *, source: str = "site file", base_dir: Path | Non
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ConfigError([f"(file){where}: {problem}"], source=source) from None
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([f"not valid YAML: {where}{problem}"], source=source) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -87,3 +87,29 @@ def test_inline_password_is_accepted_with_a_warning() -> None:
 def test_version_override_revalidates(version: str) -> None:
     site = config.load_site_text(config.example_text(), version=version)
     assert str(site.release.version) == version
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("harbor:\n  version: [2.15.2\n", "not valid YAML: line 3, column 1: "),
+    ("harbor:\n  hostname: 'a\n", "not valid YAML: line 3, column 1: "),
+    ("harbor:\n\tversion: 2.15.2\n", "not valid YAML: line 2, column 1: found character "
+     "'\\t' that cannot start any token"),
+    ("harbor:\n  version: 2.15.2\n  hostname: a: b\n", "not valid YAML: line 3, column 14: "
+     "mapping values are not allowed here"),
+])
+def test_a_file_that_is_not_yaml_says_so_with_line_and_column(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load_site_text(text, source="harborctl.yml")
+    assert info.value.problems[0].startswith(expected), info.value.problems
+    assert str(info.value).startswith("harborctl.yml: 1 problem(s)\n  - not valid YAML: line")
+
+
+@pytest.mark.parametrize("value", ["Sup3r-Secret!pw", "9LIVES", "has space"])
+def test_a_bad_env_value_is_never_echoed(value: str) -> None:
+    text = config.example_text().replace("password_env: HARBOR_DB_PASSWORD",
+                                         f"password_env: '{value}'")
+    assert value in text
+    with pytest.raises(ConfigError) as info:
+        config.load_site_text(text)
+    assert "harbor.database.password_env: must name an environment variable" in str(info.value)
+    assert value not in str(info.value)
