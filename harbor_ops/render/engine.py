@@ -140,7 +140,6 @@ def contexts(site: Site, doc: dict[str, Any], rel: Release,
              options: RenderOptions) -> dict[str, dict[str, Any] | None]:
     """The template context of every output file (None: the file is not rendered)."""
     log_local = (doc.get("log") or {}).get("local") or {}
-    hour, _, minute = site.backup.at.partition(":")
     site_path = Path(os.path.abspath(options.site_path or site.path or DEFAULT_SITE_PATH))
     common = {"version": str(rel.version), "site_path": _plain(site_path, "site file path"),
               "harborctl_path": _plain(options.harborctl_path, "harborctl path")}
@@ -162,10 +161,8 @@ def contexts(site: Site, doc: dict[str, Any], rel: Release,
         "systemd/harborctl-agent.timer": {
             **common, "agent_every_minutes": options.agent_every_minutes,
             "backup_at": site.backup.at},
-        "cron/harborctl": {**common, "backup_minute": int(minute), "backup_hour": int(hour),
-                           # SSH hosts: the controller's agent backs up each of them.
-                           "cron_command": ("backup create" if all(
-                               h.connection == "local" for h in site.hosts) else "agent once")},
+        "cron/harborctl": {**common, "agent_every_minutes": options.agent_every_minutes,
+                           "backup_at": site.backup.at},
     }
 
 

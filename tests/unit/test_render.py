@@ -304,8 +304,12 @@ def test_site_values_reach_logrotate_cron_and_units() -> None:
     assert "/srv/harbor-logs/*.log {" in lr
     for line in ("su 10000 10000", "rotate 5", "maxsize 50M", "maxage 9", "copytruncate"):
         assert f"    {line}\n" in lr
-    assert re.search(r"^5 23 \* \* \* root /usr/bin/flock -n \S+ /usr/local/bin/harborctl backup "
-                     r"create -c /etc/harborctl/harborctl.yml >>", texts["cron/harborctl"], re.M)
+    # Hosts without systemd run the whole agent (not only `backup create`), every 5
+    # minutes like the timer; every path single-quoted.
+    assert re.search(r"^\*/5 \* \* \* \* root /usr/bin/flock -n '/run/lock/harborctl-agent.lock' "
+                     r"'/usr/local/bin/harborctl' agent once -c '/etc/harborctl/harborctl.yml' "
+                     r">>'/var/log/harborctl-agent.log' 2>&1$", texts["cron/harborctl"], re.M)
+    assert "backup create" not in texts["cron/harborctl"]
     assert "ExecStart=/usr/bin/docker compose -f /opt/harbor/harbor/docker-compose.yml up -d" in (
         texts["systemd/harbor.service"])
 
