@@ -204,7 +204,7 @@ def test_restore_onto_a_fresh_host_brings_back_every_row_and_the_secret_key(
         restored = site_b.harborctl("backup", "restore", name, "--yes")
         assert restored.returncode == 0, restored.stdout + restored.stderr
         assert f"restored {name} into container harbor-db, database registry" in restored.stdout
-        assert "waiting for http://127.0.0.1:" in restored.stderr
+        assert "/api/v2.0/health (via 127.0.0.1) to report healthy" in restored.stderr
         status, body = site_b.harbor.get("/api/v2.0/health")
         assert status == 200 and json.loads(body)["status"] == "healthy"
         assert site_b.started_at("harbor-core") != core_started
