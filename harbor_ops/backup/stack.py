@@ -8,7 +8,6 @@ environment), and must not call Harbor back until ``/api/v2.0/health`` says so.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +16,7 @@ import yaml
 
 from harbor_ops.backup.sources import DbSource
 from harbor_ops.core.errors import BackupError, HealthError
-from harbor_ops.hosts import health
+from harbor_ops.hosts import compose, health
 from harbor_ops.hosts.health import HealthEndpoint
 
 # Harbor's core migrates its schema at start; a first start after a restore can take minutes.
@@ -70,8 +69,8 @@ class HarborStack:
 
 
 def compose_command() -> list[str]:
-    """Compose v1 where installed (install.sh of every 2.x release runs it), else the plugin."""
-    return ["docker-compose"] if shutil.which("docker-compose") else ["docker", "compose"]
+    """The Compose install.sh uses on this host (:mod:`harbor_ops.hosts.compose`)."""
+    return compose.local_command()
 
 
 def _service_of(compose_file: Path, container: str) -> str:

@@ -1,12 +1,13 @@
 """The fact probe that preflight runs ON each target host; prints one JSON object.
 
-Why a module of its own: it is not imported for its functions on the controller. Its source
-text is sent to the host and run by ``python3 -`` (:func:`harbor_ops.hosts.facts.probe_source`
-appends the ``main(...)`` call with the arguments), over one SSH channel or locally, so nothing
+Why a module of its own: its source text is sent to the host and run by ``python3 -``
+(:func:`harbor_ops.hosts.facts.probe_source` appends the ``main(...)`` call with the
+arguments), over one SSH channel or locally, so nothing
 is left behind on the host. Hence the rules: standard library only, Python 3.7+ (what a
 managed host may have), no import of harbor_ops, and no parsing: it collects raw text
 (``ss``, ``/proc/net/tcp``, ``docker ps``) and facts.py parses it, testably, on the controller.
-It lives in the package so it is linted and type-checked like the rest.
+It lives in the package so it is linted and type-checked like the rest, and
+:mod:`harbor_ops.hosts.compose` runs the same Compose probes on the controller itself.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 from typing import Any
 
@@ -81,12 +83,18 @@ def database(data_volume: str) -> dict[str, Any]:
     return info
 
 
+def tool_paths() -> dict[str, str | None]:
+    """Where docker and docker-compose are: the boot unit and cron line name them in full."""
+    return {tool: shutil.which(tool) for tool in ("docker", "docker-compose")}
+
+
 def docker() -> dict[str, Any]:
     """Docker and Compose versions, the running containers, Harbor's schema version."""
     out: dict[str, Any] = {
         "docker": run(["docker", "version", "--format", "{{.Server.Version}}"]),
         "compose_v2": run(["docker", "compose", "version", "--short"]),
         "compose_v1": run(["docker-compose", "version", "--short"]),
+        "paths": tool_paths(),
         "containers": None,
     }
     if out["docker"]["rc"] != 0:

@@ -77,7 +77,8 @@ def default_log_dir() -> Path:
     return log_dir()
 
 
-def role_vars(site: Site, *, bundle: Path, bundle_sha256: str, staging: Path) -> dict[str, Any]:
+def role_vars(site: Site, *, bundle: Path, bundle_sha256: str, staging: Path,
+              compose: dict[str, str] | None = None) -> dict[str, Any]:
     """The harbor role's variables for this site (see roles/harbor/meta/argument_specs.yml)."""
     rel = site.release
     trivy = site.install.with_trivy and "--with-trivy" in rel.install_flags
@@ -107,6 +108,8 @@ def role_vars(site: Site, *, bundle: Path, bundle_sha256: str, staging: Path) ->
         "harbor_front_enabled": site.front is not None,
         "harbor_nginx_cache_dir": str(cache.path) if cache is not None else "",
         "harbor_tls_files": list(tls.values()),
+        # Per host, the Compose preflight found there: the boot unit and cron line use it.
+        "harbor_compose_commands": dict(compose or {}),
     }
 
 
@@ -154,7 +157,8 @@ def install(site: Site, *, bundle: Path, inventory: Path | None = None, check: b
         outcome, schedule = _render_and_run(
             site, bundle=bundle, inventory=inventory, check=check, forks=forks,
             ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys,
-            log_path=log_path, output_path=output_path, progress=progress, timeout=timeout,
+            compose=report.compose, log_path=log_path, output_path=output_path,
+            progress=progress, timeout=timeout,
             schedule_root=None if check else schedule_root)
     _raise_for(outcome, log_path, output_path)
     return InstallResult(version=str(site.release.version), bundle=bundle, check=check,
@@ -163,7 +167,7 @@ def install(site: Site, *, bundle: Path, inventory: Path | None = None, check: b
 
 
 def _render_and_run(site: Site, *, bundle: Path, inventory: Path | None, check: bool,
-                    forks: int | None, ssh_config: Path | None,
+                    forks: int | None, ssh_config: Path | None, compose: dict[str, str],
                     accept_new_host_keys: bool, log_path: Path,
                     output_path: Path, progress: Callable[[str], None], timeout: float,
                     schedule_root: Path | None) -> tuple[runner.PlaybookOutcome, list[str]]:
@@ -181,7 +185,7 @@ def _render_and_run(site: Site, *, bundle: Path, inventory: Path | None, check: 
             log_path=log_path, hosts=site.hosts, inventory=inventory, forks=forks,
             check=check, ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys,
             extra_vars=role_vars(site, bundle=bundle, bundle_sha256=digest,
-                                 staging=staging / "files"))
+                                 staging=staging / "files", compose=compose))
         run = runner.run_playbook(argv, env, output_path=output_path, cwd=staging / "run",
                                   timeout=timeout)
         for line in run:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harbor_ops.core.errors import UsageError
-from harbor_ops.hosts import facts
+from harbor_ops.hosts import compose, facts
 from harbor_ops.hosts.facts import hosts_from_inventory
 from harbor_ops.preflight.checks import (
     BACKUP_FACTOR,
@@ -85,6 +85,8 @@ class PreflightReport:
 
     target: str
     results: dict[str, list[CheckResult]] = field(default_factory=dict)
+    # Per host, the Compose command install.sh uses there (the boot unit and cron use it).
+    compose: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -95,7 +97,8 @@ class PreflightReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "target": self.target,
-                "hosts": {h: [r.to_dict() for r in rs] for h, rs in self.results.items()}}
+                "hosts": {h: [r.to_dict() for r in rs] for h, rs in self.results.items()},
+                "compose": self.compose}
 
     def __str__(self) -> str:
         lines = []
@@ -152,7 +155,8 @@ def run_preflight(site: Site, *, bundle: Path | None = None, skip: Iterable[str]
     controller = {k: v for k, v in controller.items() if k not in skipped}
     data_volume = str(site.harbor.get("data_volume", "/data"))
 
-    def one(target: tuple[HostEntry, Path | None]) -> tuple[str, list[CheckResult]]:
+    def one(target: tuple[HostEntry, Path | None]
+            ) -> tuple[str, list[CheckResult], str | None]:
         entry, cfg = target
         got = facts.gather(entry, data_volume=data_volume, hostname=site.hostname,
                            install_dir=str(site.install.dir), ssh_config=cfg,
@@ -161,14 +165,17 @@ def run_preflight(site: Site, *, bundle: Path | None = None, skip: Iterable[str]
             rs = [CheckResult("ssh", "fail", got.error or "unreachable", got.fix or "")]
             rs += [CheckResult(n, "skip", f"no facts from {entry.name}") for n in CHECKS
                    if n not in controller]
-            return entry.name, rs + [r for n in CHECKS for r in controller.get(n, [])]
+            return entry.name, rs + [r for n in CHECKS for r in controller.get(n, [])], None
         ctx = Context(site, entry.name, got.data, info, size)
-        return entry.name, host_results(ctx, skipped, controller)
+        found = compose.pick(got.data, plugin_accepted=ctx.target.compose_v2_accepted)
+        return entry.name, host_results(ctx, skipped, controller), found
 
     report = PreflightReport(target=str(Context(site, "", {}, info).target))
     with ThreadPoolExecutor(max_workers=min(16, max(1, len(targets)))) as pool:
-        for name, rs in pool.map(one, targets):
+        for name, rs, found in pool.map(one, targets):
             report.results[name] = rs
+            if found is not None:
+                report.compose[name] = found
     return report
 
 

@@ -43,14 +43,16 @@ DEFAULT_SITE_PATH = Path("/etc/harborctl/harborctl.yml")
 CACHE_ZONE = "harborctl_blobs"
 HARBOR_UID = 10000  # owner of Harbor's log files (harbor-log runs as uid/gid 10000)
 UPSTREAM_NAME = "harborctl_harbor"
+# Per host, the Compose command of the boot unit (HARBOR_COMPOSE=...), written by the role.
+COMPOSE_ENV_FILE = "/etc/default/harbor"
 
 
 @dataclass(frozen=True)
 class RenderOptions:
     """Host facts the site file does not hold; defaults fit a Debian/Ubuntu host.
 
-    ``compose_command`` is what the systemd unit runs: Debian's docker-compose v1 by
-    default; use ``"/usr/bin/docker compose"`` where only the Compose v2 plugin exists.
+    ``compose_command`` is what the systemd unit runs when the host has no
+    ``COMPOSE_ENV_FILE`` (install writes there the Compose preflight found on each host).
     """
 
     compose_command: str = "/usr/bin/docker-compose"
@@ -156,6 +158,7 @@ def contexts(site: Site, doc: dict[str, Any], rel: Release,
         "systemd/harbor.service": {
             **common, "project_dir": _plain(site.install.dir / "harbor", "install.dir"),
             "compose_command": options.compose_command, "restart_sec": "30s",
+            "compose_env_file": COMPOSE_ENV_FILE,
             "start_limit_interval": "900s", "start_limit_burst": 10},
         "systemd/harborctl-agent.service": common,
         "systemd/harborctl-agent.timer": {
