@@ -20,6 +20,7 @@ from harbor_ops.hosts import certs, facts
 from harbor_ops.releases import bundle as bundle_mod
 from harbor_ops.releases import planner
 from harbor_ops.releases import versions as hv
+from harbor_ops.releases.signature import verify_signature
 from harbor_ops.releases.versions import Release
 from harbor_ops.site.checks import is_hostname
 from harbor_ops.site.model import Site
@@ -325,6 +326,14 @@ def check_bundle(site: Site, info: bundle_mod.BundleInfo | None) -> CheckResult:
     except UsageError as exc:
         return CheckResult("bundle", "fail", exc.message)
     extra = ("; " + "; ".join(info.warnings)) if info.warnings else ""
+    keyring = site.install.bundle_keyring
+    if keyring is not None:
+        signed = verify_signature(info.path, keyring)
+        if not signed.ok:
+            return CheckResult("bundle", "fail", f"{info.path.name}: {signed.detail}",
+                               f"use the bundle and .asc Harbor published, signed by a key in "
+                               f"{keyring}")
+        extra = f"; {signed.detail}{extra}"
     return CheckResult("bundle", "warn" if info.warnings else "pass",
                        f"Harbor {info.version} offline installer, {_gib(info.size)}, "
                        f"sha256 {info.sha256}{extra}")

@@ -93,6 +93,16 @@ def inspect_bundle(path: Path) -> BundleInfo:
     return info
 
 
+def _kind(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        return f"symbolic link to {member.linkname!r}"
+    if member.islnk():
+        return f"hard link to {member.linkname!r}"
+    if member.ischr() or member.isblk():
+        return "device"
+    return "FIFO" if member.isfifo() else "special file"
+
+
 def _walk(reader: HashingReader, info: BundleInfo) -> None:
     """Decompress and walk every member; record a corrupt/truncated stream as a problem."""
     try:
@@ -116,6 +126,10 @@ def _member(tar: tarfile.TarFile, member: tarfile.TarInfo, info: BundleInfo) -> 
     if name.startswith("/") or ".." in parts or (parts and parts[0] != "harbor"):
         info.problems.append(f"member {member.name!r} lies outside harbor/ (not a Harbor "
                              "installer; refusing to unpack it)")
+        return
+    if not (member.isfile() or member.isdir()):
+        info.problems.append(f"member {name!r} is a {_kind(member)}; a Harbor installer holds "
+                             "only files and folders (refusing to unpack it)")
         return
     m = _IMAGE_TARBALL.match(name)
     if m and member.isfile():

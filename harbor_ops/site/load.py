@@ -262,10 +262,13 @@ def _agent(raw: dict[str, Any], p: Problems, r: PathResolver) -> m.Agent:
 
 
 def _install(raw: dict[str, Any], p: Problems, r: PathResolver) -> m.Install:
-    f = _fields(raw, "install", {"dir": "path", "with_trivy": "bool", "bundle_dir": "path"}, p)
-    for k in ("dir", "bundle_dir"):
+    f = _fields(raw, "install", {"dir": "path", "with_trivy": "bool", "bundle_dir": "path",
+                                 "bundle_keyring": "path"}, p)
+    for k in ("dir", "bundle_dir", "bundle_keyring"):
         if k in f:
             f[k] = r.path(f[k])
+    if "bundle_keyring" in f:
+        checks.check_file(f["bundle_keyring"], "install.bundle_keyring", p)
     return m.Install(**f)
 
 

@@ -100,6 +100,8 @@ class Install:
     dir: Path = Path("/opt/harbor")
     with_trivy: bool = False
     bundle_dir: Path = Path("/opt/harbor-bundles")
+    # OpenPGP public key(s) that must have signed the bundle (<bundle>.asc); None: unchecked.
+    bundle_keyring: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -144,3 +144,33 @@ def test_verify_bundle_raises_naming_both_versions(tmp_path: Path) -> None:
     p.write_bytes(p.read_bytes()[:500])
     with pytest.raises(UsageError, match="truncated|corrupt"):
         bundle.verify_bundle(p)
+
+
+@pytest.mark.parametrize(("kind", "expected"), [
+    (tarfile.SYMTYPE, "symbolic link to '/etc/shadow'"),
+    (tarfile.LNKTYPE, "hard link to '/etc/shadow'"),
+    (tarfile.CHRTYPE, "device"),
+    (tarfile.BLKTYPE, "device"),
+    (tarfile.FIFOTYPE, "FIFO"),
+])
+def test_links_and_devices_are_refused(tmp_path: Path, kind: bytes, expected: str) -> None:
+    p = make_bundle(tmp_path / "harbor-offline-installer-v2.15.2.tgz")
+    with tarfile.open(p, "r:gz") as raw:
+        members = [(m, raw.extractfile(m).read() if m.isfile() else None)  # type: ignore[union-attr]
+                   for m in raw.getmembers()]
+    special = tarfile.TarInfo("harbor/common.d")
+    special.type = kind
+    special.linkname = "/etc/shadow"
+    with tarfile.open(p, "w:gz") as tar:
+        for m, data in members:
+            tar.addfile(m, io.BytesIO(data) if data is not None else None)
+        tar.addfile(special)
+    problems = bundle.inspect_bundle(p).problems
+    assert problems == [f"member 'harbor/common.d' is a {expected}; a Harbor installer holds "
+                        "only files and folders (refusing to unpack it)"], problems
+
+
+@pytest.mark.parametrize("name", ["/harbor/install.sh", "harbor/../../etc/cron.d/x"])
+def test_absolute_and_dotdot_members_are_refused(tmp_path: Path, name: str) -> None:
+    p = make_bundle(tmp_path / "b.tgz", extra={name: b"x"})
+    assert any("outside harbor/" in x for x in bundle.inspect_bundle(p).problems)

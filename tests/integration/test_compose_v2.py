@@ -1,0 +1,70 @@
+"""Harbor comes back after a reboot on a host that has Compose v2 only (`docker compose`).
+
+The host is a test-bed host whose Debian docker-compose v1 is removed and which gets the
+`docker compose` CLI plugin Debian trixie ships (.ci/provision fetches it, pinned). It has
+no systemd, so the boot path is the role's `@reboot` cron line: the test installs Harbor
+with `harborctl install`, takes the compose project down as a reboot would leave it, runs
+the cron line exactly as cron would at boot, and waits until Harbor is healthy again.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from harbor_ops.hosts import health
+from harbor_ops.install.run import install
+from tests.bed.bundle.builder import build_bundle
+from tests.bed.fixtures import unavailable
+from tests.bed.hosts import Host, TestBed
+from tests.integration.test_install import VERSION, write_site
+
+pytestmark = pytest.mark.integration
+
+PLUGIN = Path(os.environ.get("HARBORCTL_TESTBED_CACHE", "/var/cache/harborctl-testbed")) \
+    / "compose-v2" / "docker-compose"
+PLUGIN_DIR = "usr/libexec/docker/cli-plugins"
+
+
+@pytest.fixture(scope="module")
+def v2_only(testbed: TestBed) -> Host:
+    """h4 with Compose v2 as its only Compose."""
+    if not PLUGIN.is_file():
+        unavailable(f"{PLUGIN} is missing (run .ci/provision)")
+    host = testbed.reset("h4")
+    (host.root_path / PLUGIN_DIR).mkdir(parents=True, exist_ok=True)
+    (host.root_path / PLUGIN_DIR / "docker-compose").write_bytes(PLUGIN.read_bytes())
+    (host.root_path / PLUGIN_DIR / "docker-compose").chmod(0o755)
+    host.exec("rm -f /usr/bin/docker-compose")
+    assert host.exec("docker compose version --short").stdout.strip() == "2.26.1-4"
+    assert host.exec("command -v docker-compose", check=False).returncode != 0
+    return host
+
+
+def test_harbor_comes_back_after_a_reboot_with_compose_v2_only(
+        v2_only: Host, testbed: TestBed, tmp_path: Path) -> None:
+    site = write_site(tmp_path, v2_only, testbed.client_key)
+    bundle = build_bundle(VERSION, tmp_path / "bundle")
+    install(site, bundle=bundle, log_dir=tmp_path / "logs", ssh_config=testbed.ssh_config_path,
+            timeout=900)
+    cron = (v2_only.root_path / "etc/cron.d/harbor").read_text()
+    line = re.search(r"^@reboot root (.+)$", cron, re.M)
+    assert line is not None, cron
+    assert "/usr/bin/docker compose -p harbor up -d" in line.group(1), line.group(1)
+    endpoint = health.HealthEndpoint("http", v2_only.address, 8080, address=v2_only.address)
+    health.check(endpoint)
+
+    # What a reboot leaves: no Harbor container running.
+    v2_only.exec("cd /opt/harbor/harbor && docker compose -p harbor down", timeout=300)
+    assert v2_only.exec("docker ps -q").stdout.strip() == ""
+    with pytest.raises(health.HealthError):
+        health.check(endpoint)
+    # Cron at boot: /bin/sh, cron's own PATH, the line as installed.
+    v2_only.exec(f"env -i PATH=/usr/bin:/bin /bin/sh -c {shlex.quote(line.group(1))}", timeout=300)
+    health.wait_healthy(endpoint, timeout=180, interval=2)
+    boot_log = (v2_only.root_path / "var/log/harbor-boot.log").read_text()
+    assert "docker-compose: not found" not in boot_log, boot_log
