@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from harbor_ops.backup.sources import ExternalSource
 from harbor_ops.core.lock import LOCK_ENV
+from tests.bed.fixtures import unavailable
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PASSWORD = "s3cret-test-pw"  # test-only credential of a throw-away cluster
@@ -122,7 +121,7 @@ def running_cluster() -> Iterator[Cluster]:
     """initdb + start a private cluster; stopped and deleted on exit."""
     reason = available()
     if reason:
-        pytest.skip(reason)
+        unavailable(reason)
     # Not under pytest's tmp dir: that one is 0700 root, and the server runs as postgres.
     folder = Path(tempfile.mkdtemp(prefix="harborctl-test-pg-"))
     shutil.chown(folder, "postgres", "postgres")

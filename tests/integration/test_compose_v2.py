@@ -55,7 +55,7 @@ def test_harbor_comes_back_after_a_reboot_with_compose_v2_only(
     line = re.search(r"^@reboot root (.+)$", cron, re.M)
     assert line is not None, cron
     assert "/usr/bin/docker compose -p harbor up -d" in line.group(1), line.group(1)
-    assert _healthy(v2_only), v2_only.exec("docker ps -a --format '{{.Names}} {{.Status}}'").stdout
+    assert _healthy(v2_only), _why(v2_only)
 
     # What a reboot leaves: no Harbor container running.
     v2_only.exec("cd /opt/harbor/harbor && docker compose -p harbor down", timeout=300)
@@ -66,7 +66,7 @@ def test_harbor_comes_back_after_a_reboot_with_compose_v2_only(
     deadline = time.monotonic() + 180
     while not _healthy(v2_only) and time.monotonic() < deadline:
         time.sleep(2)
-    assert _healthy(v2_only), v2_only.exec("docker ps -a --format '{{.Names}} {{.Status}}'").stdout
+    assert _healthy(v2_only), _why(v2_only)
     boot_log = (v2_only.root_path / "var/log/harbor-boot.log").read_text()
     assert "docker-compose: not found" not in boot_log, boot_log
 
@@ -78,3 +78,9 @@ def _healthy(host: Host) -> bool:
                       "\"http://127.0.0.1:8080/api/v2.0/health\", timeout=5)); "
                       "print(d[\"status\"])'", check=False, timeout=30)
     return probe.returncode == 0 and probe.stdout.strip() == "healthy"
+
+
+def _why(host: Host) -> str:
+    return host.exec("docker ps -a --format '{{.Names}} {{.Status}}'; "
+                     "docker logs --tail 20 registry 2>&1; cat /var/log/harbor-boot.log; "
+                     "ls -la /var/run/crond.reboot /run/crond.reboot", check=False).stdout

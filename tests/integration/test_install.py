@@ -29,6 +29,7 @@ from harbor_ops.preflight.run import run_preflight
 from harbor_ops.site.load import load_site
 from harbor_ops.site.model import Site
 from tests.bed.bundle.builder import build_bundle
+from tests.bed.fixtures import unavailable
 from tests.bed.hosts import Host, TestBed
 from tests.integration.test_bundle import _tiny_oci_layout
 
@@ -185,7 +186,7 @@ def test_docker_protocol_push_and_pull_through_the_front(h1: Host, first: Instal
     """A tiny image goes in and comes back out through the front; its blobs are cached
     for the credentials that read them and never served without credentials."""
     if shutil.which("skopeo") is None:
-        pytest.skip("skopeo is not installed")
+        unavailable("skopeo is not installed (see .ci/provision)")
     front = f"{h1.address}:80"  # front.listen of write_site
     layout = _tiny_oci_layout(tmp_path / "oci")
     auth = tmp_path / "auth.json"  # credentials in a 0600 file, never on a command line

@@ -26,6 +26,7 @@ import pytest
 
 from harbor_ops.render import engine as render
 from harbor_ops.site.model import Logrotate
+from tests.bed.fixtures import unavailable
 from tests.unit.test_render import example_harbor, make_site
 
 pytestmark = pytest.mark.integration
@@ -55,9 +56,9 @@ def _has_account() -> bool:
 def workdir() -> Iterator[Path]:
     """A folder uid 10000 can traverse (pytest's tmp folders are 0700 root)."""
     if shutil.which("logrotate") is None:
-        pytest.skip("logrotate is not installed")
+        unavailable("logrotate is not installed (see .ci/provision)")
     if os.geteuid() != 0:
-        pytest.skip("needs root: the test creates files owned by uid 10000")
+        unavailable("needs root: the test creates files owned by uid 10000")
     d = Path(tempfile.mkdtemp(prefix="harborctl-logrotate-"))
     d.chmod(0o755)
     try:
@@ -77,7 +78,7 @@ def _logrotate(work: Path, conf: Path, state: Path, *, as_uid: int | None = None
         argv = ["setpriv", f"--reuid={as_uid}", f"--regid={as_uid}", "--clear-groups", *argv]
     if (work / "passwd").exists():
         if shutil.which("unshare") is None:
-            pytest.skip(f"no account for uid {UID} and no unshare to provide one privately")
+            unavailable(f"no account for uid {UID} and no unshare to provide one privately")
         argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                 'mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/group && shift 2 '
                 '&& exec "$@"', "sh", str(work / "passwd"), str(work / "group"), *argv]
