@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from harbor_ops.core.lock import LOCK_ENV
 from harbor_ops.install.run import install
 from tests.bed.bundle.builder import build_bundle
 from tests.bed.fixtures import unavailable
@@ -46,7 +47,8 @@ def v2_only(testbed: TestBed) -> Host:
 
 
 def test_harbor_comes_back_after_a_reboot_with_compose_v2_only(
-        v2_only: Host, testbed: TestBed, tmp_path: Path) -> None:
+        v2_only: Host, testbed: TestBed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(LOCK_ENV, str(tmp_path / "controller.lock"))  # not this machine's jobs
     site = write_site(tmp_path, v2_only, testbed.client_key)
     bundle = build_bundle(VERSION, tmp_path / "bundle")
     install(site, bundle=bundle, log_dir=tmp_path / "logs", ssh_config=testbed.ssh_config_path,
