@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harbor_ops.core.errors import HealthError, PreflightFailed, RemoteError, UsageError
+from harbor_ops.core.errors import (
+    HealthError,
+    LockHeld,
+    PreflightFailed,
+    RemoteError,
+    UsageError,
+)
 from harbor_ops.core.hashing import sha256_file
 from harbor_ops.core.lock import job_lock
 from harbor_ops.core.paths import log_dir
@@ -31,6 +37,7 @@ if TYPE_CHECKING:
 
 PLAYBOOK = "install.yml"
 HEALTH_TASK = "Fail naming the components that are not healthy"
+HOST_LOCK_TASK = "Fail because another harborctl job runs on this host"
 STAGING_PREFIX = "harborctl-install-"
 
 
@@ -207,6 +214,8 @@ def _raise_for(outcome: runner.PlaybookOutcome, log_path: Path, output_path: Pat
         lines = "\n".join(f"  - {f}" for f in outcome.failures)
         if any(f.task == HEALTH_TASK for f in outcome.failures):
             raise HealthError("Harbor did not become healthy:\n" + lines, hint=where)
+        if any(f.task == HOST_LOCK_TASK for f in outcome.failures):
+            raise LockHeld("a harborctl job runs on a target host:\n" + lines, hint=where)
         unreachable = sorted({f.host for f in outcome.failures if f.status == "unreachable"})
         head = (f"unreachable host(s): {', '.join(unreachable)}" if unreachable
                 else "the install failed")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from harbor_ops.core.errors import LockHeld
 from harbor_ops.core.lock import LOCK_ENV
 from harbor_ops.install.run import install
 from tests.bed.bundle.builder import build_bundle
@@ -51,13 +52,26 @@ def test_harbor_comes_back_after_a_reboot_with_compose_v2_only(
     monkeypatch.setenv(LOCK_ENV, str(tmp_path / "controller.lock"))  # not this machine's jobs
     site = write_site(tmp_path, v2_only, testbed.client_key)
     bundle = build_bundle(VERSION, tmp_path / "bundle")
+
+    # A harborctl job (a nightly backup) holds the host's job lock: install.sh must not run.
+    v2_only.exec("flock /run/harborctl.lock sleep 600 >/dev/null 2>&1 & echo $! >/run/holder")
+    try:
+        with pytest.raises(LockHeld, match="a harborctl job runs on a target host") as busy:
+            install(site, bundle=bundle, log_dir=tmp_path / "logs",
+                    ssh_config=testbed.ssh_config_path, timeout=900)
+        assert "holds /run/harborctl.lock on h4" in str(busy.value)
+        assert v2_only.exec("docker ps -aq").stdout.strip() == ""  # install.sh never ran
+    finally:
+        v2_only.exec("kill $(cat /run/holder)", check=False)
+
     install(site, bundle=bundle, log_dir=tmp_path / "logs", ssh_config=testbed.ssh_config_path,
             timeout=900)
     cron = (v2_only.root_path / "etc/cron.d/harbor").read_text()
     line = re.search(r"^@reboot root (.+)$", cron, re.M)
     assert line is not None, cron
     assert "/usr/bin/docker compose -p harbor up -d" in line.group(1), line.group(1)
-    assert _healthy(v2_only), _why(v2_only)
+    # The role's first start of cron runs this @reboot line once already: let it settle.
+    assert _wait_healthy(v2_only), _why(v2_only)
 
     # What a reboot leaves: no Harbor container running.
     v2_only.exec("cd /opt/harbor/harbor && docker compose -p harbor down", timeout=300)
@@ -65,10 +79,7 @@ def test_harbor_comes_back_after_a_reboot_with_compose_v2_only(
     assert not _healthy(v2_only)
     # Cron at boot: /bin/sh, cron's own PATH, the line as installed.
     v2_only.exec(f"env -i PATH=/usr/bin:/bin /bin/sh -c {shlex.quote(line.group(1))}", timeout=300)
-    deadline = time.monotonic() + 180
-    while not _healthy(v2_only) and time.monotonic() < deadline:
-        time.sleep(2)
-    assert _healthy(v2_only), _why(v2_only)
+    assert _wait_healthy(v2_only), _why(v2_only)
     boot_log = (v2_only.root_path / "var/log/harbor-boot.log").read_text()
     assert "docker-compose: not found" not in boot_log, boot_log
 
@@ -86,3 +97,12 @@ def _why(host: Host) -> str:
     return host.exec("docker ps -a --format '{{.Names}} {{.Status}}'; "
                      "docker logs --tail 20 registry 2>&1; cat /var/log/harbor-boot.log; "
                      "ls -la /var/run/crond.reboot /run/crond.reboot", check=False).stdout
+
+
+def _wait_healthy(host: Host, timeout: float = 180) -> bool:
+    deadline = time.monotonic() + timeout
+    while not _healthy(host):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(2)
+    return True
