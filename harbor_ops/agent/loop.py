@@ -9,18 +9,20 @@ according to the status file (the pure :func:`due_jobs`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import random
 import signal
 import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import time as dtime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from harbor_ops.core.errors import HarborctlError
 from harbor_ops.core.fsutil import atomic_write
@@ -28,15 +30,27 @@ from harbor_ops.core.lock import file_lock
 from harbor_ops.site.checks import WEEKDAYS
 from harbor_ops.site.model import Site
 
+TICK_SECONDS = 30  # how often the foreground agent asks what is due
+
 
 @dataclass(frozen=True)
 class JobSpec:
-    """When a job runs: every ``interval``, or daily at ``at`` (HH:MM, local), on ``weekday``."""
+    """When a job runs: every ``interval``, or daily at ``at`` (HH:MM local wall time), on
+    ``weekday``, plus a per-day offset of up to ``jitter_minutes`` (the same on every tick of
+    a day, derived from ``jitter_seed``, so many hosts do not start together)."""
 
     name: str
     interval: timedelta | None = None
     at: str | None = None
     weekday: str | None = None
+    jitter_minutes: int = 0
+    jitter_seed: str = ""
+
+    def jitter(self, day: date) -> timedelta:
+        if not self.jitter_minutes:
+            return timedelta(0)
+        digest = hashlib.sha256(f"{self.jitter_seed}|{self.name}|{day}".encode()).digest()
+        return timedelta(seconds=int.from_bytes(digest[:8], "big") % (self.jitter_minutes * 60))
 
 
 # Jobs that look at this machine's Harbor; a controller of SSH hosts only has none.
@@ -44,9 +58,13 @@ HOST_LOCAL_JOBS = ("health", "disk_and_logs")
 
 
 def job_specs(site: Site) -> tuple[JobSpec, ...]:
+    # A fleet's hosts each wait their own jitter inside the job.
+    minutes = site.backup.jitter_minutes if has_local_host(site) else 0
+    seed = site.hostname
     specs = (
-        JobSpec("backup", at=site.backup.at),
-        JobSpec("drill", at=_shift(site.backup.at, hours=2), weekday=site.agent.drill_weekday),
+        JobSpec("backup", at=site.backup.at, jitter_minutes=minutes, jitter_seed=seed),
+        JobSpec("drill", at=_shift(site.backup.at, hours=2), weekday=site.agent.drill_weekday,
+                jitter_minutes=minutes, jitter_seed=seed),
         JobSpec("upgrade_check", interval=timedelta(hours=24)),
         JobSpec("health", interval=timedelta(minutes=5)),
         JobSpec("certificates", interval=timedelta(hours=12)),
@@ -66,27 +84,51 @@ def _shift(at: str, *, hours: int) -> str:
     return f"{(h + hours) % 24:02d}:{m:02d}"
 
 
-def next_due(spec: JobSpec, last_run: datetime | None, now: datetime) -> datetime:
-    """Pure: when ``spec`` is next due, given its last run (naive local times)."""
+def local_zone() -> tzinfo:
+    """This host's time zone WITH its daylight-saving rules ($TZ, else /etc/localtime).
+
+    ``datetime.now().astimezone()`` only knows today's offset, which is what made daily
+    times drift by an hour across a DST change."""
+    name = os.environ.get("TZ", "").lstrip(":")
+    try:
+        if name:
+            return ZoneInfo(name)
+        with open("/etc/localtime", "rb") as fh:
+            return ZoneInfo.from_file(fh)
+    except (OSError, ValueError, ZoneInfoNotFoundError):
+        return datetime.now().astimezone().tzinfo or UTC
+
+
+def next_due(spec: JobSpec, last_run: datetime | None, now: datetime,
+             tz: tzinfo | None = None) -> datetime:
+    """Pure: when ``spec`` is next due, given its last run (time zone-aware datetimes).
+
+    Intervals are absolute (UTC) time, so a clock going back an hour in autumn does not
+    pause the health check; daily times are wall times in ``tz`` (default: ``now``'s zone):
+    a time skipped in spring runs just after the gap, a repeated one runs once.
+    """
+    zone = tz or now.tzinfo or UTC
     if spec.interval is not None:
-        return now if last_run is None else last_run + spec.interval
+        return now if last_run is None else (last_run.astimezone(UTC) + spec.interval
+                                             ).astimezone(zone)
     assert spec.at is not None
     hh, mm = (int(x) for x in spec.at.split(":"))
-    anchor = last_run or (now - timedelta(days=8))
-    candidate = anchor.replace(hour=hh, minute=mm, second=0, microsecond=0)
-    if candidate <= anchor:
-        candidate += timedelta(days=1)
-    if spec.weekday is not None:
-        target = WEEKDAYS.index(spec.weekday.lower())
-        while candidate.weekday() != target:
-            candidate += timedelta(days=1)
-    return candidate
+    anchor = (last_run or (now - timedelta(days=8))).astimezone(UTC)
+    day = anchor.astimezone(zone).date() - timedelta(days=1)
+    target = WEEKDAYS.index(spec.weekday.lower()) if spec.weekday else None
+    for _ in range(16):
+        wall = datetime.combine(day, dtime(hh, mm), tzinfo=zone)
+        candidate = wall.astimezone(UTC) + spec.jitter(day)
+        if candidate > anchor and (target is None or day.weekday() == target):
+            return candidate.astimezone(zone)
+        day += timedelta(days=1)
+    raise AssertionError("unreachable: a weekday recurs within 8 days")
 
 
 def due_jobs(specs: tuple[JobSpec, ...], last_runs: dict[str, datetime | None],
-             now: datetime) -> list[str]:
+             now: datetime, tz: tzinfo | None = None) -> list[str]:
     """Pure: the names of jobs due at ``now`` (a missed nightly run is caught up once)."""
-    return [s.name for s in specs if next_due(s, last_runs.get(s.name), now) <= now]
+    return [s.name for s in specs if next_due(s, last_runs.get(s.name), now, tz) <= now]
 
 
 # ------------------------------------------------------------------ status and metrics
@@ -204,6 +246,14 @@ def _iso(t: datetime) -> str:
     return t.isoformat(timespec="seconds")
 
 
+def _aware(text: str | None, zone: tzinfo) -> datetime | None:
+    """A status-file time; one written without an offset is read as local wall time."""
+    if not text:
+        return None
+    t = datetime.fromisoformat(text)
+    return t if t.tzinfo is not None else t.replace(tzinfo=zone)
+
+
 def _epoch(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
@@ -226,10 +276,11 @@ class Agent:
         self.status_path = site.agent.status_file
         self.records, self.host_records = _load(self.status_path)
         self.stopping = threading.Event()
+        self.zone = local_zone()
 
     def run_job(self, name: str) -> JobRecord:
         rec = self.records.setdefault(name, JobRecord())
-        started = datetime.now().astimezone()
+        started = datetime.now(self.zone)
         t0 = time.monotonic()
         try:
             rec.detail = self.jobs[name](self.site)
@@ -243,8 +294,7 @@ class Agent:
             rec.failures += 1
         rec.duration_seconds = round(time.monotonic() - t0, 3)
         rec.last_run = _iso(started)
-        rec.next_run = _iso(next_due(self.specs[name], started.replace(tzinfo=None),
-                                     started.replace(tzinfo=None)))
+        rec.next_run = _iso(next_due(self.specs[name], started, started, self.zone))
         self._record_hosts(name, rec, started)
         self.save()
         return rec
@@ -272,11 +322,10 @@ class Agent:
                          metrics_text(self.records, self.host_records), mode=0o644)
 
     def run_due(self, now: datetime | None = None) -> list[str]:
-        now = now or datetime.now()
-        last = {n: (datetime.fromisoformat(r.last_run).replace(tzinfo=None) if r.last_run
-                    else None) for n, r in self.records.items()}
+        now = now or datetime.now(self.zone)
+        last = {n: _aware(r.last_run, self.zone) for n, r in self.records.items()}
         ran = []
-        for name in due_jobs(tuple(self.specs.values()), last, now):
+        for name in due_jobs(tuple(self.specs.values()), last, now, self.zone):
             if self.stopping.is_set():
                 break
             self.run_job(name)
@@ -316,14 +365,13 @@ def run_forever(site: Site, *, max_seconds: float | None = None,
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        # One decision for both paths: the timer's `agent once` and this loop run the same
+        # pure due_jobs (zone-aware, jittered); `schedule` only wakes the loop each tick.
         scheduler = schedule.Scheduler()
-        # A fleet's hosts each wait their own jitter inside the job.
-        jitter = site.backup.jitter_minutes * 60 if has_local_host(site) else 0
-        for spec in agent.specs.values():
-            _schedule(scheduler, spec, agent, jitter, log)
+        scheduler.every(TICK_SECONDS).seconds.do(_tick, agent, log)
         agent.save()  # the status file says the agent is up before the first job ends
         log(f"harborctl agent: started (pid {os.getpid()})")
-        agent.run_due()  # catch up on anything missed while the agent was down
+        _tick(agent, log)  # catch up on anything missed while the agent was down
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         while not agent.stopping.is_set():
             idle = scheduler.idle_seconds
@@ -338,18 +386,8 @@ def run_forever(site: Site, *, max_seconds: float | None = None,
         log("harborctl agent: stopped")
 
 
-def _schedule(scheduler: Any, spec: JobSpec, agent: Agent, jitter: int,
-              log: Callable[[str], None]) -> None:
-    def job() -> None:
-        if spec.at is not None and jitter and agent.stopping.wait(random.uniform(0, jitter)):
-            return
-        rec = agent.run_job(spec.name)
-        log(f"harborctl agent: {spec.name} {rec.result} in {rec.duration_seconds}s"
+def _tick(agent: Agent, log: Callable[[str], None]) -> None:
+    for name in agent.run_due():
+        rec = agent.records[name]
+        log(f"harborctl agent: {name} {rec.result} in {rec.duration_seconds}s"
             + (f": {rec.error}" if rec.error else ""))
-
-    if spec.interval is not None:
-        scheduler.every(int(spec.interval.total_seconds())).seconds.do(job)
-    elif spec.weekday is not None:
-        getattr(scheduler.every(), spec.weekday.lower()).at(spec.at).do(job)
-    else:
-        scheduler.every().day.at(spec.at).do(job)

@@ -6,8 +6,9 @@ import json
 import subprocess
 import sys
 import textwrap
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -18,7 +19,8 @@ from harbor_ops.site.load import load_site_text
 NIGHTLY = agent.JobSpec("backup", at="02:30")
 WEEKLY = agent.JobSpec("drill", at="04:30", weekday="sunday")
 HOURLY = agent.JobSpec("disk", interval=timedelta(hours=1))
-T = datetime(2026, 11, 25, 12, 0)  # a Wednesday
+BERLIN = ZoneInfo("Europe/Berlin")
+T = datetime(2026, 11, 25, 12, 0, tzinfo=BERLIN)  # a Wednesday
 
 
 @pytest.mark.parametrize("spec,last,now,due", [
@@ -36,6 +38,46 @@ T = datetime(2026, 11, 25, 12, 0)  # a Wednesday
 def test_due_jobs_table(spec: agent.JobSpec, last: datetime | None, now: datetime,
                         due: bool) -> None:
     assert (agent.due_jobs((spec,), {spec.name: last}, now) == [spec.name]) is due
+
+
+def _utc(y: int, mo: int, d: int, h: int, mi: int) -> datetime:
+    return datetime(y, mo, d, h, mi, tzinfo=UTC)
+
+
+# Europe/Berlin: 2026-03-29 02:00 CET -> 03:00 CEST; 2026-10-25 03:00 CEST -> 02:00 CET.
+@pytest.mark.parametrize("spec,last,now,due", [
+    # autumn: the wall clock goes back an hour; intervals are real time
+    (HOURLY, _utc(2026, 10, 25, 0, 30), _utc(2026, 10, 25, 1, 10), False),  # 02:30 -> 02:10
+    (HOURLY, _utc(2026, 10, 25, 0, 30), _utc(2026, 10, 25, 1, 31), True),  # 02:30 -> 02:31
+    # spring: 01:55 CET -> 03:01 CEST is six minutes, not 66
+    (HOURLY, _utc(2026, 3, 29, 0, 55), _utc(2026, 3, 29, 1, 1), False),
+    # the nightly 02:30 runs once on the night 02:30 happens twice ...
+    (NIGHTLY, _utc(2026, 10, 24, 0, 31), _utc(2026, 10, 25, 0, 30), True),
+    (NIGHTLY, _utc(2026, 10, 25, 0, 30), _utc(2026, 10, 25, 1, 35), False),
+    # ... and just after the gap on the night it does not happen at all
+    (NIGHTLY, _utc(2026, 3, 28, 1, 31), _utc(2026, 3, 29, 1, 29), False),
+    (NIGHTLY, _utc(2026, 3, 28, 1, 31), _utc(2026, 3, 29, 1, 30), True),
+    # the day after the change, 02:30 is local wall time again (00:30 UTC in summer)
+    (NIGHTLY, _utc(2026, 3, 29, 1, 30), _utc(2026, 3, 30, 0, 29), False),
+    (NIGHTLY, _utc(2026, 3, 29, 1, 30), _utc(2026, 3, 30, 0, 30), True),
+])
+def test_due_jobs_across_daylight_saving_changes(spec: agent.JobSpec, last: datetime,
+                                                 now: datetime, due: bool) -> None:
+    assert (agent.due_jobs((spec,), {spec.name: last}, now, BERLIN) == [spec.name]) is due
+
+
+def test_jitter_applies_to_every_tick_of_the_day_alike() -> None:
+    spec = agent.JobSpec("backup", at="02:30", jitter_minutes=30, jitter_seed="harbor.test")
+    last = T.replace(hour=3)
+    nxt = agent.next_due(spec, last, last)
+    base = (last + timedelta(days=1)).replace(hour=2, minute=30)
+    assert base <= nxt < base + timedelta(minutes=30) and nxt != base
+    assert agent.next_due(spec, last, last + timedelta(hours=5)) == nxt  # deterministic
+    assert agent.due_jobs((spec,), {"backup": last}, nxt - timedelta(seconds=1)) == []
+    assert agent.due_jobs((spec,), {"backup": last}, nxt) == ["backup"]
+    other = agent.JobSpec("backup", at="02:30", jitter_minutes=30, jitter_seed="other.test")
+    days = [agent.next_due(other, T + timedelta(days=i), T + timedelta(days=i)) for i in range(5)]
+    assert len({d.time() for d in days}) > 1  # a different offset each day
 
 
 def test_next_due_weekday_lands_on_that_weekday() -> None:
