@@ -54,7 +54,7 @@ def test_harbor_comes_back_after_a_reboot_with_compose_v2_only(
     bundle = build_bundle(VERSION, tmp_path / "bundle")
 
     # A harborctl job (a nightly backup) holds the host's job lock: install.sh must not run.
-    v2_only.exec("flock /run/harborctl.lock sleep 600 >/dev/null 2>&1 & echo $! >/run/holder")
+    v2_only.exec("flock -o /run/harborctl.lock sleep 600 >/dev/null 2>&1 & echo $! >/run/holder")
     try:
         with pytest.raises(LockHeld, match="a harborctl job runs on a target host") as busy:
             install(site, bundle=bundle, log_dir=tmp_path / "logs",
