@@ -168,7 +168,7 @@ class _Unit:
         self.stack, self.staged, self.safety, self.say = stack, staged, safety, say
         self.stopped = self.db_replaced = False
 
-    def run(self, health_url: str | None, health_timeout: float) -> dict[str, int]:
+    def run(self, health_url: HealthEndpoint | str | None, health_timeout: float) -> dict[str, int]:
         try:
             if self.stack is not None:
                 self.say("stopping Harbor")
@@ -198,7 +198,7 @@ class _Unit:
             self.stack.compose("up", "-d", self.stack.db_service)
             _server_major(self.target, wait=True)
 
-    def _start(self, health_url: str | None, health_timeout: float) -> None:
+    def _start(self, health_url: HealthEndpoint | str | None, health_timeout: float) -> None:
         if self.stack is None:
             return
         self.say("starting Harbor")
@@ -207,7 +207,7 @@ class _Unit:
             self.say(f"waiting for {health_url} to report healthy")
             wait_healthy(health_url, timeout=health_timeout)
 
-    def _recover(self, health_url: str | None, health_timeout: float) -> str:
+    def _recover(self, health_url: HealthEndpoint | str | None, health_timeout: float) -> str:
         """Put the previous database and files back and start Harbor; say where it is."""
         try:
             if self.stack is not None and self.stopped:
