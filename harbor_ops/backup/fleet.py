@@ -363,15 +363,16 @@ def restore_on_host(site: Site, entry: HostEntry, path: Path, *,
                               hostname=s.hostname, dry_run=dry_run, progress=progress)
     from functools import partial
 
-    from harbor_ops.backup.settings import health_url
     from harbor_ops.backup.ssh_restore import SshStack, stage_over_sftp
+    from harbor_ops.hosts import health
 
     with access(site, entry, ssh_config=ssh_config) as a:
         harbor_yml = a.files.harbor_yml
         stack = None if dry_run else SshStack(a.client, a.sftp, entry.name,
                                               posixpath.dirname(harbor_yml))
         address = a.client.get_transport().getpeername()[0]
-        url = health_url(site.harbor).replace("127.0.0.1", _url_host(address))
+        # The host's own address, the site's name and certificate chain.
+        url = replace(health.endpoint(site.harbor), address=address)
         return restore_backup(
             path=path, target=a.source, data_volume=Path(a.files.data_volume),
             harbor_yml=Path(harbor_yml), certificates=[Path(c) for c in a.files.certificates],
@@ -381,7 +382,3 @@ def restore_on_host(site: Site, entry: HostEntry, path: Path, *,
             progress=_prefixed(entry.name, progress), stack=stack,
             stager=partial(stage_over_sftp, a.client, a.sftp, entry.name),
             present=replace(a.files, optional=True))
-
-
-def _url_host(address: str) -> str:
-    return f"[{address}]" if ":" in address else address
