@@ -123,7 +123,7 @@ def build_bundle(version: str, out_dir: Path, *, engine_env: dict[str, str] | No
     ``engine_env`` (``{"DOCKER_HOST": ...}``) names the engine that builds the images on a
     cache miss; without it a private engine is started and stopped around the build.
     ``pad_mb`` (benchmarks only) adds incompressible layers until the images hold about that
-    many MB, so ``docker load`` costs what Harbor's does (2.15.2: about 650 MB).
+    many MB in all, so ``docker load`` costs what Harbor's does (2.15.2: about 650 MB).
     """
     return build_bundles([version], out_dir, engine_env=engine_env, pad_mb=pad_mb)[version]
 
@@ -146,13 +146,15 @@ def build_bundles(versions: list[str] | tuple[str, ...], out_dir: Path, *,
     for version, path in cached.items():
         os.utime(path.parent)  # in use: _prune keeps it
         target = out_dir / path.name
+        result[version] = target
+        if target.exists() and os.path.samefile(target, path):
+            continue  # already this bundle (rename() of two links to one file does nothing)
         tmp = out_dir / f".{path.name}.tmp-{os.getpid()}"
         try:
             os.link(path, tmp)
         except OSError:
             shutil.copyfile(path, tmp)
         os.replace(tmp, target)
-        result[version] = target
     return result
 
 
@@ -192,7 +194,7 @@ def _build(rel: Release, dest: Path, env: dict[str, str], pad_mb: int) -> None:
     tag = f"v{rel.version}"
     names = []
     specs = releases.image_specs(rel)
-    pad_each = pad_mb * (1 << 20) // len(specs)
+    pad_each = max(0, pad_mb * (1 << 20) - _image_size(base, env)) // len(specs)
     for name, spec in specs.items():
         image = f"goharbor/{name}:{tag}"
         with tempfile.TemporaryDirectory(prefix="bundle-ctx-") as ctx:
@@ -218,6 +220,11 @@ def _build(rel: Release, dest: Path, env: dict[str, str], pad_mb: int) -> None:
                          f"harbor.{tag}.tar.gz"):
                 tar.add(stage / name, arcname=f"harbor/{name}", filter=_root_owned)
         os.replace(partial, dest)
+
+
+def _image_size(image: str, env: dict[str, str]) -> int:
+    return int(run_cmd([docker_cli(), "image", "inspect", "-f", "{{.Size}}", image],
+                       env=env).stdout.strip())
 
 
 def _random_file(path: Path, size: int) -> Path:
