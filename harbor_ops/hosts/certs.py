@@ -21,10 +21,27 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
 
 SYSTEM_STORE = Path("/etc/ssl/certs")
 WARN_DAYS = 30
 MAX_CHAIN = 10
+# Go (Docker, Harbor) is more lenient than the Web PKI profile cryptography defaults to: it
+# does not insist on authorityKeyIdentifier, keyUsage or EKU in private CAs. So the checks
+# below build chains and match names with cryptography's verifier under a permissive
+# extension policy (basicConstraints on CAs, as Go requires), and leave each other finding
+# (SAN presence, expiry, key match) to its own check with its own message.
+_CA_POLICY = ExtensionPolicy.permit_all().require_present(
+    x509.BasicConstraints, Criticality.AGNOSTIC, None)
+_EE_POLICY = ExtensionPolicy.permit_all()
+_SERVER_EE_POLICY = ExtensionPolicy.permit_all().require_present(
+    x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
 
 
 @dataclass(frozen=True)
@@ -151,14 +168,24 @@ def san_names(cert: x509.Certificate) -> tuple[list[str], list[str]] | None:
             [str(a) for a in san.get_values_for_type(x509.IPAddress)])
 
 
-def name_matches(pattern: str, hostname: str) -> bool:
-    """RFC 6125 matching: exact, or one wildcard as the whole leftmost label."""
-    p, h = pattern.lower().rstrip("."), hostname.lower().rstrip(".")
-    if p == h:
-        return True
-    if p.startswith("*.") and "." in h:
-        return h.split(".", 1)[1] == p[2:] and h.split(".", 1)[0] != ""
-    return False
+def covers(leaf: x509.Certificate, hostname: str) -> bool:
+    """Whether the leaf's SAN covers ``hostname`` (RFC 6125, by cryptography's verifier).
+
+    The leaf is its own trust anchor here and the time is inside its validity, so the
+    only thing left to refuse is the name.
+    """
+    try:
+        subject: x509.DNSName | x509.IPAddress = x509.IPAddress(ipaddress.ip_address(hostname))
+    except ValueError:
+        subject = x509.DNSName(hostname)
+    verifier = (PolicyBuilder().store(Store([leaf])).time(leaf.not_valid_before_utc)
+                .extension_policies(ca_policy=_CA_POLICY, ee_policy=_SERVER_EE_POLICY)
+                .build_server_verifier(subject))
+    try:
+        verifier.verify(leaf, [])
+    except VerificationError:
+        return False
+    return True
 
 
 def _check_san(rep: CertReport, leaf: x509.Certificate, hostname: str) -> None:
@@ -170,13 +197,10 @@ def _check_san(rep: CertReport, leaf: x509.Certificate, hostname: str) -> None:
         return
     dns, ips = names
     try:
-        ip = str(ipaddress.ip_address(hostname))
-        ok = ip in ips
-        want = f"IP:{ip}"
+        want = f"IP:{ipaddress.ip_address(hostname)}"
     except ValueError:
-        ok = any(name_matches(n, hostname) for n in dns)
         want = f"DNS:{hostname}"
-    if not ok:
+    if not covers(leaf, hostname):
         listed = ", ".join([f"DNS:{n}" for n in dns] + [f"IP:{i}" for i in ips]) or "nothing"
         rep.fail(f"{rep.certificate} does not cover harbor.hostname {hostname} (its SAN lists "
                  f"{listed})", f"reissue it with subjectAltName = {want}, or fix the hostname")
@@ -220,44 +244,75 @@ def _load_store(store: Path | None) -> dict[x509.Name, list[x509.Certificate]]:
     return out
 
 
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    if cert.issuer != issuer.subject:
+def _self_signed(cert: x509.Certificate) -> bool:
+    if cert.issuer != cert.subject:
         return False
     try:
-        cert.verify_directly_issued_by(issuer)
+        cert.verify_directly_issued_by(cert)
         return True
     except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
         return False
 
 
+def _reason(exc: VerificationError) -> str:
+    """cryptography's message without its trailing certificate repr."""
+    return str(exc).split(" (encountered processing", 1)[0].removeprefix("validation failed: ")
+
+
 def _check_chain(rep: CertReport, certs: list[x509.Certificate], now: dt.datetime,
                  store: dict[x509.Name, list[x509.Certificate]]) -> None:
-    """Walk leaf -> issuer -> ... until a self-signed root or a root of the trust store."""
-    current = certs[0]
-    rep.chain = [current.subject.rfc4514_string()]
-    for _ in range(MAX_CHAIN):
-        if current is not certs[0] and current.not_valid_after_utc <= now:
-            rep.fail(f"chain certificate {current.subject.rfc4514_string()} expired on "
-                     f"{current.not_valid_after_utc:%Y-%m-%d}",
-                     "replace it with the CA's current intermediate")
-        if _issued_by(current, current):
-            if len(certs) == 1:
-                rep.info("self-signed certificate: every Docker client needs it as "
-                         "/etc/docker/certs.d/<host:port>/ca.crt")
-            return
-        trusted = [c for c in store.get(current.issuer, []) if _issued_by(current, c)]
-        if trusted:
-            rep.chain.append(trusted[0].subject.rfc4514_string() + " (system store)")
-            return
-        bundled = [c for c in certs if c is not current and _issued_by(current, c)]
-        if not bundled:
-            rep.fail(f"incomplete chain in {rep.certificate}: no certificate for issuer "
-                     f"{current.issuer.rfc4514_string()} (clients will say 'x509: certificate "
-                     "signed by unknown authority')",
-                     "append the intermediate certificate(s) after the server certificate, "
-                     "up to a root (or a root in the system store)")
-            return
-        current = bundled[0]
-        rep.chain.append(current.subject.rfc4514_string())
-    rep.fail(f"chain in {rep.certificate} is longer than {MAX_CHAIN} certificates or loops",
-             "keep only the leaf, its intermediates and optionally the root")
+    """Build leaf -> intermediates -> a root of the trust store or a root in the file.
+
+    A root the server sends itself counts as the end of a complete chain (whether clients
+    trust it is theirs to decide: ca.crt). The leaf's own validity is _check_validity's
+    finding, so the chain is built at a moment the leaf is valid.
+    """
+    leaf = certs[0]
+    roots = [c for found in store.values() for c in found]
+    anchors = roots + [c for c in certs if _self_signed(c)]
+    at = min(max(now, leaf.not_valid_before_utc), leaf.not_valid_after_utc)
+    if not anchors:
+        _explain_chain(rep, certs, roots, at, "no trusted root at all")
+        return
+    verifier = (PolicyBuilder().store(Store(anchors)).time(at).max_chain_depth(MAX_CHAIN)
+                .extension_policies(ca_policy=_CA_POLICY, ee_policy=_EE_POLICY)
+                .build_client_verifier())
+    try:
+        chain = verifier.verify(leaf, certs[1:]).chain
+    except VerificationError as exc:
+        _explain_chain(rep, certs, roots, at, _reason(exc))
+        return
+    rep.chain = [c.subject.rfc4514_string()
+                 + (" (system store)" if c in roots and c not in certs else "") for c in chain]
+    for c in chain[1:]:
+        if c.not_valid_after_utc <= now:
+            _expired_in_chain(rep, c)
+    if len(chain) == 1:
+        rep.info("self-signed certificate: every Docker client needs it as "
+                 "/etc/docker/certs.d/<host:port>/ca.crt")
+
+
+def _expired_in_chain(rep: CertReport, cert: x509.Certificate) -> None:
+    rep.fail(f"chain certificate {cert.subject.rfc4514_string()} expired on "
+             f"{cert.not_valid_after_utc:%Y-%m-%d}",
+             "replace it with the CA's current intermediate")
+
+
+def _explain_chain(rep: CertReport, certs: list[x509.Certificate],
+                   roots: list[x509.Certificate], at: dt.datetime, reason: str) -> None:
+    """Turn a failed chain build into the finding a person can act on."""
+    rep.chain = [certs[0].subject.rfc4514_string()]
+    stale = [c for c in certs[1:] if not c.not_valid_before_utc <= at < c.not_valid_after_utc]
+    for c in stale:
+        _expired_in_chain(rep, c)
+    known = {c.subject for c in certs} | {c.subject for c in roots}
+    missing = list(dict.fromkeys(c.issuer for c in certs if c.issuer not in known))
+    if missing:
+        rep.fail(f"incomplete chain in {rep.certificate}: no certificate for issuer "
+                 + ", ".join(n.rfc4514_string() for n in missing)
+                 + " (clients will say 'x509: certificate signed by unknown authority')",
+                 "append the intermediate certificate(s) after the server certificate, "
+                 "up to a root (or a root in the system store)")
+    elif not stale:
+        rep.fail(f"the chain in {rep.certificate} does not verify: {reason}",
+                 "keep only the leaf, its intermediates (in order) and optionally the root")

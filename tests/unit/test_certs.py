@@ -214,3 +214,13 @@ def test_expired_intermediate_fails(pki: PKI) -> None:
     c, k = pki.write("oldint", [leaf, old_inter], key)
     rep = certs.check_pair(c, k, HOST, trust_store=pki.store)
     assert "chain certificate" in _messages(rep, "fail")
+
+
+def test_intermediate_with_the_right_name_but_another_key_does_not_verify(pki: PKI) -> None:
+    """Names alone do not make a chain: the signatures are checked (by cryptography)."""
+    impostor = _cert("Test Intermediate CA", _key(), pki.root, pki.root_key, ca=True)
+    leaf, key = pki.leaf()
+    c, k = pki.write("impostor", [leaf, impostor], key)
+    rep = certs.check_pair(c, k, HOST, trust_store=pki.store)
+    assert rep.worst == "fail"
+    assert "does not verify" in _messages(rep, "fail")
