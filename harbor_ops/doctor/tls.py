@@ -26,7 +26,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from harbor_ops.doctor.findings import Finding, finding
 from harbor_ops.doctor.wire import Endpoint, insecure_context
-from harbor_ops.hosts.certs import name_matches, san_names
+from harbor_ops.hosts.certs import covers, san_names
 
 DOCKER_CERTS_DIR = Path("/etc/docker/certs.d")
 # The Web PKI profile, minus what Go's verifier (docker, containerd, skopeo) does not ask
@@ -133,23 +133,20 @@ def _name(leaf: x509.Certificate, host: str) -> tuple[bool, str]:
         return False, ""
     dns, ips = sans
     listed = ", ".join([f"DNS:{n}" for n in dns] + [f"IP:{i}" for i in ips])
-    try:
-        return str(ipaddress.ip_address(host)) in ips, listed
-    except ValueError:
-        return any(name_matches(n, host) for n in dns), listed
+    return covers(leaf, host), listed
 
 
 def _verifier_subject(leaf: x509.Certificate, host: str, name_ok: bool) -> xv.Subject | None:
     """The name to build the path for: the one used, or (to judge trust alone) one it has."""
     if name_ok:
         try:
-            return xv.IPAddress(ipaddress.ip_address(host))
+            return x509.IPAddress(ipaddress.ip_address(host))
         except ValueError:
-            return xv.DNSName(host)
+            return x509.DNSName(host)
     dns, ips = san_names(leaf) or ([], [])
     if dns and not dns[0].startswith("*"):
-        return xv.DNSName(dns[0])
-    return xv.IPAddress(ipaddress.ip_address(ips[0])) if ips else None
+        return x509.DNSName(dns[0])
+    return x509.IPAddress(ipaddress.ip_address(ips[0])) if ips else None
 
 
 def _verifies(chain: list[x509.Certificate], anchors: list[x509.Certificate],
