@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from harbor_ops.backup import crypto
 from harbor_ops.backup.manifest import (
@@ -288,7 +288,7 @@ def prune_remote(remote: Remote, keep: KeepPolicy | None = None, *,
 def _ssh_exception() -> type[Exception]:
     import paramiko
 
-    return paramiko.SSHException
+    return cast(type[Exception], paramiko.SSHException)
 
 
 @contextmanager
@@ -307,7 +307,7 @@ def _session(remote: Remote, ssh_config: Path | None, accept_new_host_keys: bool
         raise RemoteError(f"{where}: {exc.message}", hint=exc.hint) from None
     try:
         sftp = client.open_sftp()
-        sftp.get_channel().settimeout(max(target.timeout, 60.0))  # type: ignore[union-attr]
+        sftp.get_channel().settimeout(max(target.timeout, 60.0))
         yield client, sftp, where
     except (OSError, EOFError, paramiko.SSHException) as exc:
         raise RemoteError(f"off-host copy to {where} failed: {ssh.reason(exc)}") from None
@@ -376,7 +376,7 @@ def _remote_sha256(client: paramiko.SSHClient, path: str, size: int, where: str)
     if status != 0:
         raise RemoteError(f"{where}: hashing the uploaded copy failed ({status}): "
                           f"{err.splitlines()[-1] if err else 'no message'}")
-    return out
+    return str(out)
 
 
 def _push_sidecar(sftp: paramiko.SFTPClient, path: Path, final: str) -> None:

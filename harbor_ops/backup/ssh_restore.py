@@ -35,7 +35,7 @@ def run(client: Any, host: str, command: str, *, timeout: float = 120.0) -> str:
     """Run ``command`` on the host; its stdout, or a RemoteError naming the host."""
     try:
         _in, out, err = client.exec_command(command, timeout=timeout)
-        stdout = out.read().decode(errors="replace")
+        stdout = str(out.read().decode(errors="replace"))
         stderr = err.read().decode(errors="replace").strip()
         rc = out.channel.recv_exit_status()
     except Exception as exc:  # noqa: BLE001 - paramiko raises many kinds

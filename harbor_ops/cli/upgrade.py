@@ -7,8 +7,9 @@ presentation, the decisions are all in :mod:`harbor_ops.releases.planner`.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -25,7 +26,7 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
-class ByteSize(click.ParamType):
+class ByteSize(click.ParamType[int]):
     """A size such as ``12G``, ``512MiB`` or ``1048576`` (bytes), in powers of 1024."""
 
     name = "size"
@@ -93,7 +94,10 @@ def _options(bundle_dir: Path | None, ssh_config: Path | None, log_dir: Path | N
                    health_retries=health_retries)
 
 
-def _host_options(f):  # type: ignore[no-untyped-def]
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _host_options(f: _F) -> _F:
     f = click.option("--host", "host", metavar="NAME", default=None,
                      help="Only this host of the site file (default: all, one at a time).")(f)
     f = click.option("--ssh-config", type=click.Path(exists=True, dir_okay=False,

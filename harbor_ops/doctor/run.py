@@ -169,5 +169,5 @@ def doctor(*, site: Site | None, url: str | None, ca: Path | None, username: str
     opts = DoctorOptions(url=url, ca=ca, username=username, password=password,
                          push_probe=push_probe, image=image, resolve=parse_resolve(resolve),
                          timeout=timeout, probe_repository=probe_repository,
-                         **extra)  # type: ignore[arg-type]
+                         **extra)
     return run_doctor(opts)

@@ -21,6 +21,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 from cryptography.x509.verification import (
     Criticality,
     ExtensionPolicy,
@@ -121,7 +122,7 @@ def _load_certs(rep: CertReport) -> list[x509.Certificate]:
         return []
 
 
-def _load_key(rep: CertReport):  # type: ignore[no-untyped-def]
+def _load_key(rep: CertReport) -> PrivateKeyTypes | None:
     p = rep.private_key
     if not p.exists() or not p.is_file():
         rep.fail(f"private key {p} does not exist or is not a regular file",
@@ -138,12 +139,13 @@ def _load_key(rep: CertReport):  # type: ignore[no-untyped-def]
     return None
 
 
-def _spki(obj) -> bytes:  # type: ignore[no-untyped-def]
+def _spki(obj: PublicKeyTypes) -> bytes:
     return obj.public_bytes(serialization.Encoding.DER,
                             serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def _check_key_match(rep: CertReport, leaf: x509.Certificate, key, certs) -> None:  # type: ignore[no-untyped-def]
+def _check_key_match(rep: CertReport, leaf: x509.Certificate, key: PrivateKeyTypes,
+                     certs: list[x509.Certificate]) -> None:
     mine = _spki(key.public_key())
     if _spki(leaf.public_key()) == mine:
         return

@@ -145,7 +145,8 @@ def fingerprint(key: paramiko.PKey) -> str:
 def _policy(target: SshTarget) -> paramiko.MissingHostKeyPolicy:
     import paramiko
 
-    class Refuse(paramiko.MissingHostKeyPolicy):
+    # paramiko ships no type information: its base classes are Any to mypy.
+    class Refuse(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
         def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
                              key: paramiko.PKey) -> None:
             raise RemoteError(
@@ -155,7 +156,7 @@ def _policy(target: SshTarget) -> paramiko.MissingHostKeyPolicy:
                 "/etc/ssh/ssh_host_*_key.pub), then add it to known_hosts or rerun with "
                 "--accept-new-host-keys")
 
-    class Record(paramiko.MissingHostKeyPolicy):
+    class Record(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
         def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
                              key: paramiko.PKey) -> None:
             record_host_key(target, hostname, key)
