@@ -24,6 +24,9 @@ from pathlib import Path
 
 import click
 import packaging
+import psycopg
+import psycopg_binary
+import typing_extensions
 import yaml
 import zstandard
 
@@ -121,9 +124,14 @@ def _onhost_setup(host: Host) -> None:
     """harborctl on the host itself: its python3 with the same code, a local site file."""
     dest = host.root_path / ONHOST.lstrip("/")
     dest.mkdir(parents=True, exist_ok=True)
-    for module in (harbor_ops, click, packaging, yaml, zstandard):
+    for module in (harbor_ops, click, packaging, psycopg, psycopg_binary, yaml, zstandard):
         src = Path(module.__file__ or "").parent
         shutil.copytree(src, dest / src.name, dirs_exist_ok=True)
+    libs = Path(psycopg_binary.__file__ or "").parent.with_name("psycopg_binary.libs")
+    if libs.is_dir():  # the wheel's bundled libpq and its dependencies
+        shutil.copytree(libs, dest / libs.name, dirs_exist_ok=True)
+    single = Path(typing_extensions.__file__ or "")  # a one-file module
+    shutil.copy2(single, dest / single.name)
     (dest / "site.yml").write_text(f"""harbor:
   version: {VERSION}
   hostname: {host.address}
