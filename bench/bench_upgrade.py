@@ -1,9 +1,9 @@
 """Benchmark: downtime of `harborctl upgrade apply` against Harbor's manual upgrade procedure.
 
 Same run, same bed host, same data: Harbor 2.14.4 installed by `harborctl install` with a
-database of at least ``--db-mb`` MB and Harbor-sized images (the double's image tarball padded
-with ``--pad-mb`` MB of incompressible layer, so `docker load` costs what Harbor's ~650 MB of
-layers cost), then one hop to 2.15.2 (a real pg_upgrade), twice:
+database of at least ``--db-mb`` MB and Harbor-sized images (the double's images padded to
+about ``--pad-mb`` MB of incompressible layers by the bundle builder, so `docker load` costs
+what Harbor's ~650 MB of layers cost), then one hop to 2.15.2 (a real pg_upgrade), twice:
 
 1. `harborctl upgrade apply` (backup, unpack, docker load and prepare while 2.14.4 serves;
    then stop, snapshot, switch, start, gate);
@@ -24,12 +24,8 @@ every 100 ms from the controller. The host is reinstalled between the two runs. 
 from __future__ import annotations
 
 import argparse
-import gzip
-import hashlib
-import json
 import os
 import shutil
-import tarfile
 import tempfile
 import threading
 import time
@@ -75,84 +71,6 @@ hosts:
   - {{name: {host.name}, address: {host.address}, ssh_key_file: {key}}}
 """)
     return load_site(directory / "harborctl.yml")
-
-
-# ------------------------------------------------------------------ Harbor-sized images
-
-
-def _layer(directory: Path, size: int) -> Path:
-    """A layer tar holding ``size`` random bytes (incompressible, like real binaries)."""
-    path = directory / "layer.tar"
-    data = directory / "pad.bin"
-    with open(data, "wb") as fh:
-        left = size
-        while left > 0:
-            chunk = min(left, 8 << 20)
-            fh.write(os.urandom(chunk))
-            left -= chunk
-    with tarfile.open(path, "w") as tar:
-        tar.add(data, arcname="pad.bin")
-    data.unlink()
-    return path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def pad_images(tarball: Path, version: str, size: int, work: Path) -> None:
-    """Add an image of ``size`` bytes (one layer) to a `docker save` tarball, in place."""
-    layer = _layer(work, size)
-    diff = _sha256(layer)
-    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
-                         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff}"]}}).encode()
-    cfg_name = hashlib.sha256(config).hexdigest() + ".json"
-    out = tarball.with_suffix(".padded")
-    with tarfile.open(tarball, "r:gz") as src, gzip.open(out, "wb", compresslevel=1) as gz, \
-            tarfile.open(fileobj=gz, mode="w") as dst:
-        manifest = []
-        for member in src:
-            if member.name == "manifest.json":
-                manifest = json.load(src.extractfile(member))  # type: ignore[arg-type]
-                continue
-            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
-        dst.add(layer, arcname=f"{diff}/layer.tar")
-        info = tarfile.TarInfo(cfg_name)
-        info.size = len(config)
-        dst.addfile(info, _bytes(config))
-        manifest.append({"Config": cfg_name, "RepoTags": [f"goharbor/harbor-pad:v{version}"],
-                         "Layers": [f"{diff}/layer.tar"]})
-        body = json.dumps(manifest).encode()
-        info = tarfile.TarInfo("manifest.json")
-        info.size = len(body)
-        dst.addfile(info, _bytes(body))
-    os.replace(out, tarball)
-    layer.unlink()
-
-
-def _bytes(data: bytes):  # type: ignore[no-untyped-def]
-    import io
-
-    return io.BytesIO(data)
-
-
-def padded_bundle(version: str, out: Path, size: int) -> Path:
-    """The double's bundle for ``version`` with its image tarball padded by ``size`` bytes."""
-    plain = build_bundle(version, out / "plain")
-    work = out / f"work-{version}"
-    work.mkdir(parents=True)
-    with tarfile.open(plain, "r:gz") as tar:
-        tar.extractall(work, filter="data")
-    pad_images(work / "harbor" / f"harbor.v{version}.tar.gz", version, size, work)
-    bundle = out / plain.name
-    with tarfile.open(bundle, "w:gz", compresslevel=1) as tar:
-        tar.add(work / "harbor", arcname="harbor")
-    shutil.rmtree(work)
-    return bundle
 
 
 # ------------------------------------------------------------------ downtime sampling
@@ -278,7 +196,7 @@ def main() -> None:
     try:
         bed.up(["h1"], docker=True)
         bundle_dir = work / "bundles"
-        bundles = {v: padded_bundle(v, bundle_dir, args.pad_mb << 20) for v in (OLD, NEW)}
+        bundles = {v: build_bundle(v, bundle_dir, pad_mb=args.pad_mb) for v in (OLD, NEW)}
         print(f"bench_upgrade: {OLD} -> {NEW}, images padded by {args.pad_mb} MB, "
               f"database >= {args.db_mb} MB")
         ours = run_harborctl(bed, prepared_host(bed, bundles, work, args.db_mb), bundle_dir,

@@ -1,0 +1,127 @@
+"""Each fault of the new release ends on the old release with every row (exit 11).
+
+Harbor 2.14.4 is installed once with rows and kept as a bed snapshot; each test restores it
+(seconds, not a fresh install), drops one of the double's fault switches for 2.15.2 into
+``/data/bed-faults`` (mounted into the new release's harbor-db and harbor-core by its
+prepare) or writes the rows a migration fails on, and runs `upgrade apply` to 2.15.2:
+
+* ``pg-upgrade``: 2.15.2's real pg_upgrade 15 -> 18 fails;
+* a migration fails on duplicate ``schedule`` rows and leaves ``schema_migrations`` dirty
+  (Harbor's duplicate-schedule failure, goharbor/harbor#15088);
+* ``core-unhealthy``: 2.15.2's core never becomes healthy.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harbor_ops.core.errors import UpgradeRolledBack
+from harbor_ops.install.run import install
+from harbor_ops.upgrade.apply import Options, apply
+from tests.bed.bundle.builder import build_bundle
+from tests.bed.hosts import Host, TestBed
+from tests.integration.test_upgrade_apply import COUNT_SQL, ROWS_SQL, _site_at, psql
+
+pytestmark = pytest.mark.integration
+
+OLD, NEW = "2.14.4", "2.15.2"
+LABEL = "harbor-2.14.4-with-rows"
+DUPLICATE_SCHEDULES = """
+    DROP INDEX IF EXISTS unique_schedule;
+    INSERT INTO schedule (vendor_type, vendor_id, cron)
+      VALUES ('RETENTION', 1, '0 0 0 * * *'), ('RETENTION', 1, '0 0 1 * * *');"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def private_lock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HARBORCTL_LOCK_FILE", str(tmp_path_factory.mktemp("lock") / "harborctl.lock"))
+        yield
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("bundles")
+    for v in (OLD, NEW):
+        build_bundle(v, d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def snapshot(testbed: TestBed, bundles: Path,
+             tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """h1 on 2.14.4 with rows, kept as a bed snapshot; returns (site dir, row counts)."""
+    host = testbed.reset("h1")
+    site_dir = tmp_path_factory.mktemp("site")
+    site = _site_at(site_dir, host, testbed.client_key, OLD)
+    install(site, bundle=bundles / f"harbor-offline-installer-v{OLD}.tgz",
+            log_dir=site_dir / "logs", ssh_config=testbed.ssh_config_path, timeout=900)
+    host.exec("docker exec -i harbor-db psql -v ON_ERROR_STOP=1 -U postgres -d registry",
+              input=ROWS_SQL.encode())
+    counts = psql(host, COUNT_SQL)
+    testbed.snapshot("h1", LABEL)
+    return site_dir, counts
+
+
+def _restored(testbed: TestBed) -> Host:
+    """The snapshot booted; its containers come back by their restart policy."""
+    host = testbed.restore("h1", LABEL)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{host.address}:8080/api/v2.0/health",
+                                        timeout=5) as r:  # noqa: S310 - bed address
+                if json.load(r).get("status") == "healthy":
+                    return host
+        except (OSError, ValueError):
+            pass
+        time.sleep(1)
+    raise AssertionError("the restored 2.14.4 did not become healthy in 180 s")
+
+
+def _apply(testbed: TestBed, site_dir: Path, bundles: Path, host: Host):  # type: ignore[no-untyped-def]
+    site = _site_at(site_dir, host, testbed.client_key, NEW)
+    return apply(site, to=NEW, host=None, opts=Options(
+        bundle_dir=bundles, ssh_config=testbed.ssh_config_path, log_dir=site_dir / "logs",
+        backup_dir=site_dir / "backups", health_retries=12))
+
+
+def _on_the_old_release_with_every_row(host: Host, counts: str) -> None:
+    assert host.exec("readlink /opt/harbor/harbor").stdout.strip() == f"harbor-{OLD}"
+    assert f"harbor-core:v{OLD}" in host.exec("docker ps --format '{{.Image}}'").stdout
+    assert psql(host, COUNT_SQL) == counts
+    assert psql(host, "SELECT version, dirty FROM schema_migrations") == "171|f"
+    assert host.exec("ls /data/database").stdout.split() == ["pg15"]
+    assert host.exec("stat -c '%u %a' /data/database/pg15").stdout.strip() == "999 700"
+    assert host.exec("test -e /var/lib/harborctl/upgrade.window", check=False).returncode != 0
+
+
+@pytest.mark.parametrize(("fault", "words"), [
+    ("pg-upgrade", "failed at gate"),
+    ("migration", "failed at gate"),
+    ("core-unhealthy", "failed at gate"),
+])
+def test_a_failing_new_release_is_rolled_back(testbed: TestBed, snapshot: tuple[Path, str],
+                                              bundles: Path, fault: str, words: str) -> None:
+    site_dir, counts = snapshot
+    host = _restored(testbed)
+    if fault == "migration":
+        host.exec("docker exec -i harbor-db psql -v ON_ERROR_STOP=1 -U postgres -d registry",
+                  input=DUPLICATE_SCHEDULES.encode())
+        counts = psql(host, COUNT_SQL)
+    else:
+        host.exec(f"mkdir -p /data/bed-faults && echo v{NEW} > /data/bed-faults/{fault}")
+    result = _apply(testbed, site_dir, bundles, host)
+    assert isinstance(result.error, UpgradeRolledBack), result.error
+    out = result.hosts[0]
+    assert (out.outcome, out.on_release) == ("rolled_back", OLD)
+    assert words in out.message, out.message
+    steps = [s["step"] for s in out.hops[-1]["steps"]]
+    assert steps[-5:] == ["rb_stop", "rb_restore", "rb_switch", "rb_start", "rb_gate"]
+    _on_the_old_release_with_every_row(host, counts)
