@@ -14,6 +14,9 @@ prepare) or writes the rows a migration fails on, and runs `upgrade apply` to 2.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -26,7 +29,7 @@ from harbor_ops.install.run import install
 from harbor_ops.upgrade.apply import Options, apply
 from tests.bed.bundle.builder import build_bundle
 from tests.bed.hosts import Host, TestBed
-from tests.integration.test_upgrade_apply import COUNT_SQL, ROWS_SQL, _site_at, psql
+from tests.integration.test_upgrade_apply import COUNT_SQL, ROWS_SQL, _journal, _site_at, psql
 
 pytestmark = pytest.mark.integration
 
@@ -125,3 +128,42 @@ def test_a_failing_new_release_is_rolled_back(testbed: TestBed, snapshot: tuple[
     steps = [s["step"] for s in out.hops[-1]["steps"]]
     assert steps[-5:] == ["rb_stop", "rb_restore", "rb_switch", "rb_start", "rb_gate"]
     _on_the_old_release_with_every_row(host, counts)
+
+
+def test_a_reboot_in_the_window_then_apply_again_reaches_the_target(
+        testbed: TestBed, snapshot: tuple[Path, str], bundles: Path) -> None:
+    """harborctl dies with the host: SIGKILL when the window's snapshot begins, then the host
+    reboots (dockerd stopped and started, containers back by their restart policy, the
+    @reboot line run). The boot path must start nothing while the window is open; the
+    next `apply` continues at the snapshot and reaches 2.15.2 with every row."""
+    site_dir, counts = snapshot
+    host = _restored(testbed)
+    site = _site_at(site_dir, host, testbed.client_key, NEW)
+    assert site.path is not None
+    argv = [str(Path(sys.executable).with_name("harborctl")), "upgrade", "apply", "--yes",
+            "-c", str(site.path), "--bundle-dir", str(bundles), "--ssh-config",
+            str(testbed.ssh_config_path), "--log-dir", str(site_dir / "logs"),
+            "--backup-dir", str(site_dir / "backups")]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any(e["step"] == "snapshot" and e["event"] == "begin" for e in _journal(host)):
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.3)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    testbed.snapshot("h1", "rebooted-in-the-window")  # halt (dockerd stopped), then boot
+    boot = host.exec("grep '^@reboot' /etc/cron.d/harbor").stdout.split(None, 2)[2]
+    host.exec(boot, check=False)  # what cron runs at boot, as root
+    time.sleep(5)
+    assert "harbor-core" not in host.exec("docker ps --format '{{.Names}}'").stdout
+    result = _apply(testbed, site_dir, bundles, host)
+    assert result.error is None, result.error
+    assert (result.hosts[0].outcome, result.hosts[0].on_release) == ("done", NEW)
+    assert psql(host, COUNT_SQL) == counts
+    assert host.exec("ls /data/database").stdout.split() == ["pg18"]
