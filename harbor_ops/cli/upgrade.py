@@ -211,8 +211,8 @@ def format_plan(plan: planner.Plan) -> str:
     for hop in plan.hops:
         lines += ["", f"Hop {hop.number}/{len(plan.hops)}: {hop.source} -> {hop.target}"]
         lines += [f"  {k:<20} {v}" for k, v in _hop_rows(hop)]
-    lines += ["", ("Next: back up, then install the first stop "
-               "(preflight refuses any unsafe hop):"), "",
+    lines += ["", (f"Next: with harbor.version {plan.stops[-1]} in the site file, every hop "
+                   "(verified backup, health gate, automatic rollback):"), "",
               f"    {plan.next_command}", ""]
     return "\n".join(lines)
 

@@ -200,8 +200,8 @@ class Hop:
 
     @property
     def command(self) -> str:
-        # Until `upgrade apply` lands, a hop is: a verified backup, the site file's
-        # harbor.version set to the stop, then an install of that stop's bundle.
+        # The hop by hand (what `upgrade apply` automates, with snapshot and rollback): a
+        # verified backup, the site file's harbor.version set to the stop, an install of it.
         return (f"harborctl backup create && harborctl install "
                 f"--bundle harbor-offline-installer-v{self.target}.tgz "
                 f"--harbor-version {self.target}")
@@ -290,7 +290,8 @@ class Plan:
 
     @property
     def next_command(self) -> str | None:
-        return self.hops[0].command if self.hops else None
+        """Every hop in one command: per-hop verified backup, health gate, rollback."""
+        return f"harborctl upgrade apply --to {self.hops[-1].target}" if self.hops else None
 
     @property
     def current_supported(self) -> bool:

@@ -46,7 +46,8 @@ def test_plan_json_through_click_group() -> None:
     assert data["current"] == "2.0.6" and data["target"] == "2.15.2"
     assert data["data_layout"] == "9.6"
     assert len(data["hops"]) == len(data["stops"])
-    assert data["next_command"] == (
+    assert data["next_command"] == "harborctl upgrade apply --to 2.15.2"
+    assert data["hops"][0]["command"] == (
         "harborctl backup create && harborctl install --bundle "
         "harbor-offline-installer-v2.2.4.tgz --harbor-version 2.2.4")
 
@@ -59,9 +60,7 @@ def test_plan_text_is_kubeadm_style() -> None:
     assert "pg13 -> pg14 by pg_upgrade in harbor-db" in r.out
     assert "OUT of support" in r.out  # 2.8 is outside the support window
     assert "= 11.0 GiB" in r.out  # 1.0 x 10 GiB database + 1 GiB images
-    assert r.out.rstrip().endswith(
-        "harborctl backup create && harborctl install --bundle "
-        "harbor-offline-installer-v2.10.3.tgz --harbor-version 2.10.3")
+    assert r.out.rstrip().endswith("harborctl upgrade apply --to 2.12.4")
 
 
 def test_plan_text_shows_yml_rename_and_removed_components() -> None:

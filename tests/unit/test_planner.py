@@ -199,7 +199,8 @@ def test_hop_details_conversion_and_disk() -> None:
     assert first.disk_needed_bytes == size + planner.IMAGE_TARBALL_BYTES
     assert first.removed_components == ("notary",) and first.flags_stop_working == (
         "--with-notary",)
-    assert p.next_command == (
+    assert p.next_command == "harborctl upgrade apply --to 2.12.4"
+    assert first.command == (
         "harborctl backup create && harborctl install --bundle "
         "harbor-offline-installer-v2.10.3.tgz --harbor-version 2.10.3")
     req = second.requirements
