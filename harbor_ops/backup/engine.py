@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import socket
 import subprocess
 import tarfile
@@ -36,8 +35,10 @@ from harbor_ops.backup.manifest import (
     FileEntry,
     Manifest,
     backup_name,
+    cert_arcname,
     is_host_backup,
     iso,
+    recorded_path_problem,
     utc_now,
 )
 from harbor_ops.backup.sources import DbSource, SqlSession, pg_major_of
@@ -93,11 +94,6 @@ class HostFiles:
 
     def add_to(self, tar: tarfile.TarFile, entry: FileEntry) -> None:
         tar.add(entry.path, arcname=entry.arcname, recursive=True)
-
-
-def cert_arcname(index: int, name: str) -> str:
-    """A certificate's name inside the backup: the file name, made safe, numbered."""
-    return f"certs/{index}-" + re.sub(r"[^A-Za-z0-9._+@-]", "_", name)[:200]
 
 
 class FileSource(Protocol):
@@ -168,6 +164,10 @@ def write_backup(*, backup_dir: Path, source: DbSource, files: FileSource,
     database is read, so a clash is found before a dump, not after it.
     """
     entries = files.entries()
+    refused = [p for e in entries if (p := recorded_path_problem(e))]
+    if refused:  # verify and restore would refuse the backup: say so before the dump
+        raise BackupError("; ".join(refused), hint="move the file out of that folder and "
+                          "name its new path in the site file")
     _prepare_dir(backup_dir)
     clean_partials(backup_dir, hostname)
     partial = reserve_name(backup_dir, hostname)

@@ -7,6 +7,7 @@ can be read was written to the end; its checksums then prove every other member.
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -164,6 +165,8 @@ class Manifest:
             if not _canonical_arcname(e):
                 out.append(f"file entry {e.role!r} -> {e.arcname!r} is not one harborctl "
                            "writes")
+            elif problem := recorded_path_problem(e):
+                out.append(problem)
         return out
 
 
@@ -172,6 +175,58 @@ _MAJOR_RE = re.compile(r"^\d{1,2}(\.\d{1,2})?$")
 _CERT_ARCNAME_RE = re.compile(r"^certs/(?P<index>\d{1,2})-[A-Za-z0-9._+@-]{1,200}$")
 FIXED_ARCNAMES = {"secret": "data_volume/secret", "redis": "data_volume/redis",
                   "harbor_yml": "config/harbor.yml"}
+
+
+# Folders no file harborctl saves ever lives in: a file placed there runs as root or
+# changes who may log in ("family*" entries match every name that starts so).
+_SYSTEM_FOLDERS = (
+    "/etc/cron*", "/var/spool/cron", "/etc/anacrontab", "/etc/systemd", "/lib/systemd",
+    "/usr/lib/systemd", "/etc/init.d", "/etc/rc*", "/etc/sudoers*", "/etc/profile*",
+    "/etc/bash*", "/etc/environment", "/etc/ld.so*", "/etc/pam.d", "/etc/security",
+    "/etc/ssh", "/etc/passwd*", "/etc/shadow*", "/etc/group*", "/etc/gshadow*", "/etc/apt",
+    "/etc/logrotate*", "/etc/udev", "/etc/modprobe.d", "/etc/docker", "/bin", "/sbin",
+    "/lib", "/lib64", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/lib64", "/usr/libexec",
+    "/usr/local/bin", "/usr/local/sbin", "/usr/local/lib", "/boot", "/proc", "/sys",
+    "/dev", "/run", "/var/run")
+_ROLE_FILE_NAMES = {"secret": "secret", "redis": "redis", "harbor_yml": "harbor.yml"}
+
+
+def recorded_path_problem(e: FileEntry) -> str | None:
+    """Why the host path a manifest records for ``e`` is not one harborctl saves from.
+
+    Restores take their destinations from the site, never from these paths; a manifest
+    that names a path no Harbor file lives at (``/etc/cron.d/x``, a ``..`` path, a name
+    that does not match its role) was not written by harborctl and is refused as a whole,
+    so a forged archive is never half-trusted.
+    """
+    p = e.path
+    if (not p.startswith("/") or any(ord(c) < 32 for c in p) or "\\" in p
+            or posixpath.normpath(p) != p or p.startswith("//")):
+        return f"file entry {e.role!r} records {p!r}, not an absolute, normalized path"
+    parts = p.split("/")
+    if ".ssh" in parts or any(_under(p, folder) for folder in _SYSTEM_FOLDERS):
+        return (f"file entry {e.role!r} names {p!r} as the file it was saved from: no "
+                "file harborctl saves lives there (a file there runs as root)")
+    name = parts[-1]
+    if e.role == "certificate":
+        fits = cert_arcname(certificate_index(e.arcname) or 0, name) == e.arcname
+    else:
+        fits = _ROLE_FILE_NAMES.get(e.role) == name
+    if not fits:
+        return (f"file entry {e.role!r} records {p!r}, which does not match its name in "
+                f"the backup ({e.arcname!r})")
+    return None
+
+
+def _under(path: str, folder: str) -> bool:
+    if folder.endswith("*"):
+        return path.startswith(folder[:-1])
+    return path == folder or path.startswith(folder + "/")
+
+
+def cert_arcname(index: int, name: str) -> str:
+    """A certificate's name inside the backup: the file name, made safe, numbered."""
+    return f"certs/{index}-" + re.sub(r"[^A-Za-z0-9._+@-]", "_", name)[:200]
 
 
 def _canonical_arcname(e: FileEntry) -> bool:

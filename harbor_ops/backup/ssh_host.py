@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
 
-from harbor_ops.backup.engine import cert_arcname
-from harbor_ops.backup.manifest import FIXED_ARCNAMES, FileEntry
+from harbor_ops.backup.manifest import FIXED_ARCNAMES, FileEntry, cert_arcname
 from harbor_ops.backup.sources import DbSource
 from harbor_ops.core.errors import BackupError, RemoteError
 from harbor_ops.site.model import HostEntry

@@ -6,8 +6,8 @@ hostile manifest, all checksums recomputed so that only content checks can catch
 ``verify`` and ``restore`` must refuse every one with a clear message, before anything
 of the site is touched, and write nothing outside the site's own paths.
 
-The manifest "naming /etc/cron.d/x" names a path under the test's folder standing for
-it, so that running this test against an unfixed harborctl plants no cron file here.
+A manifest naming ``/etc/cron.d/x`` as the file a certificate was saved from is refused
+as a whole; restore destinations always come from the site, whatever a manifest says.
 """
 
 from __future__ import annotations
@@ -126,6 +126,14 @@ CASES: dict[str, Case] = {
         manifest=lambda t: {"database": f'registry";\n\\! touch {t / CANARY}\n--'}),
     "PostgreSQL major as a path": Case(lambda _t: _secret_dir(), "not a version number",
                                        manifest=lambda _t: {"pg_major": "../../../tmp"}),
+    "manifest naming /etc/cron.d/x": Case(lambda _t: [*_secret_dir(), _info(
+        "certs/0-x", data=b"* * * * * root touch /pwned\n")], "names '/etc/cron.d/x'",
+        entries=lambda _t: [FileEntry("secret", "/data/secret", "data_volume/secret"),
+                            FileEntry("certificate", "/etc/cron.d/x", "certs/0-x")]),
+    "harbor.yml recorded as a shell script": Case(lambda _t: _secret_dir(),
+        "does not match its name",
+        entries=lambda _t: [FileEntry("secret", "/data/secret", "data_volume/secret"),
+                            FileEntry("harbor_yml", "/opt/harbor/x.sh", "config/harbor.yml")]),
     "arcname with ..": Case(lambda _t: [*_secret_dir()], "not one harborctl writes",
         entries=lambda _t: [FileEntry("secret", "/data/secret", "data_volume/secret"),
                             FileEntry("certificate", "/x", "certs/0-../../x")]),
@@ -179,27 +187,39 @@ def test_restore_refuses_a_forged_archive_and_changes_nothing(
 
 def test_certificate_targets_come_from_the_site_not_the_manifest(
         base: BackupResult, cluster: Cluster, tmp_path: Path) -> None:
-    """A manifest naming /etc/cron.d/x (here: a path outside the site) writes nothing there."""
+    """A manifest recording another (harmless) certificate path restores to the site's."""
     site = make_harbor_host(tmp_path / "site")
-    cron = tmp_path / "etc/cron.d/x"
-    cron.parent.mkdir(parents=True)
+    elsewhere = tmp_path / "old-host/tls/x"
     forged = forge(base, site.backups / "harbor-hb-20261201T010000Z.hbk",
-                   [*_secret_dir(), _info("certs/0-x", data=b"* * * * * root touch /pwned\n")],
+                   [*_secret_dir(), _info("certs/0-x", data=b"the backup's certificate\n")],
                    [FileEntry("secret", "/data/secret", "data_volume/secret"),
-                    FileEntry("certificate", str(cron), "certs/0-x")])
+                    FileEntry("certificate", str(elsewhere), "certs/0-x")])
     assert verify_backup(path=forged, lock_path=site.lock).ok
     cluster.harbor_db("registry_cert", artifacts=1)
     r = restore_backup(path=forged, target=cluster.source("registry_cert"),
                        data_volume=site.data, harbor_yml=site.yml, certificates=(site.cert,),
                        installed_version="2.14.4", lock_path=site.lock)
-    assert not cron.exists()
-    assert site.cert.read_bytes() == b"* * * * * root touch /pwned\n"
+    assert not elsewhere.exists()
+    assert site.cert.read_bytes() == b"the backup's certificate\n"
     assert str(site.cert) in r.files
     # a site that names no certificate restores none, and says so
     cluster.harbor_db("registry_cert", artifacts=1)
     r = restore_backup(path=forged, target=cluster.source("registry_cert"),
                        data_volume=site.data, installed_version="2.14.4", lock_path=site.lock)
-    assert not cron.exists() and any("certificate" in w for w in r.warnings)
+    assert not elsewhere.exists() and any("certificate" in w for w in r.warnings)
+
+
+def test_cli_refuses_a_manifest_naming_a_cron_file(base: BackupResult, tmp_path: Path,
+                                                  cluster: Cluster) -> None:
+    """The user sees one clear line naming the path, exit 8, no traceback."""
+    site = make_harbor_host(tmp_path / "site")
+    _forge_case(base, tmp_path, site, CASES["manifest naming /etc/cron.d/x"])
+    for args in (["verify"], ["restore", "--yes"]):
+        p = site.harborctl(site.site_file(cluster, "registry_hostile"), "backup", *args,
+                           "harbor-hb-20261201T010000Z.hbk")
+        assert p.returncode == 8, p.stderr
+        assert "names '/etc/cron.d/x' as the file it was saved from" in p.stderr
+        assert "Traceback" not in p.stderr
 
 
 def test_cli_verify_names_the_hostile_member(base: BackupResult, tmp_path: Path,

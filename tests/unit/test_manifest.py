@@ -95,6 +95,19 @@ def test_a_counter_sorts_after_its_millisecond() -> None:
     ("files", [FileEntry("certificate", "/etc/cron.d/x", "certs/0-../x")],
      "not one harborctl writes"),
     ("files", [FileEntry("cron", "/etc/cron.d/x", "cron/x")], "not one harborctl writes"),
+    ("files", [FileEntry("certificate", "/etc/cron.d/x", "certs/0-x")], "'/etc/cron.d/x'"),
+    ("files", [FileEntry("certificate", "/root/.ssh/authorized_keys",
+                         "certs/1-authorized_keys")], "no file harborctl saves lives there"),
+    ("files", [FileEntry("secret", "/etc/systemd/system/secret", "data_volume/secret")],
+     "no file harborctl saves lives there"),
+    ("files", [FileEntry("secret", "/data/../etc/secret", "data_volume/secret")],
+     "not an absolute, normalized path"),
+    ("files", [FileEntry("secret", "data/secret", "data_volume/secret")],
+     "not an absolute, normalized path"),
+    ("files", [FileEntry("harbor_yml", "/opt/harbor/evil.sh", "config/harbor.yml")],
+     "does not match its name"),
+    ("files", [FileEntry("certificate", "/etc/tls/a.crt", "certs/0-b.crt")],
+     "does not match its name"),
 ])
 def test_untrusted_manifest_fields_are_named(field: str, value: object, problem: str) -> None:
     problems = sample(**{field: value}).untrusted_problems()
@@ -104,7 +117,10 @@ def test_untrusted_manifest_fields_are_named(field: str, value: object, problem:
 def test_what_harborctl_writes_is_trusted() -> None:
     m = sample(files=[FileEntry("secret", "/data/secret", "data_volume/secret"),
                       FileEntry("harbor_yml", "/opt/harbor/harbor.yml", "config/harbor.yml"),
-                      FileEntry("certificate", "/etc/tls/h.crt", "certs/0-h.crt")])
+                      FileEntry("certificate", "/etc/tls/h.crt", "certs/0-h.crt"),
+                      FileEntry("certificate", "/etc/ssl/private/h key.pem",
+                                "certs/1-h_key.pem"),
+                      FileEntry("certificate", "/etc/harbor/tls/cron.key", "certs/2-cron.key")])
     assert m.untrusted_problems() == []
 
 
