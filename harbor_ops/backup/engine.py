@@ -314,7 +314,7 @@ def _write(partial: Path, source: DbSource, snapshot: str, files: FileSource,
         cctx = zstandard.ZstdCompressor(level=level, threads=-1)
         say("dumping the database")
         sink = writer.begin(DB_MEMBER)
-        _dump(source, snapshot, cctx, sink)
+        _dump(source, snapshot, cctx, level, sink)
         writer.end(sink)
         say("saving host files")
         sink = writer.begin(FILES_MEMBER)
@@ -330,15 +330,21 @@ def _write(partial: Path, source: DbSource, snapshot: str, files: FileSource,
     return manifest
 
 
-def _dump(source: DbSource, snapshot: str, cctx: zstandard.ZstdCompressor,
+def _dump(source: DbSource, snapshot: str, cctx: zstandard.ZstdCompressor, level: int,
           sink: archive.MemberSink) -> None:
+    """pg_dump's output into ``sink`` as one zstd stream, compressed here or at the source."""
     with tempfile.TemporaryFile() as err:
-        proc = source.popen("pg_dump", ["-Fc", "-Z0", f"--snapshot={snapshot}"], stderr=err)
+        proc, compressed = source.popen_dump(["-Fc", "-Z0", f"--snapshot={snapshot}"],
+                                             zstd_level=level, stderr=err)
         assert proc.stdout is not None
         try:
-            with cctx.stream_writer(cast(IO[bytes], sink), closefd=False) as z:
+            if compressed:
                 for chunk in _chunks(proc.stdout):
-                    z.write(chunk)
+                    sink.write(chunk)
+            else:
+                with cctx.stream_writer(cast(IO[bytes], sink), closefd=False) as z:
+                    for chunk in _chunks(proc.stdout):
+                        z.write(chunk)
         finally:
             if proc.poll() is None and not proc.stdout.closed:
                 proc.stdout.close()

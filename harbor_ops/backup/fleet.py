@@ -161,7 +161,13 @@ def access(site: Site, entry: HostEntry, *, ssh_config: Path | None = None,
         s = BackupSettings.from_site(site, with_secrets=with_secrets)
         yield HostAccess(entry, s.backup_dir, s.source, s.files, None)
         return
-    from harbor_ops.backup.ssh_host import SftpFiles, SshDockerSource, connect, ssh_errors
+    from harbor_ops.backup.ssh_host import (
+        SftpFiles,
+        SshDockerSource,
+        connect,
+        has_zstd,
+        ssh_errors,
+    )
 
     if "external_database" in site.harbor:
         raise UsageError(f"host {entry.name}: backups of an external database are taken "
@@ -176,8 +182,10 @@ def access(site: Site, entry: HostEntry, *, ssh_config: Path | None = None,
         files = SftpFiles(sftp, entry.name, data_volume=str(harbor.get("data_volume", "/data")),
                           harbor_yml=_remote_harbor_yml(sftp, str(site.install.dir)),
                           certificates=certs, include_redis=site.backup.include_redis)
-        source = SshDockerSource(host=entry.name, client=client, sudo=entry.user != "root")
         with ssh_errors(entry.name, "the SSH session"):
+            source = SshDockerSource(
+                host=entry.name, client=client, sudo=entry.user != "root",
+                zstd_on_host=site.backup.compress_on == "host" and has_zstd(client, entry.name))
             yield HostAccess(entry, backup_dir(site, entry), source, files, host_lock(entry),
                              client, sftp)
     finally:
@@ -251,7 +259,7 @@ def list_on_host(site: Site, entry: HostEntry) -> list[dict[str, Any]]:
 
 def verify_on_host(site: Site, entry: HostEntry, *, name: str | None = None,
                    restore_drill: bool = True, ssh_config: Path | None = None,
-                   progress: Progress | None = None) -> Any:
+                   accept_new_host_keys: bool = False, progress: Progress | None = None) -> Any:
     """Checksums, then the restore drill where the backup's PostgreSQL major is.
 
     On the controller when its binaries of that major are installed; else, for an SSH
@@ -265,7 +273,8 @@ def verify_on_host(site: Site, entry: HostEntry, *, name: str | None = None,
     if is_local(entry):
         from harbor_ops.backup.site_ops import verify_for_site
 
-        return verify_for_site(site, name, drill=restore_drill, progress=progress)
+        return verify_for_site(site, name, drill=restore_drill, progress=progress,
+                               accept_new_host_keys=accept_new_host_keys)
     path = find_backup(backup_dir(site, entry), name)
     say = _prefixed(entry.name, progress)
     if not restore_drill or _controller_can_drill(path):
@@ -274,7 +283,7 @@ def verify_on_host(site: Site, entry: HostEntry, *, name: str | None = None,
     from harbor_ops.backup.ssh_drill import remote_drill
     from harbor_ops.backup.ssh_host import connect
 
-    client = connect(entry, ssh_config)
+    client = connect(entry, ssh_config, accept_new_host_keys=accept_new_host_keys)
     try:
         return verify_backup(path=path, lock_path=host_lock(entry), progress=say,
                              remote_drill=partial(remote_drill, client, entry.name))
@@ -344,8 +353,8 @@ def restore_choice(site: Site, *, host: str | None, name: str | None,
 
 
 def restore_on_host(site: Site, entry: HostEntry, path: Path, *,
-                    ssh_config: Path | None = None, force: bool = False,
-                    force_version: bool = False, dry_run: bool = False,
+                    ssh_config: Path | None = None, accept_new_host_keys: bool = False,
+                    force: bool = False, force_version: bool = False, dry_run: bool = False,
                     progress: Progress | None = None) -> Any:
     """Database back into the host's harbor-db, files back, Harbor started and healthy."""
     from harbor_ops.backup.restore import restore_backup
@@ -366,7 +375,8 @@ def restore_on_host(site: Site, entry: HostEntry, path: Path, *,
     from harbor_ops.backup.ssh_restore import SshStack, stage_over_sftp
     from harbor_ops.hosts import health
 
-    with access(site, entry, ssh_config=ssh_config) as a:
+    with access(site, entry, ssh_config=ssh_config,
+                accept_new_host_keys=accept_new_host_keys) as a:
         harbor_yml = a.files.harbor_yml
         stack = None if dry_run else SshStack(a.client, a.sftp, entry.name,
                                               posixpath.dirname(harbor_yml))

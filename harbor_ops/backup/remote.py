@@ -154,13 +154,14 @@ def _known_copy(path: Path, remote_name: str) -> tuple[str, int] | None:
     return None
 
 
-def mark_verified(path: Path, remote: Remote, *, ssh_config: Path | None = None) -> bool:
+def mark_verified(path: Path, remote: Remote, *, ssh_config: Path | None = None,
+                  accept_new_host_keys: bool = False) -> bool:
     """Send the verification record of a pushed backup to its copy, so remote retention
     never deletes the newest verified copy. False when the backup was never pushed."""
     record = read_push_record(path)
     if record is None or not sidecar_path(path).is_file():
         return False
-    with _session(remote, ssh_config) as (_client, sftp, _where):
+    with _session(remote, ssh_config, accept_new_host_keys) as (_client, sftp, _where):
         final = posixpath.join(remote.path, str(record["remote_name"]))
         if _stat(sftp, final) is None:
             return False
@@ -184,14 +185,15 @@ class PullResult:
 
 def pull_backup(remote: Remote, backup_dir: Path, *, name: str | None = None,
                 hostname: str | None = None, encryption: Encryption | None = None,
-                ssh_config: Path | None = None) -> PullResult:
+                ssh_config: Path | None = None, accept_new_host_keys: bool = False
+                ) -> PullResult:
     """Bring a remote copy (default: ``hostname``'s newest) back into ``backup_dir``.
 
     An ``.age`` copy is decrypted as it streams down; the result gets its name only
     after its manifest and every checksum are proven, so a listed backup is complete.
     """
     t0 = time.monotonic()
-    with _session(remote, ssh_config) as (_client, sftp, where):
+    with _session(remote, ssh_config, accept_new_host_keys) as (_client, sftp, where):
         entries = _listing(sftp, remote.path, where, hostname)
         wanted = [e for e in entries if name is None or e.name in (name, name + crypto.SUFFIX)]
         if not wanted:

@@ -59,7 +59,8 @@ def push_for_site(site: Site, path: Path, *, accept_new_host_keys: bool = False,
     return replace(pushed, pruned=pruned)
 
 
-def pull_for_site(site: Site, name: str | None = None) -> PullResult:
+def pull_for_site(site: Site, name: str | None = None, *,
+                  accept_new_host_keys: bool = False) -> PullResult:
     """Bring a copy back from ``backup.remote`` (default: this host's newest) for a restore;
     an encrypted copy needs ``backup.encryption.identity_file``."""
     from harbor_ops.backup.remote import pull_backup
@@ -68,11 +69,13 @@ def pull_for_site(site: Site, name: str | None = None) -> PullResult:
         raise UsageError("backup.remote is not set in the site file")
     return pull_backup(site.backup.remote, site.backup.dir, name=name,
                        hostname=None if name else site.hostname,
-                       encryption=site.backup.encryption)
+                       encryption=site.backup.encryption,
+                       accept_new_host_keys=accept_new_host_keys)
 
 
 def verify_for_site(site: Site, name: str | None = None, *, drill: bool = True,
-                    progress: Callable[[str], None] | None = None) -> VerifyResult:
+                    progress: Callable[[str], None] | None = None,
+                    accept_new_host_keys: bool = False) -> VerifyResult:
     """Verify a backup (default: the newest); a pushed one that passes the drill is marked
     verified on the remote too, so remote retention keeps the newest verified copy."""
     from harbor_ops.backup.remote import mark_verified
@@ -81,7 +84,7 @@ def verify_for_site(site: Site, name: str | None = None, *, drill: bool = True,
     result = verify_backup(path=path, restore_drill=drill, progress=progress)
     if drill and site.backup.remote is not None:
         try:
-            mark_verified(path, site.backup.remote)
+            mark_verified(path, site.backup.remote, accept_new_host_keys=accept_new_host_keys)
         except RemoteError as exc:
             logging.getLogger("harborctl").warning(
                 "%s is verified here, but marking its off-host copy failed: %s", path.name, exc)

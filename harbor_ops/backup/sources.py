@@ -83,6 +83,15 @@ class DbSource(ABC):
         except OSError as exc:
             raise BackupError(f"cannot run {tool} for {self.describe()}: {exc}") from None
 
+    def popen_dump(self, args: Sequence[str], *, zstd_level: int,
+                   stderr: IO[bytes]) -> tuple[Any, bool]:
+        """pg_dump with ``args``, and whether its stdout is already zstd-compressed.
+
+        Here it never is: the backup engine compresses. A source whose dump travels over
+        a slower link (an SSH host) may compress where the dump runs instead.
+        """
+        return self.popen("pg_dump", args, stderr=stderr), False
+
 
 @dataclass(frozen=True)
 class ExternalSource(DbSource):

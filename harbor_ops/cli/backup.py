@@ -107,9 +107,11 @@ def _table(rows: list[dict[str, Any]]) -> str:
 @config_option
 @hosts_option
 @ssh_config_option
+@accept_new_host_keys_option
 @output_option
 def verify_cmd(name: str | None, no_drill: bool, config: Path, host: str | None,
-               all_hosts: bool, ssh_config: Path | None, output: str) -> None:
+               all_hosts: bool, ssh_config: Path | None, accept_new_host_keys: bool,
+               output: str) -> None:
     """Check checksums, then restore into a scratch PostgreSQL (default: newest backup)."""
     from harbor_ops.backup.fleet import on_hosts, verify_on_host
     from harbor_ops.site.load import load_site
@@ -117,7 +119,7 @@ def verify_cmd(name: str | None, no_drill: bool, config: Path, host: str | None,
     site = load_site(config)
     result = on_hosts(site, "backup verify", lambda e: verify_on_host(
         site, e, name=name, restore_drill=not no_drill, ssh_config=ssh_config,
-        progress=_progress(output)),
+        accept_new_host_keys=accept_new_host_keys, progress=_progress(output)),
         host=host, all_hosts=all_hosts, name=name)
     _emit(result, output, lambda r: f"{r.name}: verified ({r.duration_seconds} s, "
          f"rows {sum(r.row_counts.values())})")
@@ -134,11 +136,12 @@ def verify_cmd(name: str | None, no_drill: bool, config: Path, host: str | None,
 @click.option("--host", "host", default=None, metavar="NAME",
               help="The host of the site's inventory to restore (default: the only one).")
 @ssh_config_option
+@accept_new_host_keys_option
 @dry_run_option
 @output_option
 def restore_cmd(name: str | None, latest: bool, yes: bool, force: bool, force_version: bool,
-                config: Path, host: str | None, ssh_config: Path | None, dry_run: bool,
-                output: str) -> None:
+                config: Path, host: str | None, ssh_config: Path | None,
+                accept_new_host_keys: bool, dry_run: bool, output: str) -> None:
     """Stop Harbor, restore database, secret key, harbor.yml and certificates, start it."""
     from harbor_ops.backup.fleet import restore_choice, restore_on_host
     from harbor_ops.core.errors import Aborted
@@ -152,7 +155,8 @@ def restore_cmd(name: str | None, latest: bool, yes: bool, force: bool, force_ve
                              default="", show_default=False)
         if typed.strip() != path.name:
             raise Aborted("restore not confirmed; nothing was changed")
-    result = restore_on_host(site, entry, path, ssh_config=ssh_config, force=force,
+    result = restore_on_host(site, entry, path, ssh_config=ssh_config,
+                             accept_new_host_keys=accept_new_host_keys, force=force,
                              force_version=force_version, dry_run=dry_run,
                              progress=_progress(output))
     emit(result, output, lambda r: "\n".join(
@@ -205,8 +209,9 @@ def push_cmd(name: str | None, config: Path, host: str | None, all_hosts: bool,
 @backup_group.command("pull")
 @click.argument("name", required=False)
 @config_option
+@accept_new_host_keys_option
 @output_option
-def pull_cmd(name: str | None, config: Path, output: str) -> None:
+def pull_cmd(name: str | None, config: Path, accept_new_host_keys: bool, output: str) -> None:
     """Bring a copy back from backup.remote (default: this host's newest), for a restore.
 
     An encrypted (.age) copy is decrypted with backup.encryption.identity_file as it
@@ -215,6 +220,6 @@ def pull_cmd(name: str | None, config: Path, output: str) -> None:
     from harbor_ops.backup.site_ops import pull_for_site
     from harbor_ops.site.load import load_site
 
-    result = pull_for_site(load_site(config), name)
+    result = pull_for_site(load_site(config), name, accept_new_host_keys=accept_new_host_keys)
     emit(result, output, lambda r: f"{r.path}  {r.size} bytes from {r.source}"
          + (" (decrypted)" if r.decrypted else ""))

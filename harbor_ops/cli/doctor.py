@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from harbor_ops.cli.options import config_option, dry_run_option, emit, output_option
+from harbor_ops.cli.options import (
+    accept_new_host_keys_option,
+    config_option,
+    dry_run_option,
+    emit,
+    output_option,
+    ssh_config_option,
+)
 
 
 @click.command("doctor")
@@ -89,12 +96,13 @@ def support_bundle_cmd(config: Path, output_file: Path | None, log_lines: int,
               default=None, help="Ansible inventory of the client hosts (default: the site's "
               "hosts:).")
 @click.option("--os-store", is_flag=True, help="Also add the CA to each host's OS trust store.")
-@click.option("--ssh-config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="An ssh client config for the hosts; default: ~/.ssh/config.")
+@ssh_config_option
+@accept_new_host_keys_option
 @dry_run_option
 @output_option
 def trust_cmd(config: Path, url: str | None, ca: Path | None, clients: Path | None,
-              os_store: bool, ssh_config: Path | None, dry_run: bool, output: str) -> None:
+              os_store: bool, ssh_config: Path | None, accept_new_host_keys: bool,
+              dry_run: bool, output: str) -> None:
     """Put the registry's CA where docker, containerd and podman/skopeo look for it, on
     every client host, through Ansible. A second run changes nothing.
     """
@@ -103,5 +111,6 @@ def trust_cmd(config: Path, url: str | None, ca: Path | None, clients: Path | No
 
     # the site is optional when --url and --clients say it all
     site = load_site(config) if config.exists() or url is None or clients is None else None
-    emit(trust(site, url=url, ca=ca, clients=clients, ssh_config=ssh_config, dry_run=dry_run,
-               os_store=os_store, progress=lambda line: click.echo(line, err=True)), output)
+    emit(trust(site, url=url, ca=ca, clients=clients, ssh_config=ssh_config,
+               accept_new_host_keys=accept_new_host_keys, dry_run=dry_run, os_store=os_store,
+               progress=lambda line: click.echo(line, err=True)), output)

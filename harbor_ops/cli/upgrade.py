@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from harbor_ops.cli.options import config_option, dry_run_option, emit, output_option
+from harbor_ops.cli.options import (
+    accept_new_host_keys_option,
+    config_option,
+    dry_run_option,
+    emit,
+    output_option,
+    ssh_config_option,
+)
 from harbor_ops.core.errors import UsageError
 from harbor_ops.releases import planner
 from harbor_ops.releases.versions import LAYOUTS
@@ -80,18 +87,16 @@ def _site_version(config: Path) -> str:
     return str(load_site(config).release.version)
 
 
-_SSH_CONFIG_HELP = "An ssh client config for the hosts (e.g. a test bed's); default: ~/.ssh/config."
-
-
 def _options(bundle_dir: Path | None, ssh_config: Path | None, log_dir: Path | None,
-             backup_dir: Path | None, health_retries: int = 60) -> Options:
+             backup_dir: Path | None, health_retries: int = 60,
+             accept_new_host_keys: bool = False) -> Options:
     from harbor_ops.install.run import default_log_dir
     from harbor_ops.upgrade.apply import Options
 
     logs = log_dir or default_log_dir()
     return Options(bundle_dir=bundle_dir, ssh_config=ssh_config, log_dir=logs,
                    backup_dir=backup_dir or logs.parent / "upgrade-backups",
-                   health_retries=health_retries)
+                   health_retries=health_retries, accept_new_host_keys=accept_new_host_keys)
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -100,10 +105,7 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 def _host_options(f: _F) -> _F:
     f = click.option("--host", "host", metavar="NAME", default=None,
                      help="Only this host of the site file (default: all, one at a time).")(f)
-    f = click.option("--ssh-config", type=click.Path(exists=True, dir_okay=False,
-                                                     path_type=Path),
-                     default=None, help=_SSH_CONFIG_HELP)(f)
-    return f
+    return accept_new_host_keys_option(ssh_config_option(f))
 
 
 @upgrade_group.command("apply")
@@ -124,8 +126,9 @@ def _host_options(f: _F) -> _F:
 @click.option("--yes", is_flag=True, help="Do not ask before the first downtime.")
 @output_option
 def apply_cmd(to: str | None, config: Path, host: str | None, ssh_config: Path | None,
-              bundle_dir: Path | None, backup_dir: Path | None, log_dir: Path | None,
-              health_retries: int, dry_run: bool, yes: bool, output: str) -> None:
+              accept_new_host_keys: bool, bundle_dir: Path | None, backup_dir: Path | None,
+              log_dir: Path | None, health_retries: int, dry_run: bool, yes: bool,
+              output: str) -> None:
     """Upgrade every host (or --host) to harbor.version of the site file, hop by hop.
 
     Refuses before anything changes; per hop: verified backup, images loaded while the
@@ -137,7 +140,8 @@ def apply_cmd(to: str | None, config: Path, host: str | None, ssh_config: Path |
     from harbor_ops.upgrade.apply import apply
 
     site = load_site(config)
-    opts = _options(bundle_dir, ssh_config, log_dir, backup_dir, health_retries)
+    opts = _options(bundle_dir, ssh_config, log_dir, backup_dir, health_retries,
+                    accept_new_host_keys)
     if not dry_run and not yes:
         plan = apply(site, to=to, host=host, opts=opts, dry_run=True)
         if plan.error is not None:
@@ -160,14 +164,15 @@ def apply_cmd(to: str | None, config: Path, host: str | None, ssh_config: Path |
 @config_option
 @_host_options
 @output_option
-def status_cmd(config: Path, host: str | None, ssh_config: Path | None, output: str) -> None:
+def status_cmd(config: Path, host: str | None, ssh_config: Path | None,
+               accept_new_host_keys: bool, output: str) -> None:
     """Where each host stands: installed release, data layout, the last run's hop and step."""
     from harbor_ops.site.load import load_site
     from harbor_ops.upgrade.apply import status
 
     site = load_site(config)
-    emit(status(site, host=host, opts=_options(None, ssh_config, None, None)), output,
-         format_apply)
+    opts = _options(None, ssh_config, None, None, accept_new_host_keys=accept_new_host_keys)
+    emit(status(site, host=host, opts=opts), output, format_apply)
 
 
 @click.command("versions")

@@ -107,6 +107,7 @@ def _last_ca(data: bytes, where: str) -> x509.Certificate:
 
 def trust(site: Site | None, *, url: str | None, ca: Path | None, clients: Path | None,
           ssh_config: Path | None, dry_run: bool, os_store: bool, timeout: float = 10.0,
+          accept_new_host_keys: bool = False,
           progress: Callable[[str], None] = lambda _: None) -> TrustResult:
     if url is None and site is None:
         raise UsageError("give --url or a site file (-c)")
@@ -127,6 +128,7 @@ def trust(site: Site | None, *, url: str | None, ca: Path | None, clients: Path 
             playbook=runner.playbook_path(PLAYBOOK), work_dir=work, log_path=log_path,
             hosts=site.hosts if site is not None and clients is None else (),
             inventory=clients, check=dry_run, ssh_config=ssh_config,
+            accept_new_host_keys=accept_new_host_keys,
             extra_vars={"harbor_trust_registry": registry, "harbor_trust_ca_pem": pem,
                         "harbor_trust_os_store": os_store})
         run = runner.run_playbook(argv, env, output_path=output_path, cwd=work,

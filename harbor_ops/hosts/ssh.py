@@ -40,6 +40,10 @@ GLOBAL_KNOWN_HOSTS = Path("/etc/ssh/ssh_known_hosts")
 # StrictHostKeyChecking values that accept (and record) an unknown key. "ask", OpenSSH's
 # default, cannot ask anyone here, so it refuses like "yes".
 _ACCEPTING = ("accept-new", "no", "off", "false")
+# AES-GCM first: one AEAD pass in OpenSSL per packet instead of CTR plus a separate HMAC,
+# which halved paramiko's cost per byte on a backup stream (bench/bench_backup_remote.py).
+# The other ciphers stay offered, in paramiko's order, for servers without GCM.
+_GCM_FIRST = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 log = logging.getLogger("harborctl")
 _record_lock = threading.Lock()  # preflight connects to hosts in parallel
@@ -179,6 +183,18 @@ def record_host_key(target: SshTarget, hostname: str, key: paramiko.PKey) -> Non
                 target.accept_reason)
 
 
+def _transport(*args: Any, **kwargs: Any) -> paramiko.Transport:
+    """paramiko's Transport with the AES-GCM ciphers preferred (see ``_GCM_FIRST``)."""
+    import paramiko
+
+    transport = paramiko.Transport(*args, **kwargs)
+    options = transport.get_security_options()
+    offered = tuple(options.ciphers)
+    options.ciphers = (tuple(c for c in _GCM_FIRST if c in offered)
+                       + tuple(c for c in offered if c not in _GCM_FIRST))
+    return transport
+
+
 def connect(target: SshTarget) -> paramiko.SSHClient:
     """A connected paramiko client, or a :class:`RemoteError` (exit 6) saying why.
 
@@ -196,7 +212,7 @@ def connect(target: SshTarget) -> paramiko.SSHClient:
                        key_filename=list(target.key_files) or None,
                        look_for_keys=not target.key_files, allow_agent=not target.key_files,
                        timeout=target.timeout, banner_timeout=target.timeout,
-                       auth_timeout=target.timeout)
+                       auth_timeout=target.timeout, transport_factory=_transport)
     except RemoteError:
         client.close()
         raise

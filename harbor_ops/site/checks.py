@@ -98,6 +98,8 @@ def check_kind(kind: str, value: Any) -> str | None:
     if kind == "hours":
         return None if isinstance(value, str) and _HOURS.match(value) else (
             "must be a number of hours written Nh, e.g. 168h")
+    if kind == "compress_on":
+        return None if value in ("host", "controller") else "must be host or controller"
     if kind == "dict":
         return None if isinstance(value, dict) else "must be a mapping"
     if kind == "list":

@@ -195,7 +195,8 @@ def _keep(raw: Any, prefix: str, p: Problems) -> m.Keep:
 def _backup(raw: dict[str, Any], p: Problems, r: PathResolver) -> m.Backup:
     f = _fields(raw, "backup", {"dir": "path", "at": "clock", "jitter_minutes": "count",
                                 "keep": "dict", "include_redis": "bool", "remote": "dict",
-                                "encryption": "dict", "parallel": "posint"}, p)
+                                "encryption": "dict", "parallel": "posint",
+                                "compress_on": "compress_on"}, p)
     remote = None
     if isinstance(raw.get("remote"), dict):
         rr = _fields(raw["remote"], "backup.remote",
@@ -217,7 +218,8 @@ def _backup(raw: dict[str, Any], p: Problems, r: PathResolver) -> m.Backup:
     return m.Backup(dir=r.path(f.get("dir", "/var/backups/harbor")), at=str(f.get("at", "02:30")),
                     jitter_minutes=int(f.get("jitter_minutes", 15)), keep=keep,
                     include_redis=bool(f.get("include_redis", False)), remote=remote,
-                    encryption=enc, parallel=int(f.get("parallel", 2)))
+                    encryption=enc, parallel=int(f.get("parallel", 2)),
+                    compress_on=str(f.get("compress_on", "host")))
 
 
 def _encryption(raw: dict[str, Any], p: Problems, r: PathResolver) -> m.Encryption | None:

@@ -84,6 +84,9 @@ class Backup:
     remote: Remote | None = None
     encryption: Encryption | None = None
     parallel: int = 2  # SSH hosts backed up at once from the controller
+    # Where an SSH host's dump is compressed: "host" (there when it has zstd, else on the
+    # controller; the faster in bench_backup --remote) or "controller".
+    compress_on: str = "host"
 
 
 @dataclass(frozen=True)

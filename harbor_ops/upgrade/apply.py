@@ -84,6 +84,7 @@ class Options:
     backup_dir: Path
     journal: str = JOURNAL_PATH
     timeout: float = 3600
+    accept_new_host_keys: bool = False
     health_retries: int = 60
 
 
@@ -103,7 +104,8 @@ def select_hosts(site: Site, name: str | None) -> list[HostEntry]:
 def read_host(site: Site, entry: HostEntry, opts: Options) -> dict[str, Any]:
     got = host_facts.gather(entry, data_volume=_data_volume(site), hostname=site.hostname,
                             install_dir=str(site.install.dir), ssh_config=opts.ssh_config,
-                            journal=opts.journal)
+                            journal=opts.journal,
+                            accept_new_host_keys=opts.accept_new_host_keys)
     if not got.ok:
         raise RemoteError(got.error or f"{entry.name}: unreachable", hint=got.fix)
     return got.data
@@ -236,6 +238,7 @@ class HostRun:
         self.say(f"{self.entry.name}: hop {hop.source} -> {hop.target}: backup ...")
         path = hop_backup(self.site, self.entry, backup_dir=self.opts.backup_dir / self.entry.name,
                           installed=str(hop.source), ssh_config=self.opts.ssh_config,
+                          accept_new_host_keys=self.opts.accept_new_host_keys,
                           progress=self.say)
         self.say(f"{self.entry.name}: hop {hop.source} -> {hop.target}: backup done "
                  f"({time.monotonic() - t0:.1f} s, {path.name})")
@@ -336,7 +339,8 @@ def run_hop_playbook(site: Site, entry: HostEntry, opts: Options, *, number: int
                          staging=staging / "files", opts=opts)
         argv, env = runner.build_command(
             playbook=runner.playbook_path(PLAYBOOK), work_dir=staging / "run",
-            log_path=log_path, hosts=[entry], extra_vars=extra, ssh_config=opts.ssh_config)
+            log_path=log_path, hosts=[entry], extra_vars=extra, ssh_config=opts.ssh_config,
+            accept_new_host_keys=opts.accept_new_host_keys)
         run = runner.run_playbook(argv, env, output_path=out_path, cwd=staging / "run",
                                   timeout=opts.timeout)
         for line in run:

@@ -223,3 +223,41 @@ def test_preflight_cli_says_it_recorded_a_new_key(testbed: TestBed, tmp_path: Pa
     assert "harborctl: warning: accepted the new host key of h4" in accepted.stderr
     assert f"recorded it in {tmp_path / 'known_hosts'}" in accepted.stderr
     assert "FAIL  ssh" not in accepted.stdout, accepted.stdout
+
+
+# --------------------------------------------------------------------- every SSH command
+
+
+@pytest.mark.parametrize("command", [
+    ["upgrade", "status", "--host", "h4"],
+    ["backup", "pull"],
+    ["backup", "create", "--host", "h4", "--dry-run"],
+])
+def test_commands_that_connect_take_the_option(testbed: TestBed, tmp_path: Path,
+                                               command: list[str]) -> None:
+    """Refused (exit 6, naming the option) without it; recorded with it. Whatever the
+    command does next on a host without Harbor is not the point here."""
+    host = testbed.hosts["h4"]
+    cfg = _config(host, tmp_path)
+    site = tmp_path / "harborctl.yml"
+    site.write_text(yaml.safe_dump({
+        "harbor": {"version": VERSION, "hostname": host.address, "http": {"port": 8080},
+                   "data_volume": "/data", "database": {"password_env": "X"},
+                   "harbor_admin_password_env": "Y"},
+        "backup": {"dir": str(tmp_path / "backups"),
+                   "remote": {"host": host.name, "path": REMOTE_DIR}},
+        "hosts": [{"name": host.name, "address": host.address}]}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HARBORCTL_")}
+    env.update(X="x", Y="y", HARBORCTL_SSH_CONFIG=str(cfg),
+               HARBORCTL_LOCK_FILE=str(tmp_path / "lock"))
+    argv = [sys.executable, "-m", "harbor_ops.cli.main", *command, "-c", str(site)]
+    refused = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+    out = refused.stdout + refused.stderr
+    assert refused.returncode == 6 and "unknown host key" in out, out
+    assert "--accept-new-host-keys" in out and "Traceback" not in out, out
+    assert not (tmp_path / "known_hosts").exists()
+    accepted = subprocess.run([*argv, "--accept-new-host-keys"], capture_output=True,
+                              text=True, timeout=120, env=env)
+    out = accepted.stdout + accepted.stderr
+    assert "accepted the new host key of h4" in out and "unknown host key" not in out, out
+    assert host.address in (tmp_path / "known_hosts").read_text()

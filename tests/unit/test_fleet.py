@@ -239,3 +239,53 @@ def test_drill_output_parsing() -> None:
         {"artifact": 240, "project": 13}, 171)
     with pytest.raises(BackupError):
         _parse_counts("", "h1")
+
+
+def test_backup_compress_on_is_host_or_controller(tmp_path: Path) -> None:
+    assert _fleet(tmp_path).backup.compress_on == "host"  # the default: the faster one
+    ok = _site_text(tmp_path, "- {name: h1, address: 10.200.99.1}\n").replace(
+        "jitter_minutes: 0", "jitter_minutes: 0\n  compress_on: controller")
+    assert load_site_text(ok, base_dir=tmp_path).backup.compress_on == "controller"
+    with pytest.raises(ConfigError) as err:
+        load_site_text(ok.replace("compress_on: controller", "compress_on: both"),
+                       base_dir=tmp_path)
+    assert "backup.compress_on" in str(err.value) and "host or controller" in str(err.value)
+
+
+@pytest.mark.parametrize("dump,zstd,rc", [
+    ("printf 'a dump'", "zstd", 0),
+    ("sh -c \"printf 'half a dump'; exit 3\"", "zstd", 3),  # pg_dump's failure is the pipe's status
+    ("printf 'a dump'", "zstd-missing", 70),  # zstd's failure too, never a silent 0
+])
+def test_the_host_side_pipe_keeps_pg_dumps_exit_status(tmp_path: Path, dump: str, zstd: str,
+                                                       rc: int) -> None:
+    """The script the host runs (POSIX sh, no pipefail), here with this machine's sh and
+    zstd standing in for the host's: the status is pg_dump's, and the stream is zstd."""
+    import subprocess
+
+    import zstandard
+
+    from harbor_ops.backup.ssh_host import _PIPE
+
+    script = _PIPE.format(dump=dump, level=1).replace("| zstd ", f"| {zstd} ")
+    proc = subprocess.run(["sh", "-c", script], capture_output=True, timeout=30, check=False)
+    assert proc.returncode == rc, proc.stderr
+    if rc != 70:
+        want = b"a dump" if rc == 0 else b"half a dump"
+        assert zstandard.ZstdDecompressor().decompressobj().decompress(proc.stdout) == want
+
+
+def test_every_command_that_connects_over_ssh_takes_accept_new_host_keys() -> None:
+    """One option, one policy (hosts.ssh): every command that opens an SSH connection."""
+    import click
+
+    connects = [("install",), ("preflight",), ("trust",), ("upgrade", "apply"),
+                ("upgrade", "status"), *[("backup", c) for c in
+                                         ("create", "verify", "restore", "push", "pull")]]
+    for path in connects:
+        command: Any = cli
+        for word in path:
+            assert isinstance(command, click.Group)
+            command = command.get_command(click.Context(command), word)
+        names = {p.name for p in command.params}
+        assert "accept_new_host_keys" in names, path
