@@ -314,7 +314,7 @@ def _write(partial: Path, source: DbSource, snapshot: str, files: FileSource,
         cctx = zstandard.ZstdCompressor(level=level, threads=-1)
         say("dumping the database")
         sink = writer.begin(DB_MEMBER)
-        _dump(source, snapshot, cctx, level, sink)
+        _dump(source, snapshot, cctx, sink, level=level)
         writer.end(sink)
         say("saving host files")
         sink = writer.begin(FILES_MEMBER)
@@ -330,8 +330,8 @@ def _write(partial: Path, source: DbSource, snapshot: str, files: FileSource,
     return manifest
 
 
-def _dump(source: DbSource, snapshot: str, cctx: zstandard.ZstdCompressor, level: int,
-          sink: archive.MemberSink) -> None:
+def _dump(source: DbSource, snapshot: str, cctx: zstandard.ZstdCompressor,
+          sink: archive.MemberSink, *, level: int = ZSTD_LEVEL) -> None:
     """pg_dump's output into ``sink`` as one zstd stream, compressed here or at the source."""
     with tempfile.TemporaryFile() as err:
         proc, compressed = source.popen_dump(["-Fc", "-Z0", f"--snapshot={snapshot}"],

@@ -231,7 +231,6 @@ def test_preflight_cli_says_it_recorded_a_new_key(testbed: TestBed, tmp_path: Pa
 @pytest.mark.parametrize("command", [
     ["upgrade", "status", "--host", "h4"],
     ["backup", "pull"],
-    ["backup", "create", "--host", "h4", "--dry-run"],
 ])
 def test_commands_that_connect_take_the_option(testbed: TestBed, tmp_path: Path,
                                                command: list[str]) -> None:
