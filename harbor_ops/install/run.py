@@ -191,8 +191,10 @@ def _render_and_run(site: Site, *, bundle: Path, inventory: Path | None, check: 
             playbook=runner.playbook_path(PLAYBOOK), work_dir=staging / "run",
             log_path=log_path, hosts=site.hosts, inventory=inventory, forks=forks,
             check=check, ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys,
-            extra_vars=role_vars(site, bundle=bundle, bundle_sha256=digest,
-                                 staging=staging / "files", compose=compose))
+            extra_vars={**role_vars(site, bundle=bundle, bundle_sha256=digest,
+                                    staging=staging / "files", compose=compose),
+                        # install() holds the job lock here, the lock of a local host.
+                        "harbor_job_lock_held_locally": not check})
         run = runner.run_playbook(argv, env, output_path=output_path, cwd=staging / "run",
                                   timeout=timeout)
         for line in run:
