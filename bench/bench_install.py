@@ -7,15 +7,18 @@ Harbor-shaped offline installer once (tests/bed/bundle), then times, in the same
    then one ssh command that unpacks it, writes harbor.yml and runs install.sh);
 2. `harborctl install` (preflight, render, the harbor role over SSH, health gate) on one fresh
    host, and a no-change re-run on that host (the nightly converge);
-3. the bare path on N fresh hosts, in parallel (one thread per host);
-4. `harborctl install` on N fresh hosts, in parallel through Ansible's forks.
+3. `harborctl install` ON one fresh host with ``connection: local`` (harborctl brought in
+   with the offline wheelhouse first, not timed; bench/local_install.py), and its re-run;
+4. the bare path on N fresh hosts, in parallel (one thread per host);
+5. `harborctl install` on N fresh hosts, in parallel through Ansible's forks.
 
 Goals (issue 8): 1 host under 1.5x bare, N hosts under 1.3x bare on N hosts, re-run under
-4 s. Each harborctl run also prints where its time went: the preflight, and the playbook's
-tasks on the critical path (from the progress lines of the event stream). Everything is torn
-down at the end, whatever happens. Run as root from the repository:
+4 s; local no slower than SSH (issue 13). Each harborctl run also prints where its time
+went: the preflight, and the playbook's tasks on the critical path (from the progress lines
+of the event stream). Everything is torn down at the end, whatever happens. Run as root
+from the repository:
 
-    .venv/bin/python -m bench.bench_install [--hosts 8] [--version 2.15.2]
+    .venv/bin/python -m bench.bench_install [--hosts 8] [--version 2.15.2] [--wheelhouse W]
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench import local_install
 from harbor_ops.install.run import InstallResult, install
 from harbor_ops.render.engine import render_site
 from harbor_ops.site.load import load_site
@@ -44,8 +48,10 @@ DB_PASSWORD = "bench-Db-pw"
 BARE_DIR = "/opt/harbor-bare"
 
 
-def write_site(directory: Path, version: str, hosts: list[Host], key: Path) -> Site:
-    """One site for ``hosts``: identical replicas, all named by the first host's address."""
+def write_site(directory: Path, version: str, hosts: list[Host], key: Path,
+               local: bool = False) -> Site:
+    """One site for ``hosts``: identical replicas, all named by the first host's address;
+    with ``local``, the default inventory instead (this host, local connection)."""
     directory.mkdir(parents=True, exist_ok=True)
     secrets = directory / "secrets"
     secrets.mkdir(mode=0o700, exist_ok=True)
@@ -54,6 +60,8 @@ def write_site(directory: Path, version: str, hosts: list[Host], key: Path) -> S
     name = hosts[0].address
     entries = "".join(f"  - {{name: {h.name}, address: {h.address}, ssh_key_file: {key}}}\n"
                       for h in hosts)
+    if local:
+        entries = "  - {name: localhost, connection: local}\n"
     (directory / "harborctl.yml").write_text(f"""\
 harbor:
   version: {version}
@@ -180,11 +188,16 @@ def run(bed: TestBed, work: Path, args: argparse.Namespace) -> None:
     if result.changed:
         print("  WARNING: the re-run changed something; see " + str(result.log_path))
 
+    fresh(bed, hosts[:1])
+    local_first, local_rerun = time_local(hosts[0], bundle, work, args)
+
     print()
     print(f"machine: {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}")
     print(ratio_line("harborctl / bare, 1 host", first, bare1, 1.5))
     print(f"{'no-change re-run, 1 host':<30} {rerun:5.1f} s  (goal < 4 s: "
           f"{'met' if rerun < 4 else 'NOT met'})")
+    print(ratio_line("local / SSH, 1 fresh host", local_first, first, 1.0)
+          + f"; re-run local {local_rerun:.1f} s vs SSH {rerun:.1f} s")
     if len(hosts) == 1:
         return
     fresh(bed, hosts[:1])
@@ -198,11 +211,31 @@ def run(bed: TestBed, work: Path, args: argparse.Namespace) -> None:
     print(ratio_line(f"harborctl / bare, {len(hosts)} hosts", wide, bare_n, 1.3))
 
 
+def time_local(host: Host, bundle: Path, work: Path,
+               args: argparse.Namespace) -> tuple[float, float]:
+    """The same install, run by harborctl on the fresh host itself (connection: local)."""
+    wheelhouse = args.wheelhouse or local_install.build_wheelhouse(work / "wheelhouse")
+    site = write_site(work / "site-local", args.version, [host], Path("/unused"), local=True)
+    assert site.path is not None
+    site_text = site.path.read_text()
+    took = local_install.prepare(host, wheelhouse, bundle, site_text,
+                                 {"admin": ADMIN_PASSWORD, "db": DB_PASSWORD})
+    print(f"  {'harborctl into the host (offline)':<34} {took:7.1f} s  (not part of install)",
+          flush=True)
+    first, _ = local_install.timed_local_install(host, bundle, "harborctl install, local, fresh")
+    rerun, result = local_install.timed_local_install(host, bundle, "re-run, local, no change")
+    if result["changed"]:
+        print("  WARNING: the local re-run changed something")
+    return first, rerun
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--hosts", type=int, default=8, help="hosts of the wide run (default 8)")
     ap.add_argument("--version", default="2.15.2", help="Harbor release of the bundle")
     ap.add_argument("--top", type=int, default=6, help="slowest playbook steps shown per run")
+    ap.add_argument("--wheelhouse", type=Path, help="scripts/wheelhouse's archive (default: "
+                    "built for the run)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_install needs root (it starts test hosts in network namespaces)")
