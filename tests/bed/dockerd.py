@@ -8,7 +8,7 @@ user-defined networks (compose) drawn from ``address_pool`` inside 10.200.0.0/16
 API::
 
     engine = DockerEngine(base_dir)          # base_dir: a directory we own (created if missing)
-    engine.start(timeout=60)                 # returns once `docker version` answers
+    engine.start()                           # returns once `docker version` answers
     engine.env -> {"DOCKER_HOST": "unix://<tmp>/hctl-docker-<hash>/docker.sock"}  (short path)
     engine.run("image", "ls", check=True, input=None) -> CompletedProcess[str]
     engine.compose(project_dir, "up", "-d")  # docker-compose 1.29 against this engine
@@ -72,7 +72,7 @@ class DockerEngine:
         """Environment for any docker client (CLI, docker-compose, docker SDK)."""
         return {"DOCKER_HOST": f"unix://{self.socket}"}
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 180) -> None:
         dockerd = shutil.which("dockerd") or "/usr/sbin/dockerd"
         if not os.access(dockerd, os.X_OK):
             raise BedError("dockerd is not installed (apt-get install docker.io)")
@@ -252,13 +252,16 @@ def remove_cgroups(parent: str) -> None:
             (p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
         )
         for path in [*dirs, top]:
-            for _ in range(50):  # a killed process leaves its cgroup a moment later
+            deadline = time.monotonic() + 10  # a killed process leaves its cgroup a moment later
+            while True:
                 try:
                     path.rmdir()
                     break
                 except FileNotFoundError:
                     break
                 except OSError:
+                    if time.monotonic() > deadline:
+                        break
                     time.sleep(0.02)
 
 

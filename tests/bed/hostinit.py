@@ -32,7 +32,10 @@ from tests.bed.network import tcp_open
 if TYPE_CHECKING:
     from tests.bed.hosts import Host
 
-DOCKERD_STOP_TIMEOUT = 30  # dockerd's own shutdown-timeout for containers is 15 s
+# dockerd's own shutdown-timeout for containers is 15 s; the rest is headroom for a loaded
+# machine (a bound on a wait that ends as soon as dockerd has exited)
+DOCKERD_STOP_TIMEOUT = 120
+EXIT_TIMEOUT = 60  # init reaped, launcher and stray processes gone (same kind of bound)
 
 
 def boot(host: Host, root: Path, docker_dir: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -135,7 +138,7 @@ def init_pid(netns: str) -> int | None:
     for pid in netns_pids(netns):
         try:
             status = Path(f"/proc/{pid}/status").read_text()
-        except FileNotFoundError:
+        except OSError:  # exited meanwhile (ENOENT, or ESRCH while it is being reaped)
             continue
         nspid = [ln for ln in status.splitlines() if ln.startswith("NSpid:")]
         if nspid and nspid[0].split()[-1] == "1":
@@ -156,14 +159,14 @@ def halt(host: Host, launcher: subprocess.Popen[bytes] | None) -> None:
             wait_for(
                 lambda: not Path(f"/proc/{init}").exists(),
                 what=f"init of {host.name} to be reaped",
-                timeout=20,
+                timeout=EXIT_TIMEOUT,
             )
     if launcher is not None:
         try:
-            launcher.wait(timeout=20)
+            launcher.wait(timeout=EXIT_TIMEOUT)
         except subprocess.TimeoutExpired:
             launcher.kill()
-            launcher.wait(timeout=20)
+            launcher.wait(timeout=EXIT_TIMEOUT)
     for _ in range(3):
         pids = netns_pids(host.netns) + cgroup_pids(host.netns)
         if not pids:
@@ -171,7 +174,8 @@ def halt(host: Host, launcher: subprocess.Popen[bytes] | None) -> None:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        wait_for(_all_exited(pids), what=f"processes of {host.name} to exit", timeout=20)
+        wait_for(_all_exited(pids), what=f"processes of {host.name} to exit",
+                 timeout=EXIT_TIMEOUT)
     remove_cgroups(host.netns)
 
 

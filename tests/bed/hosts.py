@@ -60,6 +60,9 @@ from tests.bed.network import NETWORKS, BedNetwork
 __all__ = ["MAX_HOSTS", "NETWORKS", "Host", "TestBed", "docker_pool", "record_name"]
 
 MAX_HOSTS = 14  # per-host docker pools 10.200.16.0/20 .. 10.200.224.0/20
+# How long a booting host may take until sshd and its dockerd answer: waits end as soon as
+# they do; the bound only needs headroom for several hosts booting on a loaded machine.
+READY_TIMEOUT = 180
 SNAPSHOT_LABEL = re.compile(r"[a-z0-9][a-z0-9._-]{0,39}")
 
 
@@ -153,7 +156,9 @@ class TestBed:
         self._init: dict[str, subprocess.Popen[bytes]] = {}
 
     # ---- lifecycle ------------------------------------------------------------------------
-    def up(self, names: list[str], docker: bool = True, timeout: float = 60) -> list[Host]:
+    def up(
+        self, names: list[str], docker: bool = True, timeout: float = READY_TIMEOUT
+    ) -> list[Host]:
         """Create and boot the hosts ``names``; returns them once sshd (and dockerd) answer."""
         _check_names(names)
         golden = golden_root()
@@ -184,7 +189,7 @@ class TestBed:
             raise
         return list(self.hosts.values())
 
-    def reset(self, name: str, timeout: float = 60) -> Host:
+    def reset(self, name: str, timeout: float = READY_TIMEOUT) -> Host:
         """Throw away the host's writable layer (files, installed state) and boot it again."""
         host = self.hosts[name]
         self._halt(host)
@@ -194,7 +199,7 @@ class TestBed:
         self._wait_ready(host, timeout)
         return host
 
-    def snapshot(self, name: str, label: str, timeout: float = 60) -> Path:
+    def snapshot(self, name: str, label: str, timeout: float = READY_TIMEOUT) -> Path:
         """Keep the host's layers as they are now under ``label``; the host runs on after.
 
         dockerd is stopped first (containers stopped the way a shutdown stops them), so the
@@ -211,7 +216,7 @@ class TestBed:
         self._wait_ready(host, timeout)
         return dest
 
-    def restore(self, name: str, label: str, timeout: float = 60) -> Host:
+    def restore(self, name: str, label: str, timeout: float = READY_TIMEOUT) -> Host:
         """Bring the host back to snapshot ``label``: what it wrote since is gone."""
         host = self.hosts[name]
         src = self._snapshot_dir(name, label)

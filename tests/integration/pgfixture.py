@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harbor_ops.backup.engine import BackupResult, HostFiles, create_backup
 from harbor_ops.backup.sources import ExternalSource
 from harbor_ops.core.lock import LOCK_ENV
 from tests.bed.fixtures import unavailable
@@ -137,6 +138,9 @@ def running_cluster() -> Iterator[Cluster]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+HOST_PARTS = ("data", "yml", "cert")
+
+
 @dataclass
 class HarborHost:
     """A Harbor host's files: data_volume with the secret key, harbor.yml, a certificate."""
@@ -180,6 +184,19 @@ install:
 {extra}""")
         return site
 
+    def backup(self, cluster: Cluster, db: str, *, parts: tuple[str, ...] = HOST_PARTS,
+               hostname: str = "hb", version: str = "2.14.4", **kw: Any) -> BackupResult:
+        """A real backup of ``db`` on ``cluster`` with this host's files named in ``parts``
+        (``data``: the data volume, ``yml``: harbor.yml, ``cert``: the certificate)."""
+        unknown = set(parts) - set(HOST_PARTS)
+        assert not unknown, f"unknown host parts {sorted(unknown)}"
+        files = HostFiles(data_volume=self.data if "data" in parts else None,
+                          harbor_yml=self.yml if "yml" in parts else None,
+                          certificates=(self.cert,) if "cert" in parts else ())
+        return create_backup(backup_dir=self.backups, source=cluster.source(db), files=files,
+                             harbor_version=version, hostname=hostname, lock_path=self.lock,
+                             **kw)
+
     def env(self, **more: str) -> dict[str, str]:
         return {**os.environ, LOCK_ENV: str(self.lock), "TEST_HARBOR_DB": PASSWORD,
                 "TEST_HARBOR_ADMIN": ADMIN_PASSWORD, **more}
@@ -210,6 +227,19 @@ def make_harbor_host(tmp_path: Path) -> HarborHost:
     (tmp_path / "bundles").mkdir()
     return HarborHost(tmp_path, data, yml, cert, tmp_path / "harborctl.lock",
                       tmp_path / "backups")
+
+
+def backed_up_host(cluster: Cluster, folder: Path, db: str, *, artifacts: int, pad: int = 0,
+                   secret_key: bytes | None = None, **backup: Any) -> tuple[HarborHost,
+                                                                           BackupResult]:
+    """A Harbor host's files in ``folder`` (``secret_key`` replacing its random one), a
+    fresh Harbor-shaped database ``db``, and one real backup of both
+    (``backup``: :meth:`HarborHost.backup`'s options)."""
+    host = make_harbor_host(folder)
+    if secret_key is not None:
+        (host.data / "secret" / "keys" / "secretkey").write_bytes(secret_key)
+    cluster.harbor_db(db, artifacts=artifacts, pad=pad)
+    return host, host.backup(cluster, db, **backup)
 
 
 @contextmanager

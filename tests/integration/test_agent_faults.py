@@ -34,12 +34,6 @@ pytestmark = pytest.mark.integration
 RETRY = "1,2"  # waits between the three attempts: 1 s, then 2 s
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    with running_cluster() as c:
-        yield c
-
-
 @pytest.fixture
 def harbor_host(tmp_path: Path) -> HarborHost:
     return make_harbor_host(tmp_path)
@@ -78,8 +72,9 @@ def test_stopped_database_is_recorded_after_bounded_retries(harbor_host: HarborH
     assert backup["result"] == "failed" and backup["failures"] == 1
     assert "Connection refused" in backup["error"] or "connection to server" in backup["error"]
     assert "s3cret" not in json.dumps(jobs)
-    # three attempts separated by 1 s and 2 s waits, and no more
-    assert 3.0 <= backup["duration_seconds"] < 30.0
+    # three attempts separated by 1 s and 2 s waits (that no more are made: the test below
+    # counts the sessions; an upper bound on time would measure this machine's speed)
+    assert backup["duration_seconds"] >= 3.0
     assert 'harborctl_job_success{job="backup"} 0' in metrics
     assert 'harborctl_job_failures_total{job="backup"} 1' in metrics
     assert "harborctl_backup_last_success_timestamp_seconds" not in metrics
@@ -127,7 +122,7 @@ def test_refused_sessions_are_retried_exactly_within_bounds(cluster: Cluster,
     assert "closed the connection" in backup["error"] or "terminated" in backup["error"]
     # one session per attempt: the retries are real and bounded
     assert hang.accepted == BACKUP_ATTEMPTS
-    assert 3.0 <= backup["duration_seconds"] < 30.0
+    assert backup["duration_seconds"] >= 3.0  # the waits between attempts were kept
     assert 'harborctl_job_success{job="backup"} 0' in metrics
 
 

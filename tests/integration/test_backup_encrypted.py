@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from harbor_ops.backup.catalog import list_backups
-from harbor_ops.backup.engine import BackupResult, HostFiles, create_backup
+from harbor_ops.backup.engine import BackupResult
 from harbor_ops.backup.manifest import read_push_record
 from harbor_ops.backup.remote import (
     list_remote,
@@ -28,7 +28,7 @@ from harbor_ops.core.errors import BackupError
 from harbor_ops.site.model import Encryption, Keep, Remote
 from tests.bed.fixtures import unavailable
 from tests.bed.hosts import Host, TestBed
-from tests.integration.pgfixture import Cluster, running_cluster
+from tests.integration.pgfixture import Cluster, backed_up_host
 
 pytestmark = pytest.mark.integration
 
@@ -38,12 +38,6 @@ REMOTE_DIR = "/var/backups/harbor-age"
 # test's control), so their absence from the remote copy means something.
 SECRET_KEY = os.urandom(1 << 16)
 PROBE = SECRET_KEY[1000:1064]
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    with running_cluster() as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +55,8 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Encryption, Path]:
 
 @pytest.fixture(scope="module")
 def backup(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> BackupResult:
-    root = tmp_path_factory.mktemp("age-src")
-    (root / "data/secret/keys").mkdir(parents=True)
-    (root / "data/secret/keys/secretkey").write_bytes(SECRET_KEY)
-    cluster.harbor_db("registry_age", artifacts=500)
-    return create_backup(backup_dir=root / "backups", source=cluster.source("registry_age"),
-                         files=HostFiles(data_volume=root / "data"), harbor_version="2.14.4",
-                         hostname="hb", lock_path=root / "lock")
+    return backed_up_host(cluster, tmp_path_factory.mktemp("age-src"), "registry_age",
+                          artifacts=500, secret_key=SECRET_KEY, parts=("data",))[1]
 
 
 @pytest.fixture
@@ -140,17 +129,12 @@ def test_pull_restores_with_the_identity_and_refuses_clearly_without(
 def test_a_copy_that_passes_the_drill_is_marked_verified_there(
         cluster: Cluster, h1: Host, keys: tuple[Encryption, Path], tmp_path: Path) -> None:
     enc, _identity = keys
-    (tmp_path / "data/secret/keys").mkdir(parents=True)
-    (tmp_path / "data/secret/keys/secretkey").write_bytes(SECRET_KEY)
-    cluster.harbor_db("registry_mark", artifacts=5)
-    made = [create_backup(backup_dir=tmp_path / "b", source=cluster.source("registry_mark"),
-                          files=HostFiles(data_volume=tmp_path / "data"),
-                          harbor_version="2.14.4", hostname="hb", lock_path=tmp_path / "l")
-            for _ in range(2)]
+    host, older = backed_up_host(cluster, tmp_path, "registry_mark", artifacts=5,
+                                 secret_key=SECRET_KEY, parts=("data",))
+    made = [older, host.backup(cluster, "registry_mark", parts=("data",))]
     for b in made:
         push_backup(b.path, _remote(h1), ssh_config=h1.ssh_config, encryption=enc)
-    older = made[0]
-    assert verify_backup(path=older.path, lock_path=tmp_path / "l").ok
+    assert verify_backup(path=older.path, lock_path=host.lock).ok
     assert mark_verified(older.path, _remote(h1), ssh_config=h1.ssh_config)
     listed = {e.name: e.verified for e in list_remote(_remote(h1), ssh_config=h1.ssh_config)}
     assert listed == {older.name + ".age": True, made[1].name + ".age": None}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,30 +22,20 @@ import pytest
 import zstandard
 
 from harbor_ops.backup import archive
-from harbor_ops.backup.engine import BackupResult, HostFiles, create_backup
+from harbor_ops.backup.engine import BackupResult
 from harbor_ops.backup.manifest import DB_MEMBER, FILES_MEMBER, MANIFEST_MEMBER, FileEntry
 from harbor_ops.backup.restore import restore_backup, verify_backup
 from harbor_ops.core.errors import BackupError
-from tests.integration.pgfixture import Cluster, HarborHost, make_harbor_host, running_cluster
+from tests.integration.pgfixture import Cluster, HarborHost, backed_up_host, make_harbor_host
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    with running_cluster() as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def base(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> BackupResult:
     """One honest backup whose database dump every forged archive reuses."""
-    host = make_harbor_host(tmp_path_factory.mktemp("honest"))
-    cluster.harbor_db("registry_hostile", artifacts=20)
-    return create_backup(backup_dir=host.backups, source=cluster.source("registry_hostile"),
-                         files=HostFiles(data_volume=host.data, harbor_yml=host.yml,
-                                         certificates=(host.cert,)),
-                         harbor_version="2.14.4", hostname="hb", lock_path=host.lock)
+    return backed_up_host(cluster, tmp_path_factory.mktemp("honest"), "registry_hostile",
+                          artifacts=20)[1]
 
 
 Member = tuple[tarfile.TarInfo, bytes | None]

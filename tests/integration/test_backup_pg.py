@@ -32,17 +32,10 @@ from tests.integration.pgfixture import (
     HarborHost,
     free_port,
     make_harbor_host,
-    running_cluster,
     small_tmpfs,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    with running_cluster() as c:
-        yield c
 
 
 @pytest.fixture

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from harbor_ops.backup.engine import BackupResult, HostFiles, create_backup
+from harbor_ops.backup.engine import BackupResult
 from harbor_ops.backup.manifest import PARTIAL_SUFFIX, write_sidecar
 from harbor_ops.backup.remote import checksums_match, list_remote, prune_remote, push_backup
 from harbor_ops.core.errors import RemoteError
 from harbor_ops.site.model import Keep, Remote
 from tests.bed.hosts import Host, TestBed
-from tests.integration.pgfixture import Cluster, HarborHost, make_harbor_host, running_cluster
+from tests.integration.pgfixture import Cluster, HarborHost, backed_up_host, make_harbor_host
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +32,6 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    with running_cluster() as c:
-        yield c
-
-
 @pytest.fixture
 def harbor_host(tmp_path: Path) -> HarborHost:
     return make_harbor_host(tmp_path)
@@ -46,13 +40,9 @@ def harbor_host(tmp_path: Path) -> HarborHost:
 @pytest.fixture(scope="module")
 def backup(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> BackupResult:
     """One real backup (a Harbor-shaped database of ~2 MB), shared by the module."""
-    root = tmp_path_factory.mktemp("remote-src")
-    (root / "data/secret/keys").mkdir(parents=True)
-    (root / "data/secret/keys/secretkey").write_text("0123456789abcdef")
-    cluster.harbor_db("registry_remote", artifacts=3000, pad=20)
-    return create_backup(backup_dir=root / "backups", source=cluster.source("registry_remote"),
-                         files=HostFiles(data_volume=root / "data"), harbor_version="2.14.4",
-                         hostname="hb", lock_path=root / "lock")
+    return backed_up_host(cluster, tmp_path_factory.mktemp("remote-src"), "registry_remote",
+                          artifacts=3000, pad=20, secret_key=b"0123456789abcdef",
+                          parts=("data",))[1]
 
 
 @pytest.fixture

@@ -11,26 +11,18 @@ from __future__ import annotations
 
 import json
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from harbor_ops.backup.catalog import list_backups
-from harbor_ops.backup.engine import HostFiles, create_backup
 from tests.bed.bundle import build_bundles
 from tests.bed.dockerd import DockerEngine
-from tests.integration.pgfixture import Cluster, HarborHost, make_harbor_host, running_cluster
+from tests.integration.pgfixture import Cluster, HarborHost, backed_up_host
 
 pytestmark = pytest.mark.integration
 
 VERSION = "2.14.4"
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    with running_cluster() as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +43,8 @@ def engine(docker_engine: DockerEngine, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture
 def backup_site(cluster: Cluster, tmp_path: Path) -> tuple[HarborHost, Path]:
-    site = make_harbor_host(tmp_path)
-    cluster.harbor_db("registry_img", artifacts=700)
-    create_backup(backup_dir=site.backups, source=cluster.source("registry_img"),
-                  files=HostFiles(data_volume=site.data), harbor_version=VERSION,
-                  hostname="hb", lock_path=site.lock)
+    site, _ = backed_up_host(cluster, tmp_path, "registry_img", artifacts=700,
+                             parts=("data",), version=VERSION)
     (tmp_path / "no-postgresql").mkdir()
     return site, site.site_file(cluster, "registry_img")
 

@@ -39,7 +39,7 @@ def _reload_sshd(host: Host) -> None:
     """SIGHUP makes the listening sshd re-exec and read its host key again."""
     before = host.exec("pgrep -o -x sshd").stdout.strip()
     host.exec(f"kill -HUP {before}")
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 120  # bounded, generous for a loaded machine
     while time.monotonic() < deadline:
         probe = subprocess.run(["ssh-keyscan", "-T", "2", "-t", "ed25519", host.address],
                                capture_output=True, text=True, timeout=10)

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 
 from harbor_ops.backup.catalog import list_backups
-from harbor_ops.backup.engine import BackupResult, HostFiles, create_backup
+from harbor_ops.backup.engine import BackupResult
 from harbor_ops.backup.restore import restore_backup, verify_backup
 from harbor_ops.core.errors import BackupError
 from harbor_ops.core.signals import Interrupted
-from tests.integration.pgfixture import Cluster, HarborHost, make_harbor_host, running_cluster
+from tests.integration.pgfixture import Cluster, HarborHost, backed_up_host, make_harbor_host
 
 pytestmark = pytest.mark.integration
 
@@ -37,19 +37,10 @@ RESTORE_STEPS = ("checking and staging the host files",
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    with running_cluster() as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def backup(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> BackupResult:
     """A backup of 300 artifacts, taken from a source host; targets hold 3."""
-    src = make_harbor_host(tmp_path_factory.mktemp("source"))
-    cluster.harbor_db("registry_src", artifacts=300)
-    return create_backup(backup_dir=src.backups, source=cluster.source("registry_src"),
-                         files=HostFiles(data_volume=src.data, harbor_yml=src.yml),
-                         harbor_version="2.14.4", hostname="src", lock_path=src.lock)
+    return backed_up_host(cluster, tmp_path_factory.mktemp("source"), "registry_src",
+                          artifacts=300, parts=("data", "yml"), hostname="src")[1]
 
 
 @pytest.fixture

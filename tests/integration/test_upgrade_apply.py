@@ -17,50 +17,24 @@ import json
 import shutil
 import signal
 import subprocess
-import sys
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from harbor_ops.core.errors import UpgradePathError
-from harbor_ops.install.run import install
-from harbor_ops.site.load import load_site
-from harbor_ops.site.model import Site
-from harbor_ops.upgrade.apply import ApplyResult, Options, apply, status
-from tests.bed.bundle.builder import build_bundle
+from harbor_ops.upgrade.apply import ApplyResult, apply, status
 from tests.bed.dockerd import DockerEngine
 from tests.bed.hosts import Host, TestBed
+from tests.integration import upgradefixture as up
 from tests.integration.test_bundle import _tiny_oci_layout
-from tests.integration.test_install import ADMIN_PASSWORD, write_site
+from tests.integration.test_install import ADMIN_PASSWORD
 
 pytestmark = pytest.mark.integration
 
 OLD, NEW = "2.9.5", "2.15.2"
 STOPS = ("2.11.2", "2.13.5", "2.15.2")
-JOURNAL = "/var/lib/harborctl/upgrade.journal"
-ROWS_SQL = """
-INSERT INTO harbor_user (username, realname) SELECT 'user' || i, 'User ' || i
-  FROM generate_series(1, 40) i;
-INSERT INTO project (owner_id, name) SELECT 1, 'proj' || i FROM generate_series(1, 25) i;
-INSERT INTO repository (name, project_id) SELECT 'proj' || (i % 25 + 1) || '/repo' || i, 1
-  FROM generate_series(1, 200) i;
-INSERT INTO artifact (project_id, repository_id, repository_name, digest, size)
-  SELECT 1, i, 'proj/repo' || i, 'sha256:' || md5(i::text), i * 1000
-  FROM generate_series(1, 200) i;
-"""
-COUNT_SQL = ("SELECT (SELECT count(*) FROM project), (SELECT count(*) FROM repository), "
-             "(SELECT count(*) FROM artifact), (SELECT count(*) FROM harbor_user)")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def private_lock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """This machine's /run/harborctl.lock belongs to whoever else runs harborctl here."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HARBORCTL_LOCK_FILE", str(tmp_path_factory.mktemp("lock") / "harborctl.lock"))
-        yield
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -82,38 +56,19 @@ def drill_engine(docker_engine: DockerEngine, bundles: Path,
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("bundles")
-    for v in (OLD, *STOPS):
-        build_bundle(v, d)
-    return d
-
-
-def _site_at(site_dir: Path, host: Host, key: Path, version: str) -> Site:
-    write_site(site_dir, host, key)
-    path = site_dir / "harborctl.yml"
-    path.write_text(path.read_text().replace("version: 2.15.2", f"version: {version}"))
-    return load_site(path)
-
-
-def psql(host: Host, sql: str) -> str:
-    p = host.exec(f"docker exec -i harbor-db psql -U postgres -d registry -tAc \"{sql}\"")
-    return p.stdout.strip()
+    return up.bundles(tmp_path_factory, OLD, *STOPS)
 
 
 @pytest.fixture(scope="module")
 def installed(testbed: TestBed, bundles: Path,
               tmp_path_factory: pytest.TempPathFactory) -> tuple[Host, Path, str]:
-    """h1 on Harbor 2.14.4 with rows and a pushed image; returns (host, site dir, counts)."""
+    """h1 on Harbor 2.9.5 with rows and a pushed image; returns (host, site dir, counts)."""
     host = testbed.reset("h1")
     site_dir = tmp_path_factory.mktemp("site")
-    site = _site_at(site_dir, host, testbed.client_key, OLD)
-    install(site, bundle=bundles / f"harbor-offline-installer-v{OLD}.tgz",
-            log_dir=site_dir / "logs", ssh_config=testbed.ssh_config_path, timeout=900)
-    host.exec("docker exec -i harbor-db psql -v ON_ERROR_STOP=1 -U postgres -d registry",
-              input=ROWS_SQL.encode())
+    counts = up.install_with_rows(testbed, host, site_dir, bundles, OLD)
     if shutil.which("skopeo"):
         _push(host, site_dir)
-    return host, site_dir, psql(host, COUNT_SQL)
+    return host, site_dir, counts
 
 
 def _auth(host: Host, folder: Path) -> Path:
@@ -131,23 +86,17 @@ def _push(host: Host, folder: Path) -> None:
                     f"docker://{host.address}:80/library/hello:v1"], check=True, timeout=120)
 
 
-def _opts(testbed: TestBed, site_dir: Path, bundles: Path) -> Options:
-    return Options(bundle_dir=bundles, ssh_config=testbed.ssh_config_path,
-                   log_dir=site_dir / "logs", backup_dir=site_dir / "backups",
-                   health_retries=36)
-
-
 def test_refusal_before_anything_changes_when_a_stop_has_no_bundle(
         testbed: TestBed, installed: tuple[Host, Path, str], bundles: Path,
         tmp_path: Path) -> None:
     host, site_dir, _ = installed
-    site = _site_at(site_dir, host, testbed.client_key, NEW)
+    site = up.site_at(site_dir, host, testbed.client_key, NEW)
     partial = tmp_path / "no-2.13.5"
     partial.mkdir()
     for v in (OLD, "2.11.2", NEW):
         name = f"harbor-offline-installer-v{v}.tgz"
         (partial / name).symlink_to(bundles / name)
-    result = apply(site, to=NEW, host=None, opts=_opts(testbed, site_dir, partial))
+    result = apply(site, to=NEW, host=None, opts=up.opts(testbed, site_dir, partial))
     assert isinstance(result.error, UpgradePathError)
     assert "no bundle for stop 2.13.5 (hop 2)" in result.error.message
     assert result.hosts[0].outcome == "refused"
@@ -155,59 +104,40 @@ def test_refusal_before_anything_changes_when_a_stop_has_no_bundle(
     assert host.exec("test -e /var/lib/harborctl/upgrade.journal", check=False).returncode != 0
 
 
-def _journal(host: Host) -> list[dict[str, object]]:
-    text = host.exec(f"cat {JOURNAL}", check=False).stdout
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-
-
 @pytest.fixture(scope="module")
-def killed(testbed: TestBed, installed: tuple[Host, Path, str], bundles: Path,
-           private_lock: None) -> list[dict[str, object]]:
+def killed(testbed: TestBed, installed: tuple[Host, Path, str],
+           bundles: Path) -> list[up.Entry]:
     """`harborctl upgrade apply` as a user runs it, SIGKILLed when hop 2 begins `start`."""
     host, site_dir, _ = installed
-    site = _site_at(site_dir, host, testbed.client_key, NEW)
-    assert site.path is not None
-    argv = [str(Path(sys.executable).with_name("harborctl")), "upgrade", "apply", "--yes",
-            "-c", str(site.path), "--to", NEW, "--bundle-dir", str(bundles),
-            "--ssh-config", str(testbed.ssh_config_path), "--log-dir", str(site_dir / "logs"),
-            "--backup-dir", str(site_dir / "backups"), "--health-retries", "36"]
-    with open(site_dir / "killed.err", "wb") as err:
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            deadline = time.monotonic() + 900
-            while time.monotonic() < deadline and proc.poll() is None:
-                if any(e["hop"] == 2 and e["step"] == "start" and e["event"] == "begin"
-                       for e in _journal(host)):
-                    proc.send_signal(signal.SIGKILL)
-                    break
-                time.sleep(0.3)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL, (site_dir / "killed.err").read_text()[-2000:]
-    return _journal(host)
+    site = up.site_at(site_dir, host, testbed.client_key, NEW)
+    argv = up.apply_argv(site, testbed, site_dir, bundles, "--to", NEW,
+                         "--health-retries", "36")
+    code = up.kill_when(argv, host, lambda j: any(
+        e["hop"] == 2 and e["step"] == "start" and e["event"] == "begin" for e in j),
+        site_dir / "killed.err")
+    assert code == -signal.SIGKILL, (site_dir / "killed.err").read_text()[-2000:]
+    return up.journal(host)
 
 
 @pytest.fixture(scope="module")
 def upgraded(testbed: TestBed, installed: tuple[Host, Path, str], killed: list[object],
              bundles: Path) -> tuple[ApplyResult, list[str]]:
     host, site_dir, _ = installed
-    site = _site_at(site_dir, host, testbed.client_key, NEW)
+    site = up.site_at(site_dir, host, testbed.client_key, NEW)
     lines: list[str] = []
-    result = apply(site, to=NEW, host=None, opts=_opts(testbed, site_dir, bundles),
+    result = apply(site, to=NEW, host=None, opts=up.opts(testbed, site_dir, bundles),
                    progress=lines.append)
     print(json.dumps(result.to_dict()["hosts"][0]["hops_run"], indent=1))  # shown with -s
     return result, lines
 
 
 def test_status_after_the_kill_says_what_the_next_run_does(
-        testbed: TestBed, installed: tuple[Host, Path, str], killed: list[dict[str, object]],
+        testbed: TestBed, installed: tuple[Host, Path, str], killed: list[up.Entry],
         bundles: Path) -> None:
     host, site_dir, _ = installed
     assert killed[-1]["step"] == "start" and killed[-1]["hop"] == 2
-    site = _site_at(site_dir, host, testbed.client_key, NEW)
-    st = status(site, host=None, opts=_opts(testbed, site_dir, bundles)).to_dict()["hosts"][0]
+    site = up.site_at(site_dir, host, testbed.client_key, NEW)
+    st = status(site, host=None, opts=up.opts(testbed, site_dir, bundles)).to_dict()["hosts"][0]
     assert st["plan"]["journal"]["step"] == "start"
     assert st["plan"]["resume"]["action"] == "rollback" and st["plan"]["resume"]["retry_after"]
     assert host.exec("test -e /var/lib/harborctl/upgrade.window", check=False).returncode == 0
@@ -237,8 +167,8 @@ def test_the_run_after_the_kill_rolls_back_retries_and_reaches_the_target(
 def test_every_row_survives_and_the_schema_matches(upgraded: tuple[ApplyResult, list[str]],
                                                    installed: tuple[Host, Path, str]) -> None:
     host, _, before = installed
-    assert psql(host, COUNT_SQL) == before
-    assert psql(host, "SELECT version, dirty FROM schema_migrations") == "180|f"
+    assert up.psql(host, up.COUNT_SQL) == before
+    assert up.psql(host, "SELECT version, dirty FROM schema_migrations") == "180|f"
     # pg_upgrade converted the data: only pg18 is left, owned by uid 999, mode 0700
     assert host.exec("ls /data/database").stdout.split() == ["pg18"]
     assert host.exec("stat -c '%u %a' /data/database/pg18").stdout.strip() == "999 700"
@@ -275,8 +205,8 @@ def test_a_second_apply_does_nothing(testbed: TestBed, installed: tuple[Host, Pa
                                      upgraded: tuple[ApplyResult, list[str]],
                                      bundles: Path) -> None:
     host, site_dir, _ = installed
-    site = _site_at(site_dir, host, testbed.client_key, NEW)
-    again = apply(site, to=NEW, host=None, opts=_opts(testbed, site_dir, bundles))
+    site = up.site_at(site_dir, host, testbed.client_key, NEW)
+    again = apply(site, to=NEW, host=None, opts=up.opts(testbed, site_dir, bundles))
     assert again.error is None and again.hosts[0].outcome == "up_to_date"
-    st = status(site, host=None, opts=_opts(testbed, site_dir, bundles)).to_dict()
+    st = status(site, host=None, opts=up.opts(testbed, site_dir, bundles)).to_dict()
     assert st["hosts"][0]["plan"]["journal"]["outcome"] == "done"

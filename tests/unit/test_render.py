@@ -11,7 +11,6 @@ import os
 import re
 import resource
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -263,14 +262,12 @@ def test_golden_other_files(name: str) -> None:
     assert text == golden.read_text(encoding="utf-8")
 
 
-def test_all_minor_lines_render_fast() -> None:
+def test_all_minor_lines_render() -> None:
+    """Every minor line renders every file (how fast: bench/bench_render.py)."""
     site = make_site()
-    start = time.perf_counter()
     out = render.render_all_versions(site, harbor_values=site.harbor)
-    elapsed = time.perf_counter() - start
     assert sorted(out) == sorted(GOLDEN_VERSIONS)
     assert all(len(files) == len(render.FILES) for files in out.values())
-    assert elapsed < 2.0, elapsed
 
 
 # ---------------------------------------------------------------- other files

@@ -1,0 +1,121 @@
+"""What the `upgrade apply` integration tests share: bundles, a site at a version, Harbor
+installed on a bed host with rows in its key tables, the host's upgrade journal, and
+harborctl run as a user runs it and killed when the journal reaches a chosen step.
+
+Each test module wraps these in its own (module-scoped) fixtures. The lock file and state
+folder are already private to each pytest process (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from harbor_ops.install.run import install
+from harbor_ops.site.load import load_site
+from harbor_ops.site.model import Site
+from harbor_ops.upgrade.apply import Options
+from tests.bed.bundle.builder import build_bundle
+from tests.bed.hosts import Host, TestBed
+from tests.integration.test_install import write_site
+
+JOURNAL = "/var/lib/harborctl/upgrade.journal"
+ROWS_SQL = """
+INSERT INTO harbor_user (username, realname) SELECT 'user' || i, 'User ' || i
+  FROM generate_series(1, 40) i;
+INSERT INTO project (owner_id, name) SELECT 1, 'proj' || i FROM generate_series(1, 25) i;
+INSERT INTO repository (name, project_id) SELECT 'proj' || (i % 25 + 1) || '/repo' || i, 1
+  FROM generate_series(1, 200) i;
+INSERT INTO artifact (project_id, repository_id, repository_name, digest, size)
+  SELECT 1, i, 'proj/repo' || i, 'sha256:' || md5(i::text), i * 1000
+  FROM generate_series(1, 200) i;
+"""
+COUNT_SQL = ("SELECT (SELECT count(*) FROM project), (SELECT count(*) FROM repository), "
+             "(SELECT count(*) FROM artifact), (SELECT count(*) FROM harbor_user)")
+Entry = dict[str, object]
+
+
+def bundles(tmp_path_factory: pytest.TempPathFactory, *versions: str) -> Path:
+    """A folder with the Harbor-shaped offline installer of each version."""
+    folder = tmp_path_factory.mktemp("bundles")
+    for version in versions:
+        build_bundle(version, folder)
+    return folder
+
+
+def site_at(site_dir: Path, host: Host, key: Path, version: str) -> Site:
+    """The test site file for ``host`` with harbor.version set to ``version``."""
+    write_site(site_dir, host, key)
+    path = site_dir / "harborctl.yml"
+    path.write_text(path.read_text().replace("version: 2.15.2", f"version: {version}"))
+    return load_site(path)
+
+
+def psql(host: Host, sql: str) -> str:
+    """One query in the host's harbor-db (registry database), its rows unaligned."""
+    p = host.exec(f"docker exec -i harbor-db psql -U postgres -d registry -tAc \"{sql}\"")
+    return p.stdout.strip()
+
+
+def install_with_rows(testbed: TestBed, host: Host, site_dir: Path, bundle_dir: Path,
+                      version: str) -> str:
+    """`harborctl install` of ``version`` on ``host``, then the rows; returns their counts."""
+    site = site_at(site_dir, host, testbed.client_key, version)
+    install(site, bundle=bundle_dir / f"harbor-offline-installer-v{version}.tgz",
+            log_dir=site_dir / "logs", ssh_config=testbed.ssh_config_path, timeout=900)
+    host.exec("docker exec -i harbor-db psql -v ON_ERROR_STOP=1 -U postgres -d registry",
+              input=ROWS_SQL.encode())
+    return psql(host, COUNT_SQL)
+
+
+def journal(host: Host) -> list[Entry]:
+    """The host's upgrade journal, one entry a line (none before the first apply)."""
+    text = host.exec(f"cat {JOURNAL}", check=False).stdout
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def opts(testbed: TestBed, site_dir: Path, bundle_dir: Path, health_retries: int = 36) -> Options:
+    """apply()'s options: bundles, the bed's SSH config, logs and backups in the site dir."""
+    return Options(bundle_dir=bundle_dir, ssh_config=testbed.ssh_config_path,
+                   log_dir=site_dir / "logs", backup_dir=site_dir / "backups",
+                   health_retries=health_retries)
+
+
+def apply_argv(site: Site, testbed: TestBed, site_dir: Path, bundle_dir: Path,
+               *extra: str) -> list[str]:
+    """`harborctl upgrade apply` for ``site`` as a user types it (the venv's harborctl)."""
+    assert site.path is not None
+    return [str(Path(sys.executable).with_name("harborctl")), "upgrade", "apply", "--yes",
+            "-c", str(site.path), "--bundle-dir", str(bundle_dir),
+            "--ssh-config", str(testbed.ssh_config_path), "--log-dir", str(site_dir / "logs"),
+            "--backup-dir", str(site_dir / "backups"), *extra]
+
+
+def kill_when(argv: list[str], host: Host, reached: Callable[[list[Entry]], bool],
+              stderr: Path) -> int:
+    """Run ``argv`` and SIGKILL it as soon as the host's journal satisfies ``reached``.
+
+    The journal is polled (every 50 ms: the step must still be running when the kill lands,
+    however fast this machine is) until the event happened or the run ended by itself
+    (bounded by 900 s); returns the exit status (-9 when the kill landed)."""
+    with open(stderr, "wb") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.monotonic() + 900
+            while time.monotonic() < deadline and proc.poll() is None:
+                if reached(journal(host)):
+                    proc.send_signal(signal.SIGKILL)
+                    break
+                time.sleep(0.05)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    return proc.returncode
