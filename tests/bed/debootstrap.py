@@ -6,15 +6,16 @@ bookworm lacks from (:mod:`tests.bed.bundle.suites`). Both are ``debootstrap
 --variant=minbase`` + ``apt-get install`` of a package list, then an optional customisation.
 
 Each root lives in ``${HARBORCTL_TESTBED_CACHE:-/var/cache/harborctl-testbed}/<prefix>-<key>/``;
-``<key>`` hashes the suite, mirror, package list and recipe version, so changing any of them
-builds a new root. A build goes to a temporary directory renamed into place only when complete
-(its marker file written last), under a lock file, so concurrent sessions build it once and a
-crashed build is harmless.
+``<key>`` hashes the suite, mirror (:func:`mirror`), package list and recipe version, so
+changing any of them builds a new root. A build goes to a temporary directory renamed into
+place only when complete (its marker file written last), under a lock file, so concurrent
+sessions build it once and a crashed build is harmless.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -26,13 +27,43 @@ from pathlib import Path
 
 from tests.bed._run import BedError, run, unmount_all_under
 
-MIRROR = os.environ.get("HARBORCTL_TESTBED_MIRROR", "http://deb.debian.org/debian")
+MIRROR_ENV = "HARBORCTL_TESTBED_MIRROR"
 POLICY_RC_D = "#!/bin/sh\n# test bed: apt never starts services\nexit 101\n"
 
 
 def cache_dir() -> Path:
     """Where roots are cached; overridable so CI can keep it on a persisted volume."""
     return Path(os.environ.get("HARBORCTL_TESTBED_CACHE", "/var/cache/harborctl-testbed"))
+
+
+@functools.cache
+def mirror() -> str:
+    """The Debian mirror roots are debootstrapped from: ``$HARBORCTL_TESTBED_MIRROR``, else
+    the one this machine's apt already uses for its own release (its configuration, as
+    ``apt-get indextargets`` reads it), so the bed reaches only what apt reaches here.
+
+    Written without a trailing slash: the same mirror always gives the same cache key."""
+    configured = os.environ.get(MIRROR_ENV)
+    if configured:
+        return configured.rstrip("/")
+    release = _os_release().get("VERSION_CODENAME", "")
+    targets = run(["apt-get", "indextargets", "--format", "$(REPO_URI) $(RELEASE)"],
+                  check=False, timeout=60).stdout
+    for line in targets.splitlines():
+        uri, _, suite = line.partition(" ")
+        if release and suite.strip() == release:
+            return uri.rstrip("/")
+    raise BedError(f"no Debian source for this machine's release ({release or 'unknown'}) in "
+                   f"apt's configuration; set {MIRROR_ENV} to a Debian mirror")
+
+
+def _os_release() -> dict[str, str]:
+    try:
+        text = Path("/etc/os-release").read_text(encoding="utf-8")
+    except OSError:
+        return {}
+    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line)
+    return {k: v.strip().strip('"') for k, v in pairs}
 
 
 @dataclass(frozen=True)
@@ -59,7 +90,7 @@ class RootSpec:
         material = json.dumps(
             {
                 "suite": self.suite,
-                "mirror": MIRROR,
+                "mirror": mirror(),
                 "packages": sorted(self.packages),
                 "recipe": self.recipe,
             },
@@ -94,7 +125,7 @@ def _build(spec: RootSpec, final: Path) -> None:
     _remove_tree(tmp)
     started = time.monotonic()
     try:
-        run(["debootstrap", "--variant=minbase", spec.suite, str(tmp), MIRROR], timeout=1200)
+        run(["debootstrap", "--variant=minbase", spec.suite, str(tmp), mirror()], timeout=1200)
         _write(tmp / "usr/sbin/policy-rc.d", POLICY_RC_D, 0o755)
         shutil.copyfile("/etc/resolv.conf", tmp / "etc/resolv.conf")
         chroot_sh(

