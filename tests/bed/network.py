@@ -125,6 +125,13 @@ def is_mountpoint(path: str) -> bool:
         return any(line.split()[1] == path for line in fh)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on now (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def tcp_open(address: str, port: int) -> bool:
     try:
         with socket.create_connection((address, port), timeout=0.5):

@@ -38,6 +38,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from tests.bed._run import wait_for
+from tests.bed.network import free_port, tcp_open
 from tests.integration import doctor_pki as pki
 
 HOST = "harbor.doctor.test"
@@ -50,26 +52,18 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    """Readiness: the port accepts a connection (bounded in time and tries)."""
-    deadline = time.monotonic() + timeout
-    for _ in range(1000):
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    """Readiness: the port accepts a connection (bounded in time and tries, with headroom
+    for a loaded machine: the wait ends at the first connection)."""
+
+    def ready() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"{proc.args[0]} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
-    raise AssertionError(f"port {port} not ready after {timeout}s")
+        return tcp_open("127.0.0.1", port)
+
+    wait_for(ready, what=f"port {port}", timeout=timeout, interval=0.02)
 
 
 def stop(proc: subprocess.Popen[bytes] | None) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from harbor_ops.backup.engine import BackupResult, HostFiles, create_backup
 from harbor_ops.backup.sources import ExternalSource
 from harbor_ops.core.lock import LOCK_ENV
 from tests.bed.fixtures import unavailable
+from tests.bed.network import free_port
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PASSWORD = "s3cret-test-pw"  # test-only credential of a throw-away cluster
@@ -47,10 +47,6 @@ def _pg(*argv: str, input: str | None = None, check: bool = True) -> str:
     return proc.stdout
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -17,8 +17,6 @@ import random
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ from harbor_ops.site.load import load_site
 from harbor_ops.site.model import Site
 from tests.bed.bundle.builder import build_bundle
 from tests.bed.hosts import Host, TestBed
+from tests.integration.harborwait import health_url, wait_healthy
 from tests.integration.test_bundle import _tiny_oci_layout
 
 pytestmark = pytest.mark.integration
@@ -207,7 +206,7 @@ def test_restore_host_brings_back_every_row_the_key_and_harbor_yml(
     h2.exec(f"cd /opt/harbor/harbor && docker-compose -p harbor down >/dev/null 2>&1 && "
             f"rm -rf /data/database /data/secret && echo '# edited' >> {yml} "
             f"&& ./install.sh >/dev/null", timeout=600)
-    _wait_healthy(h2)
+    wait_healthy(health_url(h2))
     assert h2.exec(f"base64 {key}").stdout != key_before  # a new, empty Harbor
     assert fleet_bed.rows("h2")["artifact"] == []
     res = fleet_bed.harborctl("backup", "restore", "--host", "h2", "--latest", "--yes",
@@ -221,21 +220,6 @@ def test_restore_host_brings_back_every_row_the_key_and_harbor_yml(
                      f"dir:{fleet_bed.base / 'pulled'}")
     assert pulled.returncode == 0, pulled.stderr
     assert (fleet_bed.base / "pulled" / "manifest.json").is_file()
-
-
-def _wait_healthy(host: Host, timeout: float = 180) -> None:
-    url = f"http://{host.address}:8080/api/v2.0/health"
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - bed address
-                if json.loads(resp.read()).get("status") == "healthy":
-                    return
-        except (OSError, ValueError) as exc:
-            last = str(exc)
-        time.sleep(1)
-    raise AssertionError(f"{host.name} not healthy after {timeout} s: {last}")
 
 
 def _kill_session_sshd(host: Host) -> int:

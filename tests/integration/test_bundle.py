@@ -10,25 +10,28 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import subprocess
 import tarfile
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.bed._run import wait_for
 from tests.bed.bundle import build_bundles
 from tests.bed.dockerd import DockerEngine
+from tests.bed.network import free_port
+from tests.integration.harborwait import wait_healthy
 
 pytestmark = pytest.mark.integration
 
 ADMIN_PASSWORD = "Harbor12345"  # the template's default; a throw-away test value
+# Waits for what the double does by itself: polled, bounded with headroom for a loaded machine.
+WAIT: dict[str, float] = {"timeout": 300, "interval": 0.5}
 VERSIONS = ("2.2.4", "2.4.3", "2.8.6", "2.10.3", "2.12.4", "2.14.4", "2.15.2")
 # Two schedule rows the unique_schedule index refuses: Harbor's duplicate-schedule failure
 # (goharbor/harbor#15088). The index every migration re-builds is dropped first, as data from
@@ -54,7 +57,7 @@ class Harbor:
         self.engine = engine
         self.data = base / "data"
         self.logs = base / "logs"
-        self.port = _free_port()
+        self.port = free_port()
         self.install_dir: Path | None = None
         self.unpacked = 0
 
@@ -103,21 +106,12 @@ class Harbor:
         except OSError:
             return 0, b""
 
-    def wait_healthy(self, timeout: float = 90) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        last: dict[str, Any] | None = None
-        for _ in range(int(timeout / 0.5) + 1):
-            status, body = self.get("/api/v2.0/health")
-            if status == 200:
-                last = json.loads(body)
-                if last["status"] == "healthy":
-                    return last
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        logs = self.engine.run("logs", "--tail", "20", "harbor-db", check=False)
-        raise AssertionError(f"Harbor not healthy after {timeout} s: {last}\n"
-                             f"harbor-db: {logs.stdout}{logs.stderr}")
+    def wait_healthy(self) -> dict[str, Any]:
+        try:
+            return wait_healthy(f"http://127.0.0.1:{self.port}/api/v2.0/health")
+        except AssertionError as exc:
+            logs = self.engine.run("logs", "--tail", "20", "harbor-db", check=False)
+            raise AssertionError(f"{exc}\nharbor-db: {logs.stdout}{logs.stderr}") from None
 
     def sql(self, query: str) -> list[str]:
         proc = self.engine.run("exec", "harbor-db", "psql", "-U", "postgres", "-d", "registry",
@@ -269,10 +263,11 @@ def test_a_failing_migration_leaves_the_schema_dirty(harbor: Harbor, bundles) ->
     harbor.sql(DUPLICATE_SCHEDULES)
 
     harbor.install(bundles["2.14.4"])  # same PostgreSQL major: only the migration runs
-    _wait_for(lambda: harbor.sql("SELECT version, dirty FROM schema_migrations") == ["160|t"],
-              "the 2.13 migration to fail and leave version 160 dirty")
-    _wait_for(lambda: "Dirty database version 160. Fix and force version." in (
-        harbor.container_logs("harbor-core")), "core's restart to refuse the dirty schema")
+    wait_for(lambda: harbor.sql("SELECT version, dirty FROM schema_migrations") == ["160|t"],
+             what="the 2.13 migration to fail and leave version 160 dirty", **WAIT)
+    wait_for(lambda: "Dirty database version 160. Fix and force version." in (
+        harbor.container_logs("harbor-core")), what="core's restart to refuse the dirty schema",
+        **WAIT)
     logs = harbor.container_logs("harbor-core")
     assert 'could not create unique index "unique_schedule"' in logs
     assert "Key (vendor_type, vendor_id)=(RETENTION, 1) is duplicated." in logs
@@ -291,8 +286,8 @@ def test_fault_switches_fail_pg_upgrade_and_core(harbor: Harbor, bundles) -> Non
     (faults / "core-unhealthy").write_text("v2.15.2\n")
 
     harbor.install(bundles["2.15.2"])
-    _wait_for(lambda: "remove the /var/lib/postgresql/data/pg18 after fail to upgrade."
-              in harbor.db_logs(), "pg_upgrade to fail")
+    wait_for(lambda: "remove the /var/lib/postgresql/data/pg18 after fail to upgrade."
+             in harbor.db_logs(), what="pg_upgrade to fail", **WAIT)
     assert "harbor-bed fault pg-upgrade" in harbor.db_logs()
     # harbor-db's restart loop re-tries (and re-fails) in pg18; pg15 is never touched.
     assert harbor.pg_version("pg15") == "15"
@@ -301,10 +296,10 @@ def test_fault_switches_fail_pg_upgrade_and_core(harbor: Harbor, bundles) -> Non
 
     (faults / "pg-upgrade").unlink()
     harbor.engine.run("restart", "harbor-db")
-    _wait_for(lambda: not (harbor.data / "database/pg15").exists(), "the conversion", 180)
+    wait_for(lambda: not (harbor.data / "database/pg15").exists(), what="the conversion", **WAIT)
     harbor.engine.run("restart", "harbor-core")
-    _wait_for(lambda: "harbor-bed fault core-unhealthy" in harbor.container_logs("harbor-core"),
-              "core to stop on its fault", 120)
+    wait_for(lambda: "harbor-bed fault core-unhealthy" in harbor.container_logs("harbor-core"),
+             what="core to stop on its fault", **WAIT)
     assert harbor.pg_version("pg18") == "18"
     status, body = harbor.get("/api/v2.0/health")
     assert status != 200 or json.loads(body)["status"] != "healthy"
@@ -361,8 +356,8 @@ def test_96_layout_is_refused_by_27_and_converted_by_24(harbor: Harbor, bundles)
     before = harbor.counts()
 
     harbor.install(bundles["2.8.6"])
-    _wait_for(lambda: "is not supported in the current Harbor release" in harbor.db_logs(),
-              "harbor-db to refuse the 9.6 layout")
+    wait_for(lambda: "is not supported in the current Harbor release" in harbor.db_logs(),
+             what="harbor-db to refuse the 9.6 layout", **WAIT)
     logs = harbor.db_logs()
     assert ("Upgrading from PostgreSQL 9.6 to PostgreSQL 13 is not supported in the current "
             "Harbor release.") in logs
@@ -471,18 +466,3 @@ def _tiny_oci_layout(path: Path) -> Path:
     return path
 
 
-def _wait_for(probe: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / 0.5) + 1):
-        if probe():
-            return
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

@@ -31,6 +31,7 @@ from harbor_ops.site.model import Site
 from tests.bed.bundle.builder import build_bundle
 from tests.bed.fixtures import unavailable
 from tests.bed.hosts import Host, TestBed
+from tests.integration.harborwait import health_url, wait_healthy
 from tests.integration.test_bundle import _tiny_oci_layout
 
 pytestmark = pytest.mark.integration
@@ -290,12 +291,11 @@ def test_installed_host_snapshot_restores_a_healthy_harbor_in_seconds(
     testbed.restore("h1", "installed")
     restore_s = time.monotonic() - started
     assert not (h1.root_path / "data/broken").exists()
-    healthy = _wait_healthy(h1, timeout=120)
+    wait_healthy(health_url(h1))
     healthy_s = time.monotonic() - started
     running = h1.exec("docker ps --format '{{.Names}}'").stdout.split()
     assert sorted(running) == sorted(CONTAINERS)
     print(f"snapshot {snapshot_s:.1f} s; restore {restore_s:.1f} s, healthy {healthy_s:.1f} s")
-    assert healthy, "Harbor did not come back healthy after the restore"
 
 
 def test_preflight_reads_the_schema_inside_harbor_db_on_the_host(
@@ -318,24 +318,9 @@ def test_preflight_reads_the_schema_inside_harbor_db_on_the_host(
         assert schema and schema[0].verdict == "fail", report.results["h1"]
     finally:
         testbed.restore("h1", "installed")
-    assert _wait_healthy(h1, timeout=120)
+    wait_healthy(health_url(h1))
     clean = h1.exec(f"docker exec harbor-db {sql} 'select dirty from schema_migrations'")
     assert clean.stdout.strip() == "f"
-
-
-def _wait_healthy(host: Host, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / 0.5) + 1):
-        try:
-            status, _, body = http_get(f"http://{host.address}:8080/api/v2.0/health")
-            if status == 200 and json.loads(body)["status"] == "healthy":
-                return True
-        except (OSError, ValueError):
-            pass
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    return False
 
 
 @pytest.fixture

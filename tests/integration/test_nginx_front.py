@@ -14,20 +14,22 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tarfile
-import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from harbor_ops.render import engine as render
 from harbor_ops.site.model import Front, FrontCache
+from tests.bed._run import wait_for
 from tests.bed.fixtures import unavailable
-from tests.integration.doctor_stack import TokenService
+from tests.bed.network import free_port
+from tests.integration.doctor_stack import TokenService, stop
 from tests.unit.test_render import make_site
 
 pytestmark = pytest.mark.integration
@@ -43,38 +45,40 @@ def _need(path: str) -> None:
         unavailable(f"{path} is not installed (see .ci/provision)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], *, timeout: float = 15.0) -> None:
-    """Readiness probe: any HTTP answer counts; bounded in time and tries."""
-    deadline = time.monotonic() + timeout
-    for _ in range(500):
+def _wait_http(url: str, proc: subprocess.Popen[bytes], *, timeout: float = 120.0) -> None:
+    """Readiness probe: any HTTP answer counts; bounded in time and tries (headroom for a
+    loaded machine: the wait ends at the first answer)."""
+
+    def answered() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"process exited with {proc.returncode} before it was ready")
         try:
-            urllib.request.urlopen(url, timeout=1)  # noqa: S310 - loopback only
-            return
+            urllib.request.urlopen(url, timeout=5).close()  # noqa: S310 - loopback only
         except urllib.error.HTTPError:
-            return
+            return True
         except OSError:
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-    raise AssertionError(f"{url} not ready after {timeout}s")
+            return False
+        return True
+
+    wait_for(answered, what=url, timeout=timeout, interval=0.05)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
+@contextmanager
+def _registry(tmp: Path, port: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The registry of ``tmp/registry.yml`` on ``port``, answering; yields the list of the
+    fixture's processes (the registry first), every one stopped on exit, newest first."""
+    procs: list[subprocess.Popen[bytes]] = []
+    with open(tmp / "registry.log", "wb") as log:
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+            procs.append(subprocess.Popen([REGISTRY, "serve", str(tmp / "registry.yml")],
+                                          stdout=log, stderr=subprocess.STDOUT))
+            _wait_http(f"http://127.0.0.1:{port}/v2/", procs[-1])
+            yield procs
+        finally:
+            for proc in reversed(procs):
+                stop(proc)
 
 
 class Client:
@@ -164,7 +168,7 @@ def front(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
                                       capture_output=True, text=True).stdout.strip() + "\n"
                        for user, pw in USERS.items())
     (tmp / "htpasswd").write_text(htpasswd)
-    reg_port, front_port = _free_port(), _free_port()
+    reg_port, front_port = free_port(), free_port()
     (tmp / "registry.yml").write_text(json.dumps({
         "version": 0.1,
         "log": {"level": "warn"},
@@ -173,13 +177,7 @@ def front(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
         "http": {"addr": f"127.0.0.1:{reg_port}", "secret": "test-only-not-secret"},
         "auth": {"htpasswd": {"realm": "test-registry", "path": str(tmp / "htpasswd")}},
     }))
-    procs: list[subprocess.Popen[bytes]] = []
-    reg_log = open(tmp / "registry.log", "wb")  # noqa: SIM115 - closed in the finalizer
-    try:
-        procs.append(subprocess.Popen([REGISTRY, "serve", str(tmp / "registry.yml")],
-                                      stdout=reg_log, stderr=subprocess.STDOUT))
-        _wait_http(f"http://127.0.0.1:{reg_port}/v2/", procs[-1])
-
+    with _registry(tmp, reg_port) as procs:
         procs.append(_start_front(tmp, reg_port, front_port))
         c = Client(f"http://127.0.0.1:{front_port}")
         config = json.dumps({"architecture": "amd64", "os": "linux",
@@ -198,10 +196,6 @@ def front(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
         assert status == 201, (status, body[:300])
         yield {"client": c, "layer": layer, "digest": layer_digest, "tmp": tmp,
                "port": front_port}
-    finally:
-        for proc in reversed(procs):
-            _stop(proc)
-        reg_log.close()
 
 
 def _blob(f: dict, **kw) -> tuple[int, dict[str, str], bytes]:  # type: ignore[type-arg]
@@ -315,7 +309,7 @@ def token_front(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
     tmp = tmp_path_factory.mktemp("token-front")
     tokens, forger = TokenService(tmp), TokenService(tmp_path_factory.mktemp("forger"))
     forger.kid = tokens.kid  # claims to be the real key; signed by another
-    reg_port, front_port = _free_port(), _free_port()
+    reg_port, front_port = free_port(), free_port()
     (tmp / "registry.yml").write_text(json.dumps({
         "version": 0.1, "log": {"level": "warn", "accesslog": {"disabled": False}},
         "storage": {"filesystem": {"rootdirectory": str(tmp / "data")}},
@@ -324,12 +318,7 @@ def token_front(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
                            "service": SERVICE, "issuer": ISSUER,
                            "rootcertbundle": str(tokens.bundle)}},
     }))
-    procs: list[subprocess.Popen[bytes]] = []
-    reg_log = open(tmp / "registry.log", "wb")  # noqa: SIM115 - closed in the finalizer
-    try:
-        procs.append(subprocess.Popen([REGISTRY, "serve", str(tmp / "registry.yml")],
-                                      stdout=reg_log, stderr=subprocess.STDOUT))
-        _wait_http(f"http://127.0.0.1:{reg_port}/v2/", procs[-1])
+    with _registry(tmp, reg_port) as procs:
         layer = _layer(300_000)
         digest = _digest(layer)
         registry = Client(f"http://127.0.0.1:{reg_port}")
@@ -348,10 +337,6 @@ def token_front(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
         procs.append(_start_front(tmp, reg_port, front_port))
         yield {"client": Client(f"http://127.0.0.1:{front_port}"), "tokens": tokens,
                "forger": forger, "layer": layer, "digest": digest, "log": tmp / "registry.log"}
-    finally:
-        for proc in reversed(procs):
-            _stop(proc)
-        reg_log.close()
 
 
 def _pull(f: dict, tokens: TokenService | None, repo: str = REPO,  # type: ignore[type-arg]

@@ -13,10 +13,7 @@ prepare) or writes the rows a migration fails on, and runs `upgrade apply` to 2.
 
 from __future__ import annotations
 
-import json
 import signal
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,6 +22,7 @@ from harbor_ops.core.errors import UpgradeRolledBack
 from harbor_ops.upgrade.apply import ApplyResult, apply
 from tests.bed.hosts import Host, TestBed
 from tests.integration import upgradefixture as up
+from tests.integration.harborwait import health_url, wait_healthy
 
 pytestmark = pytest.mark.integration
 
@@ -55,17 +53,8 @@ def snapshot(testbed: TestBed, bundles: Path,
 def _restored(testbed: TestBed) -> Host:
     """The snapshot booted; its containers come back by their restart policy."""
     host = testbed.restore("h1", LABEL)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://{host.address}:8080/api/v2.0/health",
-                                        timeout=5) as r:  # noqa: S310 - bed address
-                if json.load(r).get("status") == "healthy":
-                    return host
-        except (OSError, ValueError):
-            pass
-        time.sleep(1)
-    raise AssertionError("the restored 2.14.4 did not become healthy in 180 s")
+    wait_healthy(health_url(host))
+    return host
 
 
 def _apply(testbed: TestBed, site_dir: Path, bundles: Path, host: Host) -> ApplyResult:
