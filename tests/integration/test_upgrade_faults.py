@@ -46,7 +46,7 @@ def _fill_when_the_window_opens(host: Host, done: threading.Event) -> None:
             host.exec("head -c $(( $(df --output=avail -B1 /data | tail -1) - 4096 )) "
                       "/dev/zero > /data/filler || true")
             return
-        time.sleep(0.2)
+        time.sleep(0.05)  # the window must not have reached the snapshot when the disk fills
 
 
 @pytest.fixture(scope="module")
