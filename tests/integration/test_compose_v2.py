@@ -20,6 +20,7 @@ import pytest
 from harbor_ops.core.errors import LockHeld
 from harbor_ops.core.lock import LOCK_ENV
 from harbor_ops.install.run import install
+from tests.bed._run import wait_for
 from tests.bed.bundle.builder import build_bundle
 from tests.bed.fixtures import unavailable
 from tests.bed.hosts import Host, TestBed
@@ -56,6 +57,10 @@ def test_harbor_comes_back_after_a_reboot_with_compose_v2_only(
     # A harborctl job (a nightly backup) holds the host's job lock: install.sh must not run.
     v2_only.exec("flock -o /run/harborctl.lock sleep 600 >/dev/null 2>&1 & echo $! >/run/holder")
     try:
+        # the holder runs in the background: install only once it really holds the lock
+        wait_for(lambda: v2_only.exec("flock -n /run/harborctl.lock true",
+                                      check=False).returncode != 0,
+                 what="the background job to take h4's lock", timeout=120, interval=0.1)
         with pytest.raises(LockHeld, match="a harborctl job runs on a target host") as busy:
             install(site, bundle=bundle, log_dir=tmp_path / "logs",
                     ssh_config=testbed.ssh_config_path, timeout=900)

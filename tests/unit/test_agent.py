@@ -176,7 +176,6 @@ def test_a_second_agent_is_refused(tmp_path: Path) -> None:
 
 
 def test_run_forever_stops_on_sigterm(tmp_path: Path) -> None:
-    site = _site(tmp_path)
     site_file = tmp_path / "site.yml"
     site_file.write_text(textwrap.dedent(f"""\
         harbor:
@@ -190,7 +189,6 @@ def test_run_forever_stops_on_sigterm(tmp_path: Path) -> None:
         agent:
           status_file: {tmp_path}/state/status.json
         """))
-    del site
     proc = subprocess.Popen([sys.executable, "-m", "harbor_ops.cli.main", "agent", "run", "-c",
                              str(site_file)], stderr=subprocess.PIPE, text=True)
     status = tmp_path / "state/status.json"
