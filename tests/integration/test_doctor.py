@@ -74,7 +74,7 @@ def test_healthy_endpoint_has_nothing_above_info(stack: ds.Stack, tmp_path: Path
         [HARBORCTL, "doctor", "--url", url, "--username", ds.ADMIN, "--password-file", str(pw),
          "--resolve", stack.resolve, "--image", "library/app:v1",
          "--docker-certs-dir", str(certs), "-o", "json"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=300,
         env={**os.environ, "HARBORCTL_STATE_DIR": str(state)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = json.loads(proc.stdout)
@@ -210,7 +210,7 @@ def test_nothing_listening(stack: ds.Stack) -> None:
     report = doctor(stack, url)
     assert ids(report) == {"tcp-unreachable"}
     proc = subprocess.run([HARBORCTL, "doctor", "--url", url, "--resolve", stack.resolve],
-                          capture_output=True, text=True, timeout=60,
+                          capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HARBORCTL_STATE_DIR": str(stack.tmp / "st")})
     assert proc.returncode == 13, proc.stdout + proc.stderr
     assert "tcp-unreachable" in proc.stdout and "Traceback" not in proc.stderr

@@ -90,7 +90,7 @@ def _ping(host: Host, tmp_path: Path, ssh_config: Path, accept: bool = False
         playbook=tmp_path / "ping.yml", work_dir=tmp_path / "run", log_path=tmp_path / "log",
         extra_vars={}, ssh_config=ssh_config, accept_new_host_keys=accept,
         hosts=[HostEntry(host.name, address=host.address, ssh_key_file=host.key)])
-    run = runner.run_playbook(argv, env, output_path=tmp_path / "out", timeout=120)
+    run = runner.run_playbook(argv, env, output_path=tmp_path / "out", timeout=600)
     for _ in run:
         pass
     return run.outcome

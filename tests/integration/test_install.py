@@ -162,9 +162,9 @@ def test_logrotate_file_is_valid(ti: testinfra.host.Host) -> None:
 
 
 def test_health_endpoint_is_healthy(h1: Host, first: InstallResult) -> None:
-    status, _, body = http_get(f"http://{h1.address}:8080/api/v2.0/health")
-    health = json.loads(body)
-    assert status == 200 and health["status"] == "healthy", health
+    # polled: one check of the double's may time out on a loaded machine and say so
+    health = wait_healthy(health_url(h1))
+    assert {c["name"] for c in health["components"]} >= {"core", "database", "registry"}
 
 
 def test_nginx_front_proxies_harbor(ti: testinfra.host.Host, h1: Host) -> None:
@@ -275,8 +275,7 @@ def test_lost_containers_converge(runner: Runner, bundle: Path, h1: Host,
     result = runner(bundle)
     assert any("Run Harbor's install.sh ... changed" in line for line in runner.lines)
     assert result.hosts["h1"].failed == 0
-    status, _, body = http_get(f"http://{h1.address}:8080/api/v2.0/health")
-    assert status == 200 and json.loads(body)["status"] == "healthy"
+    wait_healthy(health_url(h1))
 
 
 def test_installed_host_snapshot_restores_a_healthy_harbor_in_seconds(

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from harbor_ops.core.lock import LOCK_ENV
 from tests.bed.bundle.builder import build_bundles
 from tests.bed.hosts import Host, TestBed
 
@@ -116,9 +117,11 @@ def _edit(case: Case, change: Callable[[dict[str, Any]], None]) -> None:
 
 
 def harborctl(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HARBORCTL_")}
+    # none of harborctl's settings from outside, except this pytest process's own lock
+    # file: the machine's lock may be held by anyone else's harborctl job here
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HARBORCTL_") or k == LOCK_ENV}
     return subprocess.run([sys.executable, "-m", "harbor_ops.cli.main", *args],
-                          capture_output=True, text=True, timeout=180, env=env)
+                          capture_output=True, text=True, timeout=600, env=env)
 
 
 def refuse(testbed: TestBed, case: Case, code: int, *fragments: str) -> str:
