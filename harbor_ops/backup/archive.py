@@ -4,6 +4,11 @@ Members are compressed streams whose size is unknown until they end, so each mem
 512-byte tar header is written as a placeholder, the data streamed after it, and the
 header rewritten in place once the size is known (GNU format: fixed-size headers,
 base-256 sizes above 8 GiB). Any ``tar`` can list and extract the result.
+
+A sealed backup (``.hbk.age``, the controller's copies of SSH hosts) is the same tar
+inside an age stream, read here as a stream: every reader walks the members in order, so
+one function serves both, and the key that opens a sealed one is the run's
+(:func:`decrypting`), never a plain copy on disk.
 """
 
 from __future__ import annotations
@@ -12,13 +17,17 @@ import os
 import tarfile
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path, PurePosixPath
 from typing import IO, BinaryIO
 
 import zstandard
 
+from harbor_ops.backup import crypto
 from harbor_ops.backup.manifest import FILES_MEMBER, MANIFEST_MEMBER, Manifest, Member
 from harbor_ops.core.hashing import HashingWriter, sha256_stream
+from harbor_ops.site.model import Encryption
 
 BLOCK = 512
 CHUNK = 1 << 20
@@ -47,14 +56,8 @@ class ArchiveWriter:
         pad = (-sink.size) % BLOCK
         self._f.write(b"\0" * pad)
         end = self._f.tell()
-        info = tarfile.TarInfo(self._name)
-        info.size = sink.size
-        info.mode = 0o600
-        info.mtime = int(time.time())
-        header = info.tobuf(format=tarfile.GNU_FORMAT)
-        assert len(header) == BLOCK, "member names must be short"
         self._f.seek(self._header_at)
-        self._f.write(header)
+        self._f.write(member_header(self._name, sink.size))
         self._f.seek(end)
         member = Member(self._name, sink.size, sink.hexdigest())
         self.members.append(member)
@@ -71,21 +74,76 @@ class ArchiveWriter:
         os.fsync(self._f.fileno())
 
 
+def member_header(name: str, size: int) -> bytes:
+    """The 512-byte tar header of a plain 0600 member of ``size`` bytes."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o600
+    info.mtime = int(time.time())
+    header = info.tobuf(format=tarfile.GNU_FORMAT)
+    assert len(header) == BLOCK, "member names must be short"
+    return header
+
+
+def is_sealed(path: Path) -> bool:
+    """Is ``path`` a sealed (age-encrypted) backup?"""
+    return path.name.endswith(crypto.SUFFIX)
+
+
+_KEYS: ContextVar[Encryption | None] = ContextVar("harborctl_backup_keys", default=None)
+
+
+@contextmanager
+def decrypting(enc: Encryption | None) -> Iterator[None]:
+    """Sealed backups read inside this block are opened with ``enc``'s identity.
+
+    The key belongs to the run (the site's ``backup.encryption``), not to each of the
+    dozen readers a verify or restore goes through: the entry points set it once.
+    """
+    token = _KEYS.set(enc)
+    try:
+        yield
+    finally:
+        _KEYS.reset(token)
+
+
+def can_decrypt() -> bool:
+    """Does this run hold an identity for sealed backups?"""
+    enc = _KEYS.get()
+    return enc is not None and enc.identity_file is not None
+
+
+@contextmanager
+def _open(path: Path) -> Iterator[tarfile.TarFile]:
+    """The backup's tar, random access for a plain file, a stream for a sealed one."""
+    if not is_sealed(path):
+        with tarfile.open(path, mode="r:") as tar:
+            yield tar
+        return
+    with crypto.open_decrypted(path, _KEYS.get()) as plain, \
+            tarfile.open(fileobj=plain, mode="r|") as tar:  # type: ignore[call-overload]
+        yield tar
+
+
+def _find(tar: tarfile.TarFile, name: str) -> IO[bytes]:
+    for info in tar:
+        if info.name == name:
+            f = tar.extractfile(info)
+            if f is not None:
+                return f
+    raise KeyError(name)
+
+
 def read_manifest(path: Path) -> Manifest:
     """The manifest of a finished backup (raises OSError/ValueError/KeyError if unreadable)."""
-    with tarfile.open(path, mode="r:") as tar:
-        f = tar.extractfile(MANIFEST_MEMBER)
-        if f is None:
-            raise KeyError(MANIFEST_MEMBER)
-        return Manifest.from_json(f.read())
+    with _open(path) as tar:
+        return Manifest.from_json(_find(tar, MANIFEST_MEMBER).read())
 
 
 def iter_member(path: Path, name: str) -> Iterator[bytes]:
     """The raw (still compressed) bytes of one member, in chunks."""
-    with tarfile.open(path, mode="r:") as tar:
-        f = tar.extractfile(name)
-        if f is None:
-            raise KeyError(name)
+    with _open(path) as tar:
+        f = _find(tar, name)
         while chunk := f.read(CHUNK):
             yield chunk
 
@@ -93,24 +151,24 @@ def iter_member(path: Path, name: str) -> Iterator[bytes]:
 def check_members(path: Path, manifest: Manifest) -> list[str]:
     """Problems found comparing every member's size and SHA-256 with the manifest."""
     problems: list[str] = []
+    expected = {m.name: m for m in manifest.members}
+    seen: set[str] = set()
     try:
-        with tarfile.open(path, mode="r:") as tar:
-            present = {m.name: m for m in tar.getmembers()}
-            for expected in manifest.members:
-                info = present.get(expected.name)
-                if info is None:
-                    problems.append(f"{expected.name}: missing")
+        with _open(path) as tar:
+            for info in tar:
+                want = expected.get(info.name)
+                f = tar.extractfile(info) if want is not None else None
+                if want is None or f is None:
                     continue
-                f = tar.extractfile(info)
-                assert f is not None
+                seen.add(info.name)
                 digest, size = sha256_stream(f)
-                if size != expected.size:
-                    problems.append(f"{expected.name}: {size} bytes, manifest says "
-                                    f"{expected.size}")
-                elif digest != expected.sha256:
-                    problems.append(f"{expected.name}: SHA-256 differs from the manifest")
+                if size != want.size:
+                    problems.append(f"{want.name}: {size} bytes, manifest says {want.size}")
+                elif digest != want.sha256:
+                    problems.append(f"{want.name}: SHA-256 differs from the manifest")
     except (OSError, tarfile.TarError) as exc:
         problems.append(f"archive unreadable: {exc}")
+    problems += [f"{name}: missing" for name in expected if name not in seen]
     return problems
 
 
@@ -140,10 +198,8 @@ def member_problem(info: tarfile.TarInfo, prefixes: Iterable[str]) -> str | None
 
 def file_members(path: Path) -> Iterator[tuple[tarfile.TarInfo, IO[bytes] | None]]:
     """Members of files.tar.zst in order, streamed (each file's data readable in turn)."""
-    with tarfile.open(path, mode="r:") as outer:
-        raw = outer.extractfile(FILES_MEMBER)
-        if raw is None:
-            raise KeyError(FILES_MEMBER)
+    with _open(path) as outer:
+        raw = _find(outer, FILES_MEMBER)
         with zstandard.ZstdDecompressor().stream_reader(raw) as z, \
                 tarfile.open(fileobj=z, mode="r|") as tar:
             for info in tar:

@@ -38,6 +38,12 @@ class BackupEntry:
     verified: bool | None  # None: never verified; False: the last verify failed
     verified_at: str | None = None
     problem: str | None = None
+    sealed: bool = False  # age-encrypted: its manifest is read only where the identity is
+
+    @property
+    def usable(self) -> bool:
+        """Complete: its manifest reads, or it is sealed (named only once written whole)."""
+        return self.manifest is not None or (self.sealed and self.problem is None)
 
     def ref(self) -> BackupRef:
         return BackupRef(self.name, self.created, bool(self.verified))
@@ -49,11 +55,16 @@ class BackupEntry:
                 "harbor_version": m.harbor_version if m else None,
                 "pg_major": m.pg_major if m else None,
                 "schema_version": m.schema_version if m else None,
-                "row_counts": m.row_counts if m else None, "problem": self.problem}
+                "row_counts": m.row_counts if m else None, "problem": self.problem,
+                "encrypted": self.sealed}
 
 
 def list_backups(backup_dir: Path) -> list[BackupEntry]:
-    """Complete backups, newest first (an unreadable one is listed with its problem)."""
+    """Complete backups, newest first (an unreadable one is listed with its problem).
+
+    A sealed backup's manifest is read when the run has its identity
+    (:func:`archive.decrypting`); without it the backup is listed by name and size.
+    """
     out: list[BackupEntry] = []
     if not Path(backup_dir).is_dir():
         return out
@@ -63,14 +74,16 @@ def list_backups(backup_dir: Path) -> list[BackupEntry]:
             continue
         manifest: Manifest | None = None
         problem = None
+        sealed = archive.is_sealed(path)
         try:
-            manifest = archive.read_manifest(path)
+            if not sealed or archive.can_decrypt():
+                manifest = archive.read_manifest(path)
         except Exception as exc:  # noqa: BLE001 - any damage means "not usable"
             problem = f"manifest unreadable: {exc}"
         side = read_sidecar(path) or {}
         verified = side.get("ok") if "ok" in side else None
         out.append(BackupEntry(path.name, path, parsed[1], path.stat().st_size, manifest,
-                               verified, side.get("verified_at"), problem))
+                               verified, side.get("verified_at"), problem, sealed))
     return sorted(out, key=lambda e: (e.created, e.name), reverse=True)
 
 
@@ -84,7 +97,7 @@ def find_backup(backup_dir: Path, name: str | None, *, latest_verified: bool = F
                               hint="see `harborctl backup list`")
         return cand
     for e in list_backups(backup_dir):
-        if e.manifest is not None and (e.verified or not latest_verified):
+        if e.usable and (e.verified or not latest_verified):
             return e.path
     what = "verified backup" if latest_verified else "backup"
     raise BackupError(f"no {what} in {backup_dir}")
@@ -109,7 +122,7 @@ def prune_backups(*, backup_dir: Path, keep: KeepPolicy, hostname: str,
         if not dry_run and Path(backup_dir).is_dir():
             clean_partials(Path(backup_dir), hostname)
         entries = [e for e in list_backups(backup_dir)
-                   if e.manifest is not None and is_host_backup(e.name, hostname)]
+                   if e.usable and is_host_backup(e.name, hostname)]
         reasons = keep_reasons([e.ref() for e in entries], keep, now or utc_now())
         result = PruneResult(kept=reasons, dry_run=dry_run)
         for e in entries:

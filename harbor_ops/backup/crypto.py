@@ -4,24 +4,35 @@ A backup holds Harbor's secret key, harbor.yml and the TLS private key. Copies k
 the Harbor host itself may stay plain (they sit next to the data they protect); every
 copy kept anywhere else is encrypted, on the machine running harborctl, before a byte
 leaves it: :func:`encrypt_stream` reads the plain backup and writes the age file
-straight to its destination (no plaintext temp file). In a disaster a person decrypts
-with the standard tool: ``age -d -i identity.txt harbor-....hbk.age > harbor-....hbk``.
+straight to its destination (no plaintext temp file); :class:`EncryptingWriter` and
+:class:`DecryptingReader` do the same for a stream written (or read) piece by piece (the
+controller's sealed backups of SSH hosts, :mod:`harbor_ops.backup.sealed`). In a
+disaster a person decrypts with the standard tool:
+``age -d -i identity.txt harbor-....hbk.age > harbor-....hbk``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from types import TracebackType
+from typing import IO, Any, BinaryIO
 
 from harbor_ops.core.errors import BackupError, ConfigError
-from harbor_ops.core.fsutil import fsync_dir
 from harbor_ops.core.hashing import HashingWriter
 from harbor_ops.site.model import Encryption
 
 SUFFIX = ".age"
 _log = logging.getLogger("harborctl")
+
+
+class NoIdentity(BackupError):
+    """A sealed copy met a run without its identity: the run's setup is missing a key,
+    the backup is not bad (verify records nothing about it)."""
 
 
 def recipients(enc: Encryption) -> list[Any]:
@@ -42,7 +53,7 @@ def identities(enc: Encryption | None, what: str) -> list[Any]:
     import pyrage
 
     if enc is None or enc.identity_file is None:
-        raise BackupError(f"{what} is encrypted and no identity can decrypt it",
+        raise NoIdentity(f"{what} is encrypted and no identity can decrypt it",
                           hint="set backup.encryption.identity_file to the age identity "
                           "(AGE-SECRET-KEY-...) whose recipient it was encrypted to")
     try:
@@ -77,30 +88,6 @@ def encrypt_stream(src: BinaryIO, dst: BinaryIO, enc: Encryption) -> tuple[str, 
     return sink.hexdigest(), sink.size
 
 
-def encrypt_file(plain: Path, enc: Encryption) -> tuple[Path, str, int]:
-    """``<backup>.age`` beside a finished backup, then the plain file removed.
-
-    For copies that are not on the Harbor host (the controller's backups of remote hosts):
-    the age file appears atomically (written as ``.partial``, fsynced, renamed) and the
-    plain backup and its ``.partial`` never outlive the call. Returns (path, SHA-256, size)
-    of the age file, the checksum its later copies are proven by.
-    """
-    target = plain.with_name(plain.name + SUFFIX)
-    partial = target.with_name(target.name + ".partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as dst, open(plain, "rb") as src:
-            digest, size = encrypt_stream(src, dst, enc)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(partial, target)
-        fsync_dir(target.parent)
-    finally:
-        partial.unlink(missing_ok=True)
-        plain.unlink(missing_ok=True)
-    return target, digest, size
-
-
 def decrypt_stream(src: BinaryIO, dst: BinaryIO, enc: Encryption | None, what: str) -> None:
     """Decrypt the age stream ``src`` into ``dst`` (authenticated chunk by chunk)."""
     import pyrage
@@ -119,3 +106,138 @@ def warn_plain(where: str) -> None:
     _log.warning("backup.encryption is not set: the copy on %s holds Harbor's secret key, "
                  "harbor.yml and TLS private key UNENCRYPTED; set backup.encryption "
                  "(age recipients) in the site file", where)
+
+
+class _Recording:
+    """``dst`` that remembers the OSError it raised (pyrage's encrypt_io hides its errno,
+    and a full disk must stay a full disk)."""
+
+    def __init__(self, dst: Any) -> None:
+        self._dst = dst
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return int(self._dst.write(data))
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self._dst.flush()
+
+
+class EncryptingWriter:
+    """A writable stream whose bytes reach ``dst`` encrypted to ``keys`` (an age file).
+
+    pyrage encrypts in one call that pulls from a reader; a thread runs that call on one
+    end of a pipe while the caller writes into the other, so nothing but the pipe's
+    buffer is ever held. :meth:`close` ends the age stream with its final, authenticated
+    chunk (a stream cut short never decrypts).
+    """
+
+    def __init__(self, dst: Any, keys: list[Any]) -> None:
+        """``dst``: anything with ``write`` and ``flush`` (a file, a hashing writer)."""
+        import pyrage
+
+        read_fd, write_fd = os.pipe()
+        self._pipe = os.fdopen(write_fd, "wb", buffering=1 << 16)
+        self._dst = _Recording(dst)
+        self._error: BaseException | None = None
+        src = os.fdopen(read_fd, "rb")
+
+        def run() -> None:
+            with src:
+                try:
+                    pyrage.encrypt_io(src, self._dst, keys)
+                except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+                    self._error = exc
+
+        self._thread = threading.Thread(target=run, name="age-encrypt", daemon=True)
+        self._thread.start()
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        try:
+            self._pipe.write(data)
+        except BrokenPipeError:  # the encrypting side stopped: say why
+            self._thread.join()
+            raise self._failure() from None
+        return len(data)
+
+    def flush(self) -> None:
+        """Writes reach the encryptor as they come; the age file is complete at close."""
+
+    def close(self) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            self._pipe.close()
+        self._thread.join()
+        if self._error is not None:
+            raise self._failure()
+
+    def _failure(self) -> BaseException:
+        if self._dst.error is not None:
+            return self._dst.error
+        return BackupError(f"encrypting the backup failed: {self._error}")
+
+    def __enter__(self) -> EncryptingWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if kind is None:
+            self.close()
+        else:  # the caller failed: end the thread, keep the caller's error
+            with contextlib.suppress(BaseException):
+                self.close()
+
+
+class DecryptingReader:
+    """A readable stream of the plain bytes of the age stream ``src`` (see
+    :class:`EncryptingWriter`); a wrong identity or a damaged, cut-short file is a
+    BackupError at the read that meets it. Closing it early stops the decryption."""
+
+    def __init__(self, src: IO[bytes], keys: list[Any], what: str) -> None:
+        import pyrage
+
+        read_fd, write_fd = os.pipe()
+        self._pipe = os.fdopen(read_fd, "rb", buffering=1 << 16)
+        self._what = what
+        self._error: BaseException | None = None
+        sink = os.fdopen(write_fd, "wb")
+
+        def run() -> None:
+            try:
+                with sink:
+                    pyrage.decrypt_io(src, sink, keys)
+            except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="age-decrypt", daemon=True)
+        self._thread.start()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._pipe.read(n)
+        if not data or n < 0:
+            self._thread.join()
+            if self._error is not None:
+                raise BackupError(f"cannot decrypt {self._what}: {self._error}",
+                                  hint="is backup.encryption.identity_file the identity of "
+                                  "a recipient it was encrypted to? a damaged or cut-short "
+                                  "file never decrypts") from None
+        return data
+
+    def close(self) -> None:
+        self._pipe.close()  # the decrypting thread's next write fails: it ends
+        self._thread.join()
+
+
+@contextlib.contextmanager
+def open_decrypted(path: Path, enc: Encryption | None) -> Iterator[DecryptingReader]:
+    """The plain bytes of the age file ``path``, streamed (never on disk)."""
+    keys = identities(enc, path.name)
+    with open(path, "rb") as src:
+        reader = DecryptingReader(src, keys, path.name)
+        try:
+            yield reader
+        finally:
+            reader.close()

@@ -21,6 +21,7 @@ import zstandard
 from psycopg import sql
 
 from harbor_ops.backup import archive
+from harbor_ops.backup.crypto import NoIdentity
 from harbor_ops.backup.manifest import DB_MEMBER, Manifest, iso, utc_now, write_sidecar
 from harbor_ops.backup.scratch import scratch_cluster
 from harbor_ops.backup.sources import DbSource
@@ -39,6 +40,8 @@ def load_manifest(path: Path) -> Manifest:
     """The manifest of ``path``, refused when damaged or when it says what we never write."""
     try:
         manifest = archive.read_manifest(path)
+    except NoIdentity:
+        raise
     except Exception as exc:  # noqa: BLE001 - any damage means "not a usable backup"
         raise BackupError(f"{path.name} is not a complete backup: its manifest cannot be "
                           f"read ({exc})") from None
@@ -102,6 +105,8 @@ def verify_backup(*, path: Path, lock_path: Path | None = None,
                 result.row_counts = drill(path, manifest, scratch_root, say)
                 result.restore_ok = True
             result.ok = True
+        except NoIdentity:
+            raise  # this run cannot read it: nothing is known about the backup
         except BackupError as exc:
             if result.checksums_ok:
                 result.restore_ok = False

@@ -25,6 +25,7 @@ import zstandard
 from psycopg import sql
 
 from harbor_ops.backup import archive
+from harbor_ops.backup.crypto import SUFFIX as SEALED_SUFFIX
 from harbor_ops.backup.manifest import (
     DB_MEMBER,
     FILES_MEMBER,
@@ -44,7 +45,9 @@ from harbor_ops.backup.manifest import (
 from harbor_ops.backup.sources import DbSource, SqlSession, pg_major_of
 from harbor_ops.core.errors import BackupError, NoSpace
 from harbor_ops.core.fsutil import fsync_dir
+from harbor_ops.core.hashing import HashingWriter
 from harbor_ops.core.lock import job_lock
+from harbor_ops.site.model import Encryption
 
 # Compressed dump size / pg_database_size: measured about 0.16 on Harbor-shaped data
 # (test-environment §7); 0.5 leaves room for data that compresses badly.
@@ -134,8 +137,13 @@ def create_backup(*, backup_dir: Path, source: DbSource, files: FileSource,
                   harbor_version: str | None, hostname: str | None = None,
                   lock_path: Path | None = None, reserve_bytes: int | None = None,
                   estimate_ratio: float = ESTIMATE_RATIO, zstd_level: int = ZSTD_LEVEL,
-                  dry_run: bool = False, progress: Progress | None = None) -> BackupResult:
-    """Write one backup into ``backup_dir`` (holding the job lock) and return it."""
+                  dry_run: bool = False, progress: Progress | None = None,
+                  encryption: Encryption | None = None) -> BackupResult:
+    """Write one backup into ``backup_dir`` (holding the job lock) and return it.
+
+    With ``encryption`` it is sealed (``.hbk.age``, :mod:`harbor_ops.backup.sealed`): the
+    controller's copies of SSH hosts are never plain on its disk.
+    """
     say = progress or (lambda _msg: None)
     host = hostname or socket.gethostname()
     with job_lock(lock_path, job="backup create"):
@@ -151,17 +159,18 @@ def create_backup(*, backup_dir: Path, source: DbSource, files: FileSource,
         return write_backup(backup_dir=backup_dir, source=source, files=files,
                             harbor_version=harbor_version, hostname=host,
                             reserve_bytes=reserve_bytes, estimate_ratio=estimate_ratio,
-                            zstd_level=zstd_level, progress=say)
+                            zstd_level=zstd_level, progress=say, encryption=encryption)
 
 
 def write_backup(*, backup_dir: Path, source: DbSource, files: FileSource,
                  harbor_version: str | None, hostname: str, reserve_bytes: int | None = None,
                  estimate_ratio: float = ESTIMATE_RATIO, zstd_level: int = ZSTD_LEVEL,
-                 progress: Progress) -> BackupResult:
+                 progress: Progress, encryption: Encryption | None = None) -> BackupResult:
     """The backup itself, for a caller that already holds the job lock (create, restore).
 
     The backup's name is reserved (its ``.partial`` created exclusively) before the
-    database is read, so a clash is found before a dump, not after it.
+    database is read, so a clash is found before a dump, not after it. A sealed backup
+    takes about twice its size while it is written (its spool, then itself).
     """
     entries = files.entries()
     refused = [p for e in entries if (p := recorded_path_problem(e))]
@@ -170,15 +179,24 @@ def write_backup(*, backup_dir: Path, source: DbSource, files: FileSource,
                           "name its new path in the site file")
     _prepare_dir(backup_dir)
     clean_partials(backup_dir, hostname)
-    partial = reserve_name(backup_dir, hostname)
+    partial = reserve_name(backup_dir, hostname, sealed=encryption is not None)
     name = partial.name.removesuffix(PARTIAL_SUFFIX)
     try:
         with source.session(snapshot=True) as session:
             base, _needed = _plan(session, source, files, entries, backup_dir, hostname,
-                                  harbor_version, estimate_ratio, reserve_bytes)
+                                  harbor_version, estimate_ratio * (2 if encryption else 1),
+                                  reserve_bytes)
             snapshot = str(session.scalar(sql.SQL("SELECT pg_export_snapshot()")))
-            manifest = _write(partial, source, snapshot, files, entries, base, zstd_level,
-                              reserve_bytes, progress)
+            if encryption is None:
+                manifest = _write(partial, source, snapshot, files, entries, base,
+                                  zstd_level, reserve_bytes, progress)
+            else:
+                from harbor_ops.backup.sealed import write_sealed
+
+                manifest = write_sealed(partial, Dump(source, snapshot, files, entries,
+                                                      zstd_level),
+                                        base, _SpaceGuard(backup_dir, reserve_bytes),
+                                        encryption, progress)
         final = _publish(partial, manifest)
     except BaseException as exc:
         partial.unlink(missing_ok=True)
@@ -189,14 +207,15 @@ def write_backup(*, backup_dir: Path, source: DbSource, files: FileSource,
     return BackupResult(name, final, final.stat().st_size, manifest)
 
 
-def reserve_name(backup_dir: Path, host: str) -> Path:
-    """Create ``<name>.partial`` exclusively for a name no backup in the folder has."""
+def reserve_name(backup_dir: Path, host: str, *, sealed: bool = False) -> Path:
+    """Create ``<name>.partial`` exclusively for a name no backup in the folder has
+    (plain or sealed: ``<name>.age``)."""
     now = utc_now()
     for counter in range(1000):
         name = backup_name(host, now, counter)
-        if (backup_dir / name).exists():
+        if (backup_dir / name).exists() or (backup_dir / (name + SEALED_SUFFIX)).exists():
             continue
-        partial = backup_dir / (name + PARTIAL_SUFFIX)
+        partial = backup_dir / (name + (SEALED_SUFFIX if sealed else "") + PARTIAL_SUFFIX)
         try:
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except FileExistsError:
@@ -227,8 +246,13 @@ def _plan(session: SqlSession, source: DbSource, files: FileSource, entries: lis
 
 
 def _publish(partial: Path, manifest: Manifest) -> Path:
-    """Read the written file back, then give it its final name (never over another)."""
-    problems = archive.check_members(partial, manifest)
+    """Read the written file back, then give it its final name (never over another).
+
+    A sealed backup was read back by its writer (the SHA-256 of the file on disk against
+    what was encrypted): the identity that could open it need not be here.
+    """
+    sealed = partial.name.removesuffix(PARTIAL_SUFFIX).endswith(SEALED_SUFFIX)
+    problems = [] if sealed else archive.check_members(partial, manifest)
     if problems:
         raise BackupError(f"backup read-back check failed: {'; '.join(problems)}")
     final = partial.with_name(partial.name.removesuffix(PARTIAL_SUFFIX))
@@ -303,25 +327,47 @@ def _reserve(st: os.statvfs_result) -> int:
     return min(st.f_blocks * st.f_frsize // 50, 1 << 30)
 
 
+@dataclass(frozen=True)
+class Dump:
+    """What goes into a backup's two data members, written by whichever layout asks."""
+
+    source: DbSource
+    snapshot: str
+    files: FileSource
+    entries: list[FileEntry]
+    level: int
+
+    def compressor(self) -> zstandard.ZstdCompressor:
+        return zstandard.ZstdCompressor(level=self.level, threads=-1)
+
+    def database(self, sink: HashingWriter) -> None:
+        """pg_dump of the exported snapshot, compressed into ``sink`` as it streams."""
+        _dump(self.source, self.snapshot, self.compressor(), sink, level=self.level)
+
+    def host_files(self, sink: HashingWriter) -> None:
+        """The saved host files as a compressed tar stream into ``sink``."""
+        with self.compressor().stream_writer(cast(IO[bytes], sink), closefd=False) as z, \
+                tarfile.open(fileobj=z, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for e in self.entries:
+                self.files.add_to(tar, e)
+
+
 def _write(partial: Path, source: DbSource, snapshot: str, files: FileSource,
            entries: list[FileEntry],
            manifest_base: dict[str, Any], level: int, reserve: int | None,
            say: Progress) -> Manifest:
     guard = _SpaceGuard(partial.parent, reserve)
+    dump = Dump(source, snapshot, files, entries, level)
     fd = os.open(partial, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
     with os.fdopen(fd, "wb", buffering=1 << 20) as f:
         writer = archive.ArchiveWriter(f, on_write=guard)
-        cctx = zstandard.ZstdCompressor(level=level, threads=-1)
         say("dumping the database")
         sink = writer.begin(DB_MEMBER)
-        _dump(source, snapshot, cctx, sink, level=level)
+        dump.database(sink)
         writer.end(sink)
         say("saving host files")
         sink = writer.begin(FILES_MEMBER)
-        with cctx.stream_writer(cast(IO[bytes], sink), closefd=False) as z, \
-                tarfile.open(fileobj=z, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            for e in entries:
-                files.add_to(tar, e)
+        dump.host_files(sink)
         writer.end(sink)
         manifest = Manifest(**manifest_base, members=list(writer.members),
                             finished_at=iso(utc_now()))
@@ -331,7 +377,7 @@ def _write(partial: Path, source: DbSource, snapshot: str, files: FileSource,
 
 
 def _dump(source: DbSource, snapshot: str, cctx: zstandard.ZstdCompressor,
-          sink: archive.MemberSink, *, level: int = ZSTD_LEVEL) -> None:
+          sink: HashingWriter, *, level: int = ZSTD_LEVEL) -> None:
     """pg_dump's output into ``sink`` as one zstd stream, compressed here or at the source."""
     with tempfile.TemporaryFile() as err:
         proc, compressed = source.popen_dump(["-Fc", "-Z0", f"--snapshot={snapshot}"],

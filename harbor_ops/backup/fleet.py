@@ -22,7 +22,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from harbor_ops.backup import archive
 from harbor_ops.backup.catalog import prune_backups
+from harbor_ops.backup.crypto import warn_plain
 from harbor_ops.backup.engine import BackupResult, create_backup
 from harbor_ops.core.errors import HarborctlError, NoSpace, RemoteError, UsageError
 from harbor_ops.core.lock import default_lock_path
@@ -208,12 +210,20 @@ def _remote_harbor_yml(sftp: Any, install_dir: str) -> str:
 def create_on_host(site: Site, entry: HostEntry, *, ssh_config: Path | None = None,
                    accept_new_host_keys: bool = False, dry_run: bool = False,
                    progress: Progress | None = None) -> BackupResult:
-    """One backup of ``entry`` on the controller; space short: prune that host, retry once."""
+    """One backup of ``entry`` on the controller; space short: prune that host, retry once.
+
+    The controller's copy of an SSH host is not on that host, so with
+    ``backup.encryption`` it is sealed (``.hbk.age``, never plain on disk here), and
+    without it harborctl says loudly that it is not.
+    """
     if is_local(entry):
         from harbor_ops.backup.site_ops import create_for_site
 
         return create_for_site(site, dry_run=dry_run, progress=progress)
     say = _prefixed(entry.name, progress)
+    enc = site.backup.encryption
+    if enc is None and not dry_run:
+        warn_plain(f"the controller ({backup_dir(site, entry)})")
     with access(site, entry, ssh_config=ssh_config,
                 accept_new_host_keys=accept_new_host_keys) as a:
         if say is not None:
@@ -223,7 +233,7 @@ def create_on_host(site: Site, entry: HostEntry, *, ssh_config: Path | None = No
             return create_backup(backup_dir=a.backup_dir, source=a.source, files=a.files,
                                  harbor_version=str(site.release.version),
                                  hostname=entry.name, lock_path=a.lock_path,
-                                 dry_run=dry_run, progress=say)
+                                 dry_run=dry_run, progress=say, encryption=enc)
 
         try:
             result = create()
@@ -254,7 +264,8 @@ def _prefixed(host: str, progress: Progress | None) -> Progress | None:
 def list_on_host(site: Site, entry: HostEntry) -> list[dict[str, Any]]:
     from harbor_ops.backup.catalog import list_backups
 
-    return [e.to_dict() for e in list_backups(backup_dir(site, entry))]
+    with archive.decrypting(site.backup.encryption):
+        return [e.to_dict() for e in list_backups(backup_dir(site, entry))]
 
 
 def verify_on_host(site: Site, entry: HostEntry, *, name: str | None = None,
@@ -277,23 +288,23 @@ def verify_on_host(site: Site, entry: HostEntry, *, name: str | None = None,
                                accept_new_host_keys=accept_new_host_keys)
     path = find_backup(backup_dir(site, entry), name)
     say = _prefixed(entry.name, progress)
-    if not restore_drill or _controller_can_drill(path):
-        return verify_backup(path=path, restore_drill=restore_drill,
-                             lock_path=host_lock(entry), progress=say)
-    from harbor_ops.backup.ssh_drill import remote_drill
-    from harbor_ops.backup.ssh_host import connect
+    with archive.decrypting(site.backup.encryption):
+        if not restore_drill or _controller_can_drill(path):
+            return verify_backup(path=path, restore_drill=restore_drill,
+                                 lock_path=host_lock(entry), progress=say)
+        from harbor_ops.backup.ssh_drill import remote_drill
+        from harbor_ops.backup.ssh_host import connect
 
-    client = connect(entry, ssh_config, accept_new_host_keys=accept_new_host_keys)
-    try:
-        return verify_backup(path=path, lock_path=host_lock(entry), progress=say,
-                             remote_drill=partial(remote_drill, client, entry.name))
-    finally:
-        client.close()
+        client = connect(entry, ssh_config, accept_new_host_keys=accept_new_host_keys)
+        try:
+            return verify_backup(path=path, lock_path=host_lock(entry), progress=say,
+                                 remote_drill=partial(remote_drill, client, entry.name))
+        finally:
+            client.close()
 
 
 def _controller_can_drill(path: Path) -> bool:
     """True when this machine has the server binaries of the backup's PostgreSQL major."""
-    from harbor_ops.backup import archive
     from harbor_ops.backup.sources import pg_bindir
 
     try:
@@ -376,7 +387,8 @@ def restore_on_host(site: Site, entry: HostEntry, path: Path, *,
     from harbor_ops.hosts import health
 
     with access(site, entry, ssh_config=ssh_config,
-                accept_new_host_keys=accept_new_host_keys) as a:
+                accept_new_host_keys=accept_new_host_keys) as a, \
+            archive.decrypting(site.backup.encryption):
         harbor_yml = a.files.harbor_yml
         stack = None if dry_run else SshStack(a.client, a.sftp, entry.name,
                                               posixpath.dirname(harbor_yml))
@@ -391,4 +403,4 @@ def restore_on_host(site: Site, entry: HostEntry, path: Path, *,
             lock_path=a.lock_path, safety_dir=a.backup_dir, hostname=entry.name,
             progress=_prefixed(entry.name, progress), stack=stack,
             stager=partial(stage_over_sftp, a.client, a.sftp, entry.name),
-            present=replace(a.files, optional=True))
+            present=replace(a.files, optional=True), seal=site.backup.encryption)

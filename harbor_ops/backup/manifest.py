@@ -27,9 +27,10 @@ FILES_MEMBER = "files.tar.zst"
 MANIFEST_MEMBER = "manifest.json"
 KEY_TABLES = ("project", "repository", "artifact", "audit_log", "harbor_user")
 
-# harbor-<host>-<YYYYmmddTHHMMSS>[.<ms>]Z[-<n>].hbk (names of older harborctl: no ms)
+# harbor-<host>-<YYYYmmddTHHMMSS>[.<ms>]Z[-<n>].hbk (names of older harborctl: no ms),
+# and .hbk.age for a sealed (age-encrypted) one
 _NAME_RE = re.compile(r"^harbor-(?P<host>[A-Za-z0-9._-]+?)-(?P<ts>\d{8}T\d{6})"
-                      r"(?:\.(?P<ms>\d{3}))?Z(?:-(?P<n>\d{1,4}))?\.hbk$")
+                      r"(?:\.(?P<ms>\d{3}))?Z(?:-(?P<n>\d{1,4}))?\.hbk(?:\.age)?$")
 _TS_FORMAT = "%Y%m%dT%H%M%S"
 
 

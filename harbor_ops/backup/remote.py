@@ -105,7 +105,8 @@ def push_backup(path: Path, remote: Remote, *, ssh_config: Path | None = None,
                 encryption: Encryption | None = None) -> PushResult:
     """Copy one backup (and its verification sidecar) to ``remote``, checked there.
 
-    With ``encryption`` the copy is ``<name>.age``, encrypted as it streams up. The
+    With ``encryption`` the copy is ``<name>.age``, encrypted as it streams up (a sealed
+    ``.hbk.age`` backup is copied as it is). The
     SHA-256 of the bytes uploaded is recorded beside the backup (``.pushed.json``): a
     later push finds the copy complete by that checksum, never by encrypting again
     (age output differs each time).
@@ -114,6 +115,9 @@ def push_backup(path: Path, remote: Remote, *, ssh_config: Path | None = None,
     if parse_name(path.name) is None or not path.is_file():
         raise RemoteError(f"{path} is not a backup file", hint="see `harborctl backup list`")
     t0 = time.monotonic()
+    sealed = path.name.endswith(crypto.SUFFIX)
+    if sealed:  # already encrypted on this machine: its own bytes go, never sealed twice
+        encryption = None
     remote_name = path.name + (crypto.SUFFIX if encryption is not None else "")
     with _session(remote, ssh_config, accept_new_host_keys) as (client, sftp, where):
         _ensure_dir(sftp, remote.path, where)
@@ -138,7 +142,7 @@ def push_backup(path: Path, remote: Remote, *, ssh_config: Path | None = None,
             raise
         write_push_record(path, {"remote_name": remote_name, "sha256": digest, "size": size,
                                  "destination": f"{where}/{remote_name}",
-                                 "encrypted": encryption is not None})
+                                 "encrypted": sealed or encryption is not None})
         _push_sidecar(sftp, path, final)
         return PushResult(remote_name, f"{where}/{remote_name}", size, digest,
                           round(time.monotonic() - t0, 3))

@@ -35,6 +35,7 @@ from harbor_ops.core.errors import BackupError
 from harbor_ops.core.lock import job_lock
 from harbor_ops.core.signals import signals_raise
 from harbor_ops.hosts.health import HealthEndpoint
+from harbor_ops.site.model import Encryption
 
 __all__ = ["RestoreResult", "fit_problems", "restore_backup", "restore_database",
            "verify_backup"]
@@ -89,7 +90,8 @@ def restore_backup(*, path: Path, target: DbSource, data_volume: Path | None = N
                    safety_dir: Path | None = None, hostname: str | None = None,
                    dry_run: bool = False, progress: Progress | None = None,
                    stack: Any = None, stager: Stager | None = None,
-                   present: FileSource | None = None) -> RestoreResult:
+                   present: FileSource | None = None,
+                   seal: Encryption | None = None) -> RestoreResult:
     """Put a backup back: database into ``target``, files onto the site's own paths.
 
     Every refusal (damaged, hostile, failed verify, wrong Harbor version or PostgreSQL
@@ -100,7 +102,9 @@ def restore_backup(*, path: Path, target: DbSource, data_volume: Path | None = N
     host is in. With ``harbor_dir`` the compose stack is stopped, its database service
     started alone, restored into, the whole stack started and waited for (``health_url``).
     An SSH host brings its own ``stack`` (compose over SSH), ``stager`` and ``present``
-    files (over SFTP).
+    files (over SFTP), and with ``seal`` its safety backup is sealed like its other
+    copies on the controller (a sealed ``path`` is read with the run's identity,
+    :func:`harbor_ops.backup.archive.decrypting`).
     """
     say = progress or (lambda _m: None)
     with job_lock(lock_path, job="backup restore"), signals_raise():
@@ -124,7 +128,8 @@ def restore_backup(*, path: Path, target: DbSource, data_volume: Path | None = N
         staged = (stager or stage_files)(path, manifest, plan)
         try:
             now = present or _present(data_volume, harbor_yml, certificates)
-            safety = _safety_backup(safety_dir, target, now, hostname, installed_version, say)
+            safety = _safety_backup(safety_dir, target, now, hostname, installed_version, say,
+                                    seal)
         except BaseException:
             staged.discard()
             raise
@@ -148,14 +153,15 @@ def _present(data_volume: Path | None, harbor_yml: Path | None,
 
 def _safety_backup(folder: Path | None, target: DbSource, files: FileSource,
                    hostname: str | None, installed_version: str | None,
-                   say: Progress) -> Path | None:
+                   say: Progress, seal: Encryption | None) -> Path | None:
     """A backup of the database and files the restore is about to replace."""
     if folder is None:
         return None
     say("taking a safety backup of what the restore replaces")
     return write_backup(backup_dir=folder, source=target, files=files,
                         harbor_version=installed_version,
-                        hostname=hostname or socket.gethostname(), progress=say).path
+                        hostname=hostname or socket.gethostname(), progress=say,
+                        encryption=seal).path
 
 
 class _Unit:

@@ -14,6 +14,7 @@ import base64
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import threading
@@ -33,6 +34,7 @@ from harbor_ops.install.run import install
 from harbor_ops.site.load import load_site
 from harbor_ops.site.model import Site
 from tests.bed.bundle.builder import build_bundle
+from tests.bed.fixtures import unavailable
 from tests.bed.hosts import Host, TestBed
 from tests.integration.harborwait import health_url, wait_healthy
 from tests.integration.test_bundle import _tiny_oci_layout
@@ -55,11 +57,12 @@ class Fleet:
     site: Site
     base: Path
 
-    def harborctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def harborctl(self, *args: str, config: Path | None = None
+                  ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, LOCK_ENV: str(self.base / "harborctl.lock")}
         return subprocess.run([sys.executable, "-m", "harbor_ops.cli.main", *args, "-c",
-                               str(self.config)], capture_output=True, text=True, env=env,
-                              timeout=900, check=False)
+                               str(config or self.config)], capture_output=True, text=True,
+                              env=env, timeout=900, check=False)
 
     def sql(self, host: str, query: str) -> list[str]:
         proc = self.hosts[host].exec(
@@ -220,6 +223,75 @@ def test_restore_host_brings_back_every_row_the_key_and_harbor_yml(
                      f"dir:{fleet_bed.base / 'pulled'}")
     assert pulled.returncode == 0, pulled.stderr
     assert (fleet_bed.base / "pulled" / "manifest.json").is_file()
+
+
+def _sealed_site(f: Fleet, identity: bool) -> Path:
+    """The fleet's site with backup.encryption (age keys made by age-keygen) and an
+    off-host copy on h1, backing up into a folder of its own."""
+    keys = f.base / "age"
+    if not keys.is_dir():
+        if shutil.which("age-keygen") is None:
+            unavailable("needs the age tool (Debian package age, see .ci/provision)")
+        keys.mkdir(mode=0o700)
+        subprocess.run(["age-keygen", "-o", str(keys / "identity.txt")], check=True,
+                       capture_output=True)
+    recipient = subprocess.run(["age-keygen", "-y", str(keys / "identity.txt")], check=True,
+                               capture_output=True, text=True).stdout.strip()
+    text = f.config.read_text().replace(f"  dir: {f.base}/backups\n", f"""\
+  dir: {f.base}/sealed
+  encryption: {{recipient: {recipient}{f", identity_file: {keys}/identity.txt"
+                                          if identity else ""}}}
+  remote: {{host: h1, path: {SEALED_REMOTE}, key_file: {f.bed.client_key}}}
+""")
+    config = f.base / ("sealed.yml" if identity else "sealed-no-identity.yml")
+    config.write_text(text)
+    return config
+
+
+SEALED_REMOTE = "/var/backups/harbor-sealed"
+
+
+def test_controller_copies_are_sealed_and_verify_restore_and_push_from_sealed(
+        fleet_bed: Fleet, first: dict) -> None:
+    """backup.encryption set: the controller's copy of h3 is age-encrypted from its first
+    byte (no plain copy ever on its disk), verified, restored and pushed as it is."""
+    f, h3 = fleet_bed, fleet_bed.hosts["h3"]
+    probe = os.urandom(1 << 16)  # zstd stores random bytes as they are: findable if plain
+    h3.exec("cat > /data/secret/keys/probe", input=probe)
+    sealed = _sealed_site(f, identity=True)
+    rows = f.rows("h3")
+    made = f.harborctl("backup", "create", "--host", "h3", "-o", "json", config=sealed)
+    assert made.returncode == 0, made.stderr
+    path = Path(json.loads(made.stdout)["path"])
+    assert path.name.endswith(".hbk.age") and path.parent == f.base / "sealed" / "h3"
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        path.name, path.name + ".pushed.json"]  # no plain copy, no spool, no partial
+    data = path.read_bytes()
+    assert probe[1000:1064] not in data and data.startswith(b"age-encryption.org/v1\n")
+    # pushed as it is: the off-host copy is the same sealed file, never sealed twice
+    remote = f.hosts["h1"].root_path / SEALED_REMOTE.lstrip("/") / path.name
+    assert remote.read_bytes() == data
+    # without the identity: listed, but verify and restore refuse clearly
+    blind = _sealed_site(f, identity=False)
+    listed = f.harborctl("backup", "list", "--host", "h3", "-o", "json", config=blind)
+    assert listed.returncode == 0 and json.loads(listed.stdout)[0]["encrypted"]
+    for args in (["verify"], ["restore", "--latest", "--yes"]):
+        res = f.harborctl("backup", *args, "--host", "h3", config=blind)
+        assert res.returncode == 8 and "no identity can decrypt it" in res.stderr, res.stderr
+    # with it: verify drills, restore brings the rows and the files back
+    checked = f.harborctl("backup", "verify", "--host", "h3", "-o", "json", config=sealed)
+    assert checked.returncode == 0, checked.stderr
+    assert json.loads(checked.stdout)["restore_ok"]
+    f.sql("h3", "DELETE FROM audit_log; DELETE FROM artifact;")
+    h3.exec("head -c 100 /dev/urandom > /data/secret/keys/probe")
+    back = f.harborctl("backup", "restore", "--host", "h3", "--latest", "--yes",
+                       config=sealed)
+    assert back.returncode == 0, back.stderr
+    assert f.rows("h3") == rows
+    assert (h3.root_path / "data/secret/keys/probe").read_bytes() == probe
+    backups = [p for p in path.parent.iterdir() if ".json" not in p.name]
+    assert len(backups) == 2 and all(p.name.endswith(".hbk.age") for p in backups)  # +safety
+    h3.exec("rm -f /data/secret/keys/probe")
 
 
 def _kill_session_sshd(host: Host) -> int:

@@ -3,6 +3,7 @@ harborctl reads what ``age`` writes; a missing or wrong identity is a clear erro
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
@@ -14,7 +15,6 @@ import pytest
 
 from harbor_ops.backup import crypto
 from harbor_ops.core.errors import BackupError, ConfigError
-from harbor_ops.core.hashing import sha256_file
 from harbor_ops.site.model import Encryption
 
 
@@ -38,18 +38,42 @@ def test_round_trip_streams_and_reports_the_hash_of_what_it_wrote(tmp_path: Path
     assert back.getvalue() == data
 
 
-def test_encrypt_file_leaves_only_the_age_file(tmp_path: Path) -> None:
+def test_writer_and_reader_stream_piece_by_piece(tmp_path: Path) -> None:
+    """What is written in pieces decrypts whole (by harborctl and by the age tool);
+    a reader closed early stops the decryption; a cut-short file is an error."""
     enc = _keys(tmp_path)
-    plain = tmp_path / "harbor-h-20261201T000000.000Z.hbk"
-    plain.write_bytes(b"secret key bytes" * 1000)
-    target, digest, size = crypto.encrypt_file(plain, enc)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["identity.txt", target.name])
-    assert target.stat().st_mode & 0o777 == 0o600
-    assert sha256_file(target) == digest and target.stat().st_size == size
+    data = os.urandom(3 << 20)
+    target = tmp_path / "b.age"
+    with open(target, "wb") as f, crypto.EncryptingWriter(f, crypto.recipients(enc)) as w:
+        for i in range(0, len(data), 100_000):
+            w.write(data[i:i + 100_000])
+    assert data[:64] not in target.read_bytes()
+    with crypto.open_decrypted(target, enc) as r:
+        assert r.read() == data
+    with crypto.open_decrypted(target, enc) as r:
+        assert r.read(10) == data[:10]  # then closed: the decrypting thread ends
     if shutil.which("age"):  # the disaster path: no harborctl, only the standard tool
         out = subprocess.run(["age", "-d", "-i", str(enc.identity_file), str(target)],
                              capture_output=True, check=True).stdout
-        assert out == b"secret key bytes" * 1000
+        assert out == data
+    target.write_bytes(target.read_bytes()[:-100])
+    with crypto.open_decrypted(target, enc) as r, pytest.raises(BackupError, match="cut-short"):
+        while r.read(1 << 16):
+            pass
+
+
+def test_a_failing_destination_keeps_its_own_error(tmp_path: Path) -> None:
+    """A full disk under the encryptor stays a full disk (the engine says "no space")."""
+    class Full(io.BytesIO):
+        def write(self, data: object) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    w = crypto.EncryptingWriter(Full(), crypto.recipients(_keys(tmp_path)))
+    with pytest.raises(OSError) as exc:
+        for _ in range(200):
+            w.write(b"x" * 65536)
+        w.close()
+    assert exc.value.errno == errno.ENOSPC
 
 
 @pytest.mark.parametrize("identity", [None, "other"])
