@@ -275,7 +275,7 @@ def test_controller_copies_are_sealed_and_verify_restore_and_push_from_sealed(
     blind = _sealed_site(f, identity=False)
     listed = f.harborctl("backup", "list", "--host", "h3", "-o", "json", config=blind)
     assert listed.returncode == 0 and json.loads(listed.stdout)[0]["encrypted"]
-    for args in (["verify"], ["restore", "--latest", "--yes"]):
+    for args in (["verify"], ["restore", path.name, "--yes"]):
         res = f.harborctl("backup", *args, "--host", "h3", config=blind)
         assert res.returncode == 8 and "no identity can decrypt it" in res.stderr, res.stderr
     # with it: verify drills, restore brings the rows and the files back

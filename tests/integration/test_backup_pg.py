@@ -305,7 +305,7 @@ def test_a_clash_is_found_before_the_dump(cluster: Cluster, host: HarborHost,
 
     cluster.harbor_db("registry_clash", artifacts=5)
 
-    def reserve(folder: Path, host: str) -> Path:
+    def reserve(folder: Path, host: str, **_kw: object) -> Path:
         raise BackupError("no free backup name (test)")
 
     dumps: list[object] = []
