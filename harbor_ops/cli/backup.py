@@ -120,7 +120,7 @@ def verify_cmd(name: str | None, no_drill: bool, config: Path, host: str | None,
     result = on_hosts(site, "backup verify", lambda e: verify_on_host(
         site, e, name=name, restore_drill=not no_drill, ssh_config=ssh_config,
         accept_new_host_keys=accept_new_host_keys, progress=_progress(output)),
-        host=host, all_hosts=all_hosts, name=name)
+        host=host, all_hosts=all_hosts, name=name, parallel=site.backup.parallel)
     _emit(result, output, lambda r: f"{r.name}: verified ({r.duration_seconds} s, "
          f"rows {sum(r.row_counts.values())})")
 
