@@ -104,7 +104,7 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 def _host_options(f: _F) -> _F:
     f = click.option("--host", "host", metavar="NAME", default=None,
-                     help="Only this host of the site file (default: all, one at a time).")(f)
+                     help="Only this host of the site file (default: all of them).")(f)
     return accept_new_host_keys_option(ssh_config_option(f))
 
 
@@ -122,12 +122,14 @@ def _host_options(f: _F) -> _F:
               help="Folder for the full Ansible logs (default: ~/.local/state/harborctl/logs).")
 @click.option("--health-retries", type=click.IntRange(1, 720), default=60, show_default=True,
               help="Health-gate attempts, 5 s apart, after each start.")
+@click.option("--parallel", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Hosts upgraded at the same time; a failure on one starts no new host.")
 @dry_run_option
 @click.option("--yes", is_flag=True, help="Do not ask before the first downtime.")
 @output_option
 def apply_cmd(to: str | None, config: Path, host: str | None, ssh_config: Path | None,
               accept_new_host_keys: bool, bundle_dir: Path | None, backup_dir: Path | None,
-              log_dir: Path | None, health_retries: int, dry_run: bool, yes: bool,
+              log_dir: Path | None, health_retries: int, parallel: int, dry_run: bool, yes: bool,
               output: str) -> None:
     """Upgrade every host (or --host) to harbor.version of the site file, hop by hop.
 
@@ -136,14 +138,14 @@ def apply_cmd(to: str | None, config: Path, host: str | None, ssh_config: Path |
     of version AND data on failure. Exit 11: a hop failed and the host was rolled back;
     exit 12: the rollback failed (a person is needed). Safe to run again after a crash.
     """
-    from harbor_ops.site.load import load_site
     from harbor_ops.upgrade.apply import apply
+    from harbor_ops.upgrade.learning import load_site_learning
 
-    site = load_site(config)
+    site, learned = load_site_learning(config, bundle_dir)
     opts = _options(bundle_dir, ssh_config, log_dir, backup_dir, health_retries,
                     accept_new_host_keys)
     if not dry_run and not yes:
-        plan = apply(site, to=to, host=host, opts=opts, dry_run=True)
+        plan = apply(site, to=to, host=host, opts=opts, dry_run=True, learned=learned)
         if plan.error is not None:
             emit(plan, output, format_apply)
             raise plan.error
@@ -153,8 +155,8 @@ def apply_cmd(to: str | None, config: Path, host: str | None, ssh_config: Path |
             emit(plan, output, format_apply)
             return
         click.confirm("Harbor will be stopped for each hop; continue?", abort=True, err=True)
-    result = apply(site, to=to, host=host, opts=opts, dry_run=dry_run,
-                   progress=lambda line: click.echo(line, err=True))
+    result = apply(site, to=to, host=host, opts=opts, dry_run=dry_run, parallel=parallel,
+                   learned=learned, progress=lambda line: click.echo(line, err=True))
     emit(result, output, format_apply)
     if result.error is not None:
         raise result.error
@@ -163,16 +165,19 @@ def apply_cmd(to: str | None, config: Path, host: str | None, ssh_config: Path |
 @upgrade_group.command("status")
 @config_option
 @_host_options
+@click.option("--bundle-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the bundles are, to learn a release newer than harborctl knows.")
 @output_option
 def status_cmd(config: Path, host: str | None, ssh_config: Path | None,
-               accept_new_host_keys: bool, output: str) -> None:
+               accept_new_host_keys: bool, bundle_dir: Path | None, output: str) -> None:
     """Where each host stands: installed release, data layout, the last run's hop and step."""
-    from harbor_ops.site.load import load_site
     from harbor_ops.upgrade.apply import status
+    from harbor_ops.upgrade.learning import load_site_learning
 
-    site = load_site(config)
-    opts = _options(None, ssh_config, None, None, accept_new_host_keys=accept_new_host_keys)
-    emit(status(site, host=host, opts=opts), output, format_apply)
+    site, learned = load_site_learning(config, bundle_dir)
+    opts = _options(bundle_dir, ssh_config, None, None,
+                    accept_new_host_keys=accept_new_host_keys)
+    emit(status(site, host=host, opts=opts, learned=learned), output, format_apply)
 
 
 @click.command("versions")
@@ -281,6 +286,7 @@ def format_overview(ov: planner.ReleaseOverview) -> str:
 def format_apply(result: ApplyResult) -> str:
     head = "Harbor upgrade " + ("plan (nothing changed)" if result.dry_run else "apply")
     lines = [f"{head}: target {result.target}"]
+    lines += [f"  {x['said']}" for x in result.learned]
     for o in result.hosts:
         lines += ["", *_host(o)]
     return "\n".join(lines)

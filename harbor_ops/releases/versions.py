@@ -214,9 +214,13 @@ def _build(v: Version) -> Release:
     )
 
 
+# Releases newer than the tables, learned from their bundles in this process
+# (harbor_ops.releases.learn); registered before the site file naming them is loaded.
+_LEARNED: dict[Version, Release] = {}
+
+
 @cache
-def all_releases() -> tuple[Release, ...]:
-    """Every GA release 2.0.0 … 2.15.2, oldest first."""
+def _known() -> tuple[Release, ...]:
     out = []
     for minor, last in _PATCHES.items():
         for patch in range(last + 1):
@@ -224,16 +228,41 @@ def all_releases() -> tuple[Release, ...]:
     return tuple(out)
 
 
+def all_releases() -> tuple[Release, ...]:
+    """Every GA release 2.0.0 … 2.15.2, then the learned ones, oldest first."""
+    return _known() + tuple(_LEARNED[v] for v in sorted(_LEARNED))
+
+
+def register(rel: Release) -> None:
+    """Know ``rel`` (learned from its bundle) for the rest of this process."""
+    if rel.version <= newest_known().version:
+        raise ValueError(f"Harbor {rel.version} is not newer than harborctl's tables")
+    _LEARNED[rel.version] = rel
+
+
+def unregister(version: Version) -> None:
+    _LEARNED.pop(version, None)
+
+
+def is_learned(version: Version) -> bool:
+    return version in _LEARNED
+
+
 def minors() -> tuple[str, ...]:
-    return tuple(_PATCHES)
+    return tuple(dict.fromkeys(r.minor for r in all_releases()))
 
 
 def latest_patch(minor: str) -> Release:
-    return release(f"{minor}.{_PATCHES[minor]}")
+    return max((r for r in all_releases() if r.minor == minor), key=lambda r: r.version)
 
 
 def newest() -> Release:
     return all_releases()[-1]
+
+
+def newest_known() -> Release:
+    """The newest release of harborctl's own tables (what a learned one inherits from)."""
+    return _known()[-1]
 
 
 def parse_version(text: str, *, field: str = "version") -> Version:
@@ -256,10 +285,13 @@ def release(text: str | Version, *, field: str = "version") -> Release:
         if r.version == v:
             return r
     minor = f"{v.major}.{v.minor}"
-    if minor in _PATCHES:
+    if minor in _PATCHES and v <= newest_known().version:
         hint = f"the {minor} line has {minor}.0 … {minor}.{_PATCHES[minor]}"
     else:
         hint = f"harborctl knows {all_releases()[0].version} … {newest().version}"
+        if v > newest_known().version:
+            hint += (f"; `upgrade apply` learns a newer one from "
+                     f"harbor-offline-installer-v{v}.tgz in --bundle-dir")
     raise UsageError(f"{field}: Harbor {v} is not a known GA release ({hint})")
 
 

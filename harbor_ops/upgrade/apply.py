@@ -6,8 +6,10 @@ per hop, a verified backup taken from the controller and one run of ``upgrade.ym
 steps (:mod:`harbor_ops.upgrade.steps`) are recorded in the host's journal. The playbook
 rolls a failed hop back by itself (block/rescue), so a hop ends on the new release or on
 the old one with the old data, gated either way; this module reads the journal again to
-say which, and maps it to the exit code (11 rolled back, 12 rollback failed). Hosts go one
-at a time; a failure stops the rollout, so every other host stays on a healthy release.
+say which, and maps it to the exit code (11 rolled back, 12 rollback failed). Hosts go
+``parallel`` at a time (default one), each under its job lock on the controller and on the
+host (:mod:`harbor_ops.upgrade.rollout`); a failure stops the rollout, so every other host
+stays on a healthy release.
 """
 
 from __future__ import annotations
@@ -32,13 +34,13 @@ from harbor_ops.core.errors import (
     UpgradeRolledBack,
     UsageError,
 )
-from harbor_ops.core.lock import job_lock
 from harbor_ops.hosts import facts as host_facts
 from harbor_ops.hosts import playbook as runner
 from harbor_ops.releases import bundle as bundle_mod
 from harbor_ops.releases import planner
 from harbor_ops.releases import versions as hv
 from harbor_ops.site.model import HostEntry, Site
+from harbor_ops.upgrade import rollout
 from harbor_ops.upgrade import state as journal
 from harbor_ops.upgrade import steps as st
 from harbor_ops.upgrade.plan import HostPlan, check_target, plan_host
@@ -53,10 +55,14 @@ class HostOutcome:
     """What happened on one host: its plan, each hop's recorded steps, where it ended."""
 
     plan: HostPlan
-    outcome: str = "planned"  # planned|refused|up_to_date|done|rolled_back|rollback_failed
+    # planned|refused|up_to_date|done|rolled_back|rollback_failed, and in a rollout that
+    # stopped: failed (an error, nothing of its hop changed), stopped (ended its hop on a
+    # healthy release, started no new one), not_started
+    outcome: str = "planned"
     on_release: str | None = None
     hops: list[dict[str, Any]] = field(default_factory=list)
     message: str = ""
+    error: HarborctlError | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"host": self.plan.host, "outcome": self.outcome, "on_release": self.on_release,
@@ -69,11 +75,12 @@ class ApplyResult:
     dry_run: bool
     hosts: list[HostOutcome] = field(default_factory=list)
     error: HarborctlError | None = None
+    learned: list[dict[str, Any]] = field(default_factory=list)  # releases read from bundles
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "dry_run": self.dry_run,
                 "exit_code": self.error.exit_code if self.error else 0,
-                "hosts": [h.to_dict() for h in self.hosts]}
+                "learned": self.learned, "hosts": [h.to_dict() for h in self.hosts]}
 
 
 @dataclass(frozen=True)
@@ -145,11 +152,16 @@ def plan_hosts(site: Site, entries: list[HostEntry], opts: Options) -> list[Host
 
 
 def apply(site: Site, *, to: str | None, host: str | None, opts: Options, dry_run: bool = False,
+          parallel: int = 1, learned: list[dict[str, Any]] | None = None,
           progress: Progress = lambda _: None) -> ApplyResult:
-    """Bring the chosen hosts to the site's harbor.version; refuse before any change."""
+    """Bring the chosen hosts to the site's harbor.version, ``parallel`` hosts at a time;
+    refuse before any change. ``learned``: releases read from bundles, to report."""
+    if parallel < 1:
+        raise UsageError(f"--parallel {parallel}: must be 1 or more")
     check_target(site, to)
     entries = select_hosts(site, host)
-    result = ApplyResult(target=str(site.release.version), dry_run=dry_run)
+    result = ApplyResult(target=str(site.release.version), dry_run=dry_run,
+                         learned=list(learned or []))
     plans = plan_hosts(site, entries, opts)
     result.hosts = [HostOutcome(p, on_release=p.installed) for p in plans]
     refused = [(o.plan.host, r) for o in result.hosts for r in o.plan.refusals]
@@ -165,18 +177,48 @@ def apply(site: Site, *, to: str | None, host: str | None, opts: Options, dry_ru
         return result
     if dry_run:
         return result
-    for entry, outcome in zip(entries, result.hosts, strict=True):
-        if outcome.outcome == "up_to_date":
-            continue
-        with job_lock(job=f"upgrade {entry.name}"):
-            HostRun(site, entry, outcome, opts, progress).run()
-        if outcome.outcome != "done":
-            result.error = _error_for(outcome)
-            break
+    todo = [(e, o) for e, o in zip(entries, result.hosts, strict=True)
+            if o.outcome != "up_to_date"]
+
+    def one(item: tuple[HostEntry, HostOutcome], stopped: Callable[[], bool]) -> bool:
+        entry, outcome = item
+        try:
+            with rollout.hold_host(entry, job=f"upgrade {entry.name}",
+                                   ssh_config=opts.ssh_config,
+                                   accept_new_host_keys=opts.accept_new_host_keys):
+                HostRun(site, entry, outcome, opts, progress, stopped).run()
+        except HarborctlError as exc:
+            outcome.outcome, outcome.message, outcome.error = "failed", exc.message, exc
+            progress(f"{entry.name}: {exc.message}")
+        return outcome.outcome in ("done", "stopped")
+
+    for _, o in rollout.run_all(todo, parallel, one):
+        o.outcome = "not_started"
+        o.message = "the rollout stopped before this host: another host failed"
+    result.error = rollout_error(result.hosts)
     return result
 
 
-def _error_for(o: HostOutcome) -> HarborctlError:
+def rollout_error(hosts: list[HostOutcome]) -> HarborctlError | None:
+    """The rollout's error, the gravest first: a failed rollback (12), a rolled-back hop
+    (11), then a host's own error (its code); None when every host ended well."""
+    for kind in ("rollback_failed", "rolled_back"):
+        bad = [o for o in hosts if o.outcome == kind]
+        if bad:
+            return _error_for(bad[0], also=[o.plan.host for o in bad[1:]])
+    failed = [o for o in hosts if o.outcome == "failed" and o.error is not None]
+    if failed:
+        return failed[0].error
+    refused = [o for o in hosts if o.outcome == "refused"]
+    if refused:
+        return UpgradePathError(f"{refused[0].plan.host}: {refused[0].message}",
+                                hint="fix it, then run upgrade apply again")
+    return None
+
+
+def _error_for(o: HostOutcome, also: list[str] | None = None) -> HarborctlError:
+    if also:
+        o = dataclasses.replace(o, message=f"{o.message} (also on: {', '.join(also)})")
     if o.outcome == "rolled_back":
         return UpgradeRolledBack(o.message, hint="the host is healthy on "
                                  f"{o.on_release} with every row; fix the cause, then run "
@@ -188,8 +230,9 @@ class HostRun:
     """One host's hops, one playbook run each, judged from the journal afterwards."""
 
     def __init__(self, site: Site, entry: HostEntry, outcome: HostOutcome, opts: Options,
-                 progress: Progress) -> None:
+                 progress: Progress, stopped: Callable[[], bool] = lambda: False) -> None:
         self.site, self.entry, self.o, self.opts, self.say = site, entry, outcome, opts, progress
+        self.stopped = stopped
 
     def run(self) -> None:
         decision, state = self.o.plan.decision, self.o.plan.state
@@ -213,6 +256,11 @@ class HostRun:
                 return
             if not plan.hops:
                 self.o.outcome, self.o.on_release, self.o.message = "done", plan.installed, ""
+                return
+            if self.stopped():  # another host failed: end here, on a gated release
+                self.o.outcome = "stopped"
+                self.o.message = (f"the rollout stopped (another host failed); "
+                                  f"{self.entry.name} stays on Harbor {plan.installed}, healthy")
                 return
             hop, number = plan.hops[0], number + 1
             backup = self._backup(hop)
@@ -360,10 +408,12 @@ def _bundle_for(bundle_dir: Path | None, rel: hv.Release) -> Path:
 # --------------------------------------------------------------------------- status
 
 
-def status(site: Site, *, host: str | None, opts: Options) -> ApplyResult:
+def status(site: Site, *, host: str | None, opts: Options,
+           learned: list[dict[str, Any]] | None = None) -> ApplyResult:
     """Where each host stands: installed release, plan, and the journal's last run."""
     entries = select_hosts(site, host)
-    result = ApplyResult(target=str(site.release.version), dry_run=True)
+    result = ApplyResult(target=str(site.release.version), dry_run=True,
+                         learned=list(learned or []))
     for p in plan_hosts(site, entries, opts):
         o = HostOutcome(p, on_release=p.installed)
         if p.state.run:
