@@ -285,13 +285,13 @@ def release(text: str | Version, *, field: str = "version") -> Release:
         if r.version == v:
             return r
     minor = f"{v.major}.{v.minor}"
-    if minor in _PATCHES and v <= newest_known().version:
+    if minor in _PATCHES:
         hint = f"the {minor} line has {minor}.0 … {minor}.{_PATCHES[minor]}"
     else:
         hint = f"harborctl knows {all_releases()[0].version} … {newest().version}"
-        if v > newest_known().version:
-            hint += (f"; `upgrade apply` learns a newer one from "
-                     f"harbor-offline-installer-v{v}.tgz in --bundle-dir")
+    if v > newest().version:
+        hint += (f"; `upgrade apply` learns a newer one from "
+                 f"harbor-offline-installer-v{v}.tgz in --bundle-dir")
     raise UsageError(f"{field}: Harbor {v} is not a known GA release ({hint})")
 
 
