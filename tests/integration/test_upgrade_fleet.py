@@ -8,7 +8,8 @@ h1`; h2's backup from the controller still runs. h1's hop fails its gate and is 
 (exit 11); h2 never starts and stays on 2.14.4, healthy, every row. Second run, without
 the switch, as a user runs it (`harborctl upgrade apply --parallel 2 -o json`), to 2.16.0:
 a release harborctl's tables do not know, learned from the test bed's 2.16.0 double in the
-bundle folder (harbor-db 15 -> 18, schema 180, template _version 2.15.0); the dry run says
+bundle folder (tests/bed/unreleased.py: harbor-db 15 -> 18, schema 180, template _version
+2.15.0); the dry run says
 what was learned and plans one hop; both hosts' hops run at the same time and both reach
 2.16.0 with every row; per-host JSON outcomes.
 """
@@ -38,6 +39,7 @@ from harbor_ops.site.model import Site
 from harbor_ops.upgrade.apply import ApplyResult, Options, apply
 from tests.bed.bundle.builder import build_bundle
 from tests.bed.hosts import Host, TestBed
+from tests.bed.unreleased import build_unreleased
 from tests.integration.test_backup_fleet import _write_site
 from tests.integration.test_upgrade_apply import COUNT_SQL, ROWS_SQL, _journal, psql
 
@@ -65,8 +67,9 @@ def _opts(base: Path, bundles: Path, bed: TestBed) -> Options:
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("bundles")
-    for v in (OLD, NEW, LEARNED):
+    for v in (OLD, NEW):
         build_bundle(v, d)
+    build_unreleased(d)
     return d
 
 
@@ -234,7 +237,7 @@ def test_the_dry_run_says_what_was_learned_from_the_bundle(
     assert learned["harbor_db"] == {"from": "15", "to": "18"}
     assert (learned["schema_version"], learned["schema_file"]) == (180, "0180_2.15.0_schema.up.sql")
     assert learned["harbor_yml_version"] == "2.15.0"
-    assert "proxy.components" in learned["harbor_yml_keys"]
+    assert "jobservice.job_loggers" in learned["harbor_yml_keys"]
     for h in plan["hosts"]:
         hops = h["plan"]["hops"]
         assert [(x["from"], x["to"], x["db_outcome"]) for x in hops] == [

@@ -1,5 +1,4 @@
-"""Build a Harbor-shaped offline installer for any Harbor release harborctl knows, and for
-2.16.0, one it does not (``releases.bed_release``: what ``upgrade apply`` learns from a bundle).
+"""Build a Harbor-shaped offline installer for any Harbor release harborctl knows.
 
 ``build_bundle("2.8.6", out_dir)`` writes ``out_dir/harbor-offline-installer-v2.8.6.tgz`` with
 Harbor's layout (reference/harbor-facts.md §11.1): ``harbor/install.sh``, ``prepare``,
@@ -85,7 +84,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harbor_ops.releases.versions import Release
+from harbor_ops.releases.versions import Release, release
 from tests.bed import golden
 from tests.bed._run import BedError
 from tests.bed._run import run as run_cmd
@@ -114,7 +113,7 @@ def bundle_key() -> str:
 
 
 def bundle_name(version: str) -> str:
-    return f"harbor-offline-installer-v{releases.bed_release(version).version}.tgz"
+    return f"harbor-offline-installer-v{release(version).version}.tgz"
 
 
 def build_bundle(version: str, out_dir: Path, *, engine_env: dict[str, str] | None = None,
@@ -139,8 +138,7 @@ def build_bundles(versions: list[str] | tuple[str, ...], out_dir: Path, *,
     cached = {v: cache_dir() / key / bundle_name(v) for v in versions}
     if not all(path.is_file() for path in cached.values()):
         with _lock(cache_dir() / "build.lock"):
-            missing = [releases.bed_release(v) for v, path in cached.items()
-                       if not path.is_file()]
+            missing = [release(v) for v, path in cached.items() if not path.is_file()]
             if missing:
                 _prune()
                 _build_with_engine(missing, cache_dir() / key, engine_env, pad_mb)

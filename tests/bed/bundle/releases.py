@@ -6,7 +6,6 @@ cited per item.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from pathlib import Path
 
 from packaging.version import Version
 
-from harbor_ops.releases.versions import Release, release
+from harbor_ops.releases.versions import Release
 
 V = Version
 # Port each stand-in listens on (the port Harbor's service uses on the `harbor` network).
@@ -40,21 +39,6 @@ class ImageSpec:
     entrypoint: list[str]
     user: str = "10000:10000"
     env: dict[str, str] = field(default_factory=dict)
-
-
-def bed_release(version: str) -> Release:
-    """The release a bundle double is built for: one harborctl knows, or 2.16.0, a release
-    NEWER than harborctl's tables (for learning from the bundle). Of 2.16 only Harbor's main
-    branch is known (reference/harbor-facts.md, main @ c50c7ddd6e, VERSION v2.16.0): harbor-db
-    ENTRYPOINT "15" "18" (§6), template _version 2.15.0 and `registry` in proxy.components
-    (§2.2, §2.4), no schema script after 0180 listed (§6); everything else is 2.15.2's."""
-    if Version(version) != UNRELEASED:
-        return release(version)
-    return dataclasses.replace(release("2.15.2"), version=UNRELEASED, yml_version="2.15.0",
-                               guide_oldest_from=V("2.14.0"))
-
-
-UNRELEASED = V("2.16.0")
 
 
 def db_majors(rel: Release) -> tuple[str, str | None]:
@@ -299,13 +283,4 @@ log:
 
 #This attribute is for migrator to detect the version of the .cfg file, DO NOT MODIFY!
 _version: {rel.yml_version}
-{_proxy(rel)}"""
-
-
-def _proxy(rel: Release) -> str:
-    """2.16 (main) adds `registry` to proxy.components (§2.4); the older doubles leave the
-    optional proxy block out."""
-    if rel.version < UNRELEASED:
-        return ""
-    return ("\nproxy:\n  http_proxy:\n  https_proxy:\n  no_proxy:\n  components:\n"
-            "    - core\n    - jobservice\n    - trivy\n    - registry\n")
+"""
