@@ -32,7 +32,7 @@ from harbor_ops.upgrade.apply import ApplyResult, Options, apply
 from tests.bed.bundle.builder import build_bundle
 from tests.bed.hosts import Host, TestBed
 from tests.integration.test_backup_fleet import _write_site
-from tests.integration.test_upgrade_apply import COUNT_SQL, ROWS_SQL, _journal, psql
+from tests.integration.upgradefixture import COUNT_SQL, ROWS_SQL, journal, psql
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +106,7 @@ class DuringTheHop:
     def _watch(self) -> None:
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline and not self.done.is_set():
-            if any(e["step"] == "load_images" for e in _journal(self.hosts["h1"])):
+            if any(e["step"] == "load_images" for e in journal(self.hosts["h1"])):
                 self._check()
                 return
             time.sleep(0.3)
@@ -128,7 +128,7 @@ class DuringTheHop:
             env={**os.environ, "HARBORCTL_SSH_CONFIG": str(self.bed.ssh_config_path)},
             capture_output=True, text=True, timeout=300, check=False)
         self.seen["h2_backup"] = (backup.returncode, backup.stderr[-1000:])
-        self.seen["h1_journal_after"] = _journal(self.hosts["h1"])
+        self.seen["h1_journal_after"] = journal(self.hosts["h1"])
 
 
 @pytest.fixture(scope="module")
@@ -188,4 +188,4 @@ def test_a_failed_host_stops_the_rollout_and_the_other_stays_healthy(
         assert psql(host, COUNT_SQL) == counts[name]
         assert psql(host, "SELECT version, dirty FROM schema_migrations") == "171|f"
         assert host.exec("cat /run/harborctl.lock", check=False).stdout.strip() == ""
-    assert _journal(hosts["h2"]) == []
+    assert journal(hosts["h2"]) == []
