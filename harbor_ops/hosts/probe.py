@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 
@@ -90,16 +91,19 @@ def tool_paths() -> dict[str, str | None]:
 
 def docker() -> dict[str, Any]:
     """Docker and Compose versions, the running containers, Harbor's schema version."""
-    out: dict[str, Any] = {
-        "docker": run(["docker", "version", "--format", "{{.Server.Version}}"]),
-        "compose_v2": run(["docker", "compose", "version", "--short"]),
-        "compose_v1": run(["docker-compose", "version", "--short"]),
-        "paths": tool_paths(),
-        "containers": None,
-    }
+    # Independent commands at once: docker-compose v1 alone is a slow Python start-up.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        jobs = {key: pool.submit(run, argv) for key, argv in (
+            ("docker", ["docker", "version", "--format", "{{.Server.Version}}"]),
+            ("compose_v2", ["docker", "compose", "version", "--short"]),
+            ("compose_v1", ["docker-compose", "version", "--short"]),
+            ("ps", ["docker", "ps", "--format", "{{.Names}}\t{{.Image}}\t{{.Ports}}"]))}
+    out: dict[str, Any] = {key: job.result() for key, job in jobs.items()}
+    ps = out.pop("ps")
+    out["paths"] = tool_paths()
+    out["containers"] = None
     if out["docker"]["rc"] != 0:
         return out
-    ps = run(["docker", "ps", "--format", "{{.Names}}\t{{.Image}}\t{{.Ports}}"])
     out["containers"] = ps["out"] if ps["rc"] == 0 else None
     if out["containers"] and re.search(r"^harbor-db\t", out["containers"], re.M):
         out["schema"] = run(["docker", "exec", "harbor-db", "psql", "-U", "postgres", "-d",
