@@ -161,8 +161,11 @@ def install(site: Site, *, bundle: Path, inventory: Path | None = None, check: b
     # One job at a time on this host: a nightly backup never dumps a database that
     # install.sh is taking down (check mode changes nothing, so it needs no lock).
     with nullcontext() if check else job_lock(job="install"):
+        # The preflight already hashed the bundle (or found it in its cache): no second read.
+        digest = (report.bundle.sha256 if report.bundle is not None and report.bundle.sha256
+                  else sha256_file(bundle))
         outcome, schedule = _render_and_run(
-            site, bundle=bundle, inventory=inventory, check=check, forks=forks,
+            site, bundle=bundle, digest=digest, inventory=inventory, check=check, forks=forks,
             ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys,
             compose=report.compose, log_path=log_path, output_path=output_path,
             progress=progress, timeout=timeout,
@@ -173,8 +176,9 @@ def install(site: Site, *, bundle: Path, inventory: Path | None = None, check: b
                          log_path=log_path, controller_schedule=schedule)
 
 
-def _render_and_run(site: Site, *, bundle: Path, inventory: Path | None, check: bool,
-                    forks: int | None, ssh_config: Path | None, compose: dict[str, str],
+def _render_and_run(site: Site, *, bundle: Path, digest: str, inventory: Path | None,
+                    check: bool, forks: int | None, ssh_config: Path | None,
+                    compose: dict[str, str],
                     accept_new_host_keys: bool, log_path: Path,
                     output_path: Path, progress: Callable[[str], None], timeout: float,
                     schedule_root: Path | None) -> tuple[runner.PlaybookOutcome, list[str]]:
@@ -186,7 +190,6 @@ def _render_and_run(site: Site, *, bundle: Path, inventory: Path | None, check: 
     try:
         progress(f"render: harbor.yml and host files for Harbor {site.release.version}")
         render_site(site, output_dir=staging / "files")
-        digest = sha256_file(bundle)
         argv, env = runner.build_command(
             playbook=runner.playbook_path(PLAYBOOK), work_dir=staging / "run",
             log_path=log_path, hosts=site.hosts, inventory=inventory, forks=forks,

@@ -87,6 +87,7 @@ class PreflightReport:
     results: dict[str, list[CheckResult]] = field(default_factory=dict)
     # Per host, the Compose command install.sh uses there (the boot unit and cron use it).
     compose: dict[str, str] = field(default_factory=dict)
+    bundle: bundle_mod.BundleInfo | None = None  # when the bundle check read it
 
     @property
     def ok(self) -> bool:
@@ -148,7 +149,7 @@ def run_preflight(site: Site, *, bundle: Path | None = None, skip: Iterable[str]
         if "bundle" in skipped:
             size = Path(bundle).stat().st_size if Path(bundle).is_file() else None
         else:
-            info = bundle_mod.inspect_bundle(Path(bundle))
+            info = bundle_mod.inspect_bundle_cached(Path(bundle))
             size = info.size or None
     controller = {"certificate": check_certificates(site),
                   "bundle": [check_bundle(site, info)]}
@@ -170,7 +171,7 @@ def run_preflight(site: Site, *, bundle: Path | None = None, skip: Iterable[str]
         found = compose.pick(got.data, plugin_accepted=ctx.target.compose_v2_accepted)
         return entry.name, host_results(ctx, skipped, controller), found
 
-    report = PreflightReport(target=str(Context(site, "", {}, info).target))
+    report = PreflightReport(target=str(Context(site, "", {}, info).target), bundle=info)
     with ThreadPoolExecutor(max_workers=min(16, max(1, len(targets)))) as pool:
         for name, rs, found in pool.map(one, targets):
             report.results[name] = rs

@@ -10,13 +10,21 @@ walk, and Harbor's layout (harbor-facts §11.1)::
 
 The release is read from the image tarball's name, the one name Harbor's Makefile derives
 from the version tag; the outer file name is only compared with it (a renamed file warns).
+
+That pass costs seconds per GB, on every install. :func:`inspect_bundle_cached` remembers a
+clean result per file identity (device, inode, size, mtime and ctime, which the kernel sets
+on every change and no user can set back), so a re-run on the same bundle reads nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import json
+import os
 import re
 import tarfile
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +33,8 @@ from typing import Any
 from packaging.version import Version
 
 from harbor_ops.core.errors import UsageError
-from harbor_ops.core.hashing import HashingReader
+from harbor_ops.core.fsutil import atomic_write
+from harbor_ops.core.hashing import HashingReader, sha256_bytes
 
 CHUNK = 1 << 20
 REQUIRED = ("harbor/install.sh", "harbor/prepare", "harbor/common.sh", "harbor/harbor.yml.tmpl",
@@ -101,6 +110,56 @@ def _kind(member: tarfile.TarInfo) -> str:
     if member.ischr() or member.isblk():
         return "device"
     return "FIFO" if member.isfifo() else "special file"
+
+
+def default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/harborctl/bundles (else ~/.cache/...)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "harborctl" / "bundles"
+
+
+def _identity(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|" \
+           f"{st.st_ctime_ns}"
+
+
+def inspect_bundle_cached(path: Path, cache_dir: Path | None = None, *,
+                          settle_s: float = 2.0) -> BundleInfo:
+    """:func:`inspect_bundle`, read from the cache when this very file was inspected clean.
+
+    A result is remembered only when the file did not change while it was read and its last
+    change is ``settle_s`` old: the kernel's clock for ctime ticks coarsely, so a file changed
+    again within the same tick would keep its identity (git's "racily clean" rule).
+    """
+    path = Path(path)
+    try:
+        identity = _identity(path)
+    except OSError:
+        return inspect_bundle(path)
+    entry = (cache_dir or default_cache_dir()) / (
+        sha256_bytes(identity.encode()) + ".json")
+    try:
+        known = json.loads(entry.read_text(encoding="utf-8"))
+        return BundleInfo(path=path, size=int(known["size"]), sha256=str(known["sha256"]),
+                          version=Version(known["version"]),
+                          image_tarball=str(known["image_tarball"]),
+                          image_tarball_size=int(known["image_tarball_size"]),
+                          members=[str(m) for m in known["members"]],
+                          warnings=[str(w) for w in known["warnings"]])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    info = inspect_bundle(path)
+    settled = False
+    with contextlib.suppress(OSError):
+        settled = (_identity(path) == identity
+                   and time.time() - path.stat().st_ctime >= settle_s)
+    if info.ok and info.version is not None and settled:
+        record = {**info.to_dict(), "members": info.members}
+        # A cache we cannot write only costs the next run its time.
+        with contextlib.suppress(OSError):
+            atomic_write(entry, json.dumps(record) + "\n", mode=0o600)
+    return info
 
 
 def _walk(reader: HashingReader, info: BundleInfo) -> None:

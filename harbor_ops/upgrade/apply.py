@@ -345,7 +345,8 @@ def hop_vars(site: Site, *, number: int, src: hv.Release, tgt: hv.Release, steps
 
     stop_site = dataclasses.replace(site, release=tgt)
     base = role_vars(stop_site, bundle=bundle, bundle_sha256=bundle_sha256, staging=staging)
-    return {**base, "harbor_health_retries": opts.health_retries,
+    # --health-retries counts attempts 5 s apart (the install's gate polls every second).
+    return {**base, "harbor_health_retries": opts.health_retries, "harbor_health_delay": 5,
             "harbor_upgrade_run": run_id, "harbor_upgrade_hop": number,
             "harbor_upgrade_from": str(src), "harbor_upgrade_steps": steps,
             "harbor_upgrade_rollback_table": {s.name: list(journal.rollback_steps(s.name))

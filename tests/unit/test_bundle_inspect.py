@@ -174,3 +174,18 @@ def test_links_and_devices_are_refused(tmp_path: Path, kind: bytes, expected: st
 def test_absolute_and_dotdot_members_are_refused(tmp_path: Path, name: str) -> None:
     p = make_bundle(tmp_path / "b.tgz", extra={name: b"x"})
     assert any("outside harbor/" in x for x in bundle.inspect_bundle(p).problems)
+
+
+def test_cached_inspection_reads_a_file_once_and_again_after_a_change(tmp_path: Path) -> None:
+    p = make_bundle(tmp_path / "harbor-offline-installer-v2.15.2.tgz")
+    cache = tmp_path / "cache"
+    first = bundle.inspect_bundle_cached(p, cache)
+    assert first.ok and not cache.exists()  # changed just now: not remembered yet
+    first = bundle.inspect_bundle_cached(p, cache, settle_s=0)
+    assert first.ok and first.sha256 and len(list(cache.iterdir())) == 1
+    again = bundle.inspect_bundle_cached(p, cache)
+    assert (again.sha256, again.version, again.members) == (first.sha256, first.version,
+                                                           first.members)
+    p.write_bytes(p.read_bytes()[:-100])  # truncated in place: a new identity, read again
+    assert not bundle.inspect_bundle_cached(p, cache, settle_s=0).ok
+    assert len(list(cache.iterdir())) == 1  # a bad bundle is never remembered
