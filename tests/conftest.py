@@ -1,8 +1,8 @@
 """Shared test set-up: the test-bed fixtures are a plugin of their own.
 
-Each pytest process (one per xdist worker) gets its own lock file and state folder, so tests
-never contend for the machine's /run/harborctl.lock or write into root's ~/.local/state, and
-parallel workers never see each other's "busy" lock or last doctor result.
+Each pytest process (one per xdist worker) gets its own lock file, state and cache folder, so
+tests never contend for the machine's /run/harborctl.lock or write into root's ~/.local/state
+or ~/.cache, and parallel workers never see each other's "busy" lock or last doctor result.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ def pytest_configure(config: pytest.Config) -> None:
     _PRIVATE.append(private)
     os.environ.setdefault("HARBORCTL_LOCK_FILE", os.path.join(private, "harborctl.lock"))
     os.environ.setdefault("XDG_STATE_HOME", os.path.join(private, "state"))
+    os.environ.setdefault("XDG_CACHE_HOME", os.path.join(private, "cache"))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
