@@ -261,8 +261,10 @@ def ansible_ssh_args(ssh_config: Path | None, *, accept_new_host_keys: bool = Fa
     prompt here) while ``accept-new``/``no`` written in the user's config still apply;
     the option, when given, is passed as ``StrictHostKeyChecking accept-new``.
     """
+    # No -C (Ansible's default has it): the bundle is gzip already, and compressing it again
+    # costs both ends CPU for nothing.
     args = ([f"-F {shlex.quote(str(ssh_config))}"] if ssh_config is not None else []) + [
-        "-C", "-o ControlMaster=auto", "-o ControlPersist=60s", "-o BatchMode=yes"]
+        "-o ControlMaster=auto", "-o ControlPersist=60s", "-o BatchMode=yes"]
     if accept_new_host_keys:
         args.append("-o StrictHostKeyChecking=accept-new")
     return " ".join(args)
