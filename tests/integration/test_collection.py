@@ -76,7 +76,7 @@ def test_playbooks_pass_syntax_check(collections: Path, tmp_path: Path, playbook
     (tmp_path / "site.yml").write_text(PLAYBOOK)
     p = subprocess.run([ansible_tool("ansible-playbook"), "-i", "localhost,", "--syntax-check",
                         playbook], env=ansible_env(collections, tmp_path),
-                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
 
 
