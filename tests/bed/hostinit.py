@@ -53,7 +53,8 @@ def boot(host: Host, root: Path, docker_dir: Path, log: Path) -> subprocess.Pope
             f"mount -t tmpfs -o mode=755 cgroup {r}/sys/fs/cgroup",
             f"mount --rbind /sys/fs/cgroup {r}/sys/fs/cgroup",  # dockerd needs the hierarchies
             f"mount -t tmpfs -o mode=755 run {r}/run",
-            f"mkdir -p {r}/run/sshd",
+            f"mkdir -p {r}/run/sshd {r}/run/lock",
+            f"chmod 1777 {r}/run/lock",  # as Debian's boot makes it (flock -n files)
             f"mount --bind {shlex.quote(str(docker_dir))} {r}/var/lib/docker",
             # The old root goes on top of the new one, then is detached: the namespace's root
             # is now the host's (see the module docstring), nothing of this machine is left.
