@@ -43,7 +43,8 @@ def check_platform(target: dict[str, str]) -> None:
         fail(f"this wheelhouse is for {target['arch']}, this machine is "
              f"{platform.machine()}: build one with `scripts/wheelhouse --arch "
              f"{platform.machine()}`", WRONG_PLATFORM)
-    libc, version = platform.libc_ver()
+    # The C library this process runs on (platform.libc_ver() reads the executable's needs).
+    libc, _, version = (os.confstr("CS_GNU_LIBC_VERSION") or "").partition(" ")
     need = tuple(int(p) for p in target["glibc"].split("."))
     have_glibc = tuple(int(p) for p in version.split(".")[:2]) if version else (0, 0)
     if libc != "glibc" or have_glibc < need:

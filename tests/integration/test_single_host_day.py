@@ -142,7 +142,9 @@ def test_installer_refuses_a_damaged_archive(unpacked: Path, tmp_path: Path) -> 
     damaged = tmp_path / "damaged"
     shutil.copytree(unpacked, damaged)
     wheel = next((damaged / "wheels").glob("click-*.whl"))
-    wheel.write_bytes(wheel.read_bytes()[:-1] + b"\0")
+    data = bytearray(wheel.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte (a zip's last bytes are often zero)
+    wheel.write_bytes(bytes(data))
     proc = subprocess.run([sys.executable, str(damaged / "install.py"), "--prefix",
                            str(tmp_path / "venv"), "--bin-dir", str(tmp_path / "bin")],
                           capture_output=True, text=True, timeout=900, check=False)
