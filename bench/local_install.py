@@ -10,7 +10,7 @@ inside the host and is timed from outside, like the SSH one.
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import subprocess
 import sys
 import time
@@ -43,8 +43,8 @@ def prepare(host: Host, wheelhouse: Path, bundle: Path, site_text: str,
         (work / "secrets" / name).write_text(value + "\n")
         (work / "secrets" / name).chmod(0o600)
     (work / "harborctl.yml").write_text(site_text)
-    os.link(bundle, work / bundle.name)
-    os.link(wheelhouse, work / wheelhouse.name)
+    shutil.copy(bundle, work / bundle.name)  # into the host's overlay: another file system
+    shutil.copy(wheelhouse, work / wheelhouse.name)
     tree = wheelhouse.name.removesuffix(".tar.gz")
     _exec(host, f"tar xzf {wheelhouse.name} && python3 {tree}/install.py >/dev/null")
     return time.perf_counter() - t0
