@@ -216,10 +216,10 @@ def test_preflight_cli_says_it_recorded_a_new_key(testbed: TestBed, tmp_path: Pa
         "hosts": [{"name": host.name, "address": host.address}]}))
     argv = [sys.executable, "-m", "harbor_ops.cli.main", "preflight", "-c", str(site),
             "--ssh-config", str(cfg), "--skip", "ports", "--skip", "disk"]
-    refused = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(argv, capture_output=True, text=True, timeout=600)  # hang guard
     assert refused.returncode == 4 and "unknown host key" in refused.stdout, refused.stdout
     accepted = subprocess.run([*argv, "--accept-new-host-keys"], capture_output=True,
-                              text=True, timeout=120)
+                              text=True, timeout=600)
     assert "harborctl: warning: accepted the new host key of h4" in accepted.stderr
     assert f"recorded it in {tmp_path / 'known_hosts'}" in accepted.stderr
     assert "FAIL  ssh" not in accepted.stdout, accepted.stdout
