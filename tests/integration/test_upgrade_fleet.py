@@ -5,11 +5,17 @@ time, h1 first, with the double's ``core-unhealthy`` switch for 2.15.2 on h1: wh
 hop runs, harborctl's own lock code run ON h1 (a nightly backup there) is refused with the
 documented busy message naming the upgrade, and so is a second controller's `apply --host
 h1`; h2's backup from the controller still runs. h1's hop fails its gate and is rolled back
-(exit 11); h2 never starts and stays on 2.14.4, healthy, every row.
+(exit 11); h2 never starts and stays on 2.14.4, healthy, every row. Second run, without
+the switch, as a user runs it (`harborctl upgrade apply --parallel 2 -o json`), to 2.16.0:
+a release harborctl's tables do not know, learned from the test bed's 2.16.0 double in the
+bundle folder (tests/bed/unreleased.py: harbor-db 15 -> 18, schema 180, template _version
+2.15.0); the dry run says what was learned and plans one hop; both hosts' hops run at the
+same time and both reach 2.16.0 with every row; per-host JSON outcomes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -19,6 +25,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,19 +38,24 @@ from harbor_ops.site.model import Site
 from harbor_ops.upgrade.apply import ApplyResult, Options, apply
 from tests.bed.bundle.builder import build_bundle
 from tests.bed.hosts import Host, TestBed
+from tests.bed.unreleased import build_unreleased
 from tests.integration.test_backup_fleet import _write_site
 from tests.integration.upgradefixture import COUNT_SQL, ROWS_SQL, journal, psql
 
 pytestmark = pytest.mark.integration
 
-OLD, NEW = "2.14.4", "2.15.2"
+OLD, NEW, LEARNED = "2.14.4", "2.15.2", "2.16.0"
 NAMES = ("h1", "h2")
 
 
-def _site(base: Path, hosts: list[Host], key: Path, version: str) -> Site:
+def _site_file(base: Path, hosts: list[Host], key: Path, version: str) -> Path:
     config = _write_site(base, hosts, key)
     config.write_text(config.read_text().replace("version: 2.15.2", f"version: {version}"))
-    return load_site(config)
+    return config
+
+
+def _site(base: Path, hosts: list[Host], key: Path, version: str) -> Site:
+    return load_site(_site_file(base, hosts, key, version))
 
 
 def _opts(base: Path, bundles: Path, bed: TestBed) -> Options:
@@ -56,6 +68,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("bundles")
     for v in (OLD, NEW):
         build_bundle(v, d)
+    build_unreleased(d)
     return d
 
 
@@ -189,3 +202,65 @@ def test_a_failed_host_stops_the_rollout_and_the_other_stays_healthy(
         assert psql(host, "SELECT version, dirty FROM schema_migrations") == "171|f"
         assert host.exec("cat /run/harborctl.lock", check=False).stdout.strip() == ""
     assert journal(hosts["h2"]) == []
+
+
+def _harborctl(base: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(Path(sys.executable).with_name("harborctl")), *args],
+                          env={**os.environ, LOCK_ENV: str(base / "harborctl.lock")},
+                          capture_output=True, text=True, timeout=1800, check=False)
+
+
+@pytest.fixture(scope="module")
+def second_run(first_run: object, fleet: tuple[dict[str, Host], Path, dict[str, str]],
+               bundles: Path, testbed: TestBed) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the dry run's JSON, the run's JSON), to 2.16.0 learned from its bundle."""
+    hosts, base, _ = fleet
+    hosts["h1"].exec("rm -f /data/bed-faults/core-unhealthy")
+    config = _site_file(base, list(hosts.values()), testbed.client_key, LEARNED)
+    common = ["-c", str(config), "--bundle-dir", str(bundles), "--ssh-config",
+              str(testbed.ssh_config_path), "--log-dir", str(base / "logs"), "--backup-dir",
+              str(base / "upgrade-backups"), "--health-retries", "24", "-o", "json"]
+    plan = _harborctl(base, "upgrade", "apply", "--dry-run", *common)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    run = _harborctl(base, "upgrade", "apply", "--yes", "--parallel", "2", *common)
+    assert run.stdout.strip(), run.stderr[-3000:]
+    return json.loads(plan.stdout), {**json.loads(run.stdout), "rc": run.returncode,
+                                     "stderr": run.stderr[-3000:]}
+
+
+def test_the_dry_run_says_what_was_learned_from_the_bundle(
+        second_run: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    plan, _ = second_run
+    assert [x["version"] for x in plan["learned"]] == [LEARNED]
+    learned = plan["learned"][0]
+    assert learned["harbor_db"] == {"from": "15", "to": "18"}
+    assert (learned["schema_version"], learned["schema_file"]) == (180, "0180_2.15.0_schema.up.sql")
+    assert learned["harbor_yml_version"] == "2.15.0"
+    assert "jobservice.job_loggers" in learned["harbor_yml_keys"]
+    for h in plan["hosts"]:
+        hops = h["plan"]["hops"]
+        assert [(x["from"], x["to"], x["db_outcome"]) for x in hops] == [
+            (OLD, LEARNED, "convert")], h
+        assert hops[0]["schema_migrations"] == {"from": 171, "to": 180}
+
+
+def test_parallel_hosts_reach_the_learned_release_at_the_same_time(
+        second_run: tuple[dict[str, Any], dict[str, Any]],
+        fleet: tuple[dict[str, Host], Path, dict[str, str]]) -> None:
+    hosts, _, counts = fleet
+    _, doc = second_run
+    assert doc["rc"] == 0 and doc["exit_code"] == 0, doc["stderr"]
+    assert {(h["host"], h["outcome"], h["on_release"]) for h in doc["hosts"]} == {
+        ("h1", "done", LEARNED), ("h2", "done", LEARNED)}
+    spans = {}
+    for name, host in hosts.items():
+        run = journal(host)[-1]["run"]
+        times = [float(str(e["t"])) for e in journal(host) if e["run"] == run]
+        spans[name] = (min(times), max(times))
+        assert f"harbor-core:v{LEARNED}" in host.exec("docker ps --format '{{.Image}}'").stdout
+        assert psql(host, COUNT_SQL) == counts[name]
+        assert psql(host, "SELECT version, dirty FROM schema_migrations") == "180|f"
+        assert host.exec("ls /data/database").stdout.split() == ["pg18"]
+        assert host.exec("cat /run/harborctl.lock", check=False).stdout.strip() == ""
+    # the two hops overlapped in time: each began before the other ended
+    assert spans["h1"][0] < spans["h2"][1] and spans["h2"][0] < spans["h1"][1], spans
