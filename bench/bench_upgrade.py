@@ -134,9 +134,15 @@ def prepared_host(bed: TestBed, bundles: dict[str, Path], work: Path, db_mb: int
     return write_site(work / "site-new", NEW, host, bed.client_key)
 
 
+def load() -> str:
+    """This machine's load averages: the figures mean little on a machine busy elsewhere."""
+    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def run_harborctl(bed: TestBed, site: Site, bundle_dir: Path, work: Path) -> float:
     host = bed.hosts["h1"]
     lines: list[str] = []
+    print(f"  harborctl upgrade apply ({load()})")
     with Sampler(f"http://{host.address}/v2/") as s:
         result = apply(site, to=NEW, host=None, progress=lines.append, opts=Options(
             bundle_dir=bundle_dir, ssh_config=bed.ssh_config_path, log_dir=work / "logs",
@@ -169,6 +175,7 @@ def run_manual(bed: TestBed, site: Site, bundle: Path, work: Path) -> float:
     from harbor_ops.render.engine import render_site
 
     host = bed.hosts["h1"]
+    print(f"  manual procedure ({load()})")
     render_site(site, output_dir=work / "rendered", validate=False)
     shutil.copy(bundle, host.root_path / "root" / bundle.name)
     shutil.copy(work / "rendered" / "harbor.yml", host.root_path / "root" / f"harbor.yml.{NEW}")

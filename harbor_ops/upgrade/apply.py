@@ -307,10 +307,14 @@ class HostRun:
             raise RemoteError(f"{self.entry.name}: hop {number} ({src} -> {tgt}) did not start: "
                               f"{tail}; nothing was changed", hint=f"see {self.opts.log_dir}")
         hop_steps = [t.to_dict() for t in state.timings if t.hop == number]
+        down = st.downtime(state.timings, number)
         self.o.hops.append({"hop": number, "from": str(src), "to": str(tgt),
-                            "steps": hop_steps, "downtime_seconds": st.downtime(state.timings,
-                                                                                number),
+                            "steps": hop_steps, "downtime_seconds": down,
                             "outcome": state.outcome})
+        for s in hop_steps:  # one line per step with its duration, then the hop's downtime
+            self.say(f"{self.entry.name}: hop {number}: {s['step']} {s['seconds']} s"
+                     f"{'' if s['ok'] else ' FAILED' if s['ok'] is False else ' (unfinished)'}")
+        self.say(f"{self.entry.name}: hop {number}: downtime {down} s")
         if state.outcome == journal.DONE:
             self.o.on_release = str(tgt)
             return journal.DONE
