@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 
-def run(argv: list[str], timeout: int = 20) -> dict[str, Any]:
+def run(argv: list[str], timeout: int = 60) -> dict[str, Any]:
     """A command's exit code, stdout and the tail of stderr; never raises."""
     try:
         p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)

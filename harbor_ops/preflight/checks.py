@@ -168,6 +168,12 @@ def check_compose(ctx: Context) -> CheckResult:
     v2 = _tool_version(ctx.facts.get("compose_v2"))
     v1 = _tool_version(ctx.facts.get("compose_v1"))
     eff = r.compose_v1_effective_min
+    slow = [n for n, k in (("docker compose", "compose_v2"), ("docker-compose", "compose_v1"))
+            if (ctx.facts.get(k) or {}).get("rc") == 124]
+    if v1 is None and v2 is None and slow:  # a timeout is not "not installed"
+        return CheckResult("compose", "fail", f"`{slow[0]} version` did not answer in time "
+                           "on the host", "find what keeps the host busy, then run preflight "
+                           "again")
     if r.compose_v2_accepted and v2 is not None:
         want = r.compose_v2_documented_min
         if want is not None and v2 < want:

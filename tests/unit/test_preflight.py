@@ -126,6 +126,15 @@ def test_compose_table(version: str, v2: str | None, v1: str | None, want: str,
     assert words in r.reason
 
 
+
+def test_compose_that_does_not_answer_in_time_is_not_called_missing() -> None:
+    slow = ran(rc=124, err="timed out after 60s")
+    r = preflight.check_compose(ctx("2.15.2", compose_v2=slow, compose_v1=MISSING))
+    assert r.verdict == "fail"
+    assert "did not answer in time" in r.reason and "neither" not in r.reason
+    ok = preflight.check_compose(ctx("2.15.2", compose_v2=ran("2.24.6"), compose_v1=slow))
+    assert ok.verdict == "pass", ok.reason
+
 def _db(*entries: str, root: bool = False, size: int = 0) -> dict[str, Any]:
     return {"path": "/data/database", "exists": True, "entries": list(entries),
             "pg_dirs": [e for e in entries if e.startswith("pg")], "root_pg_version": root,
