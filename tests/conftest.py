@@ -21,12 +21,23 @@ pytest_plugins = [
 _PRIVATE: list[str] = []
 
 
+_MARK = "HARBORCTL_TEST_PRIVATE"  # the folder these settings came from
+_SETTINGS = (("HARBORCTL_LOCK_FILE", "harborctl.lock"), ("XDG_STATE_HOME", "state"),
+             ("XDG_CACHE_HOME", "cache"))
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    """A user's own settings are kept; ours are not: an xdist worker inherits the
+    controller's environment, and must not share its lock file (two workers upgrading
+    their own bed's ``h1`` would refuse each other on the per-host lock ``...lock.h1``)."""
     private = tempfile.mkdtemp(prefix="harborctl-test-state.")
     _PRIVATE.append(private)
-    os.environ.setdefault("HARBORCTL_LOCK_FILE", os.path.join(private, "harborctl.lock"))
-    os.environ.setdefault("XDG_STATE_HOME", os.path.join(private, "state"))
-    os.environ.setdefault("XDG_CACHE_HOME", os.path.join(private, "cache"))
+    inherited = os.environ.get(_MARK)
+    for name, leaf in _SETTINGS:
+        ours = inherited is not None and os.environ.get(name) == os.path.join(inherited, leaf)
+        if ours or name not in os.environ:
+            os.environ[name] = os.path.join(private, leaf)
+    os.environ[_MARK] = private
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
