@@ -4,15 +4,19 @@ harborctl is carried into a fresh test-bed host as one wheelhouse archive (the h
 route to any package index, no pip and no ensurepip) and installed offline with its
 installer. Then every command runs ON THAT HOST, as its operator would type it, with the
 site file's default ``connection: local``: init, the edit of the site file (passwords in
-files), preflight, install, backup create, backup verify, agent once, upgrade plan, and a
-second install that changes nothing. Each step's exit code and output are asserted; the
-tests share the host and run in file order. (A push and pull through the front is not here
-yet: the example site's front answers to its server_name, which this machine cannot
-resolve.)
+files), preflight, install, a push and a pull through the front, backup create, backup
+verify, agent once, upgrade plan, and a second install that changes nothing. Each step's
+exit code and output are asserted; the tests share the host and run in file order.
+
+The front answers only to its server_name (``h1``, what the operator gave ``init``): for the
+push and pull the image client runs as on a user's machine whose name service resolves
+``h1`` to the host's address (a private mount namespace with its own /etc/hosts; this
+machine's /etc/hosts is never touched).
 """
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
@@ -26,7 +30,9 @@ from pathlib import Path
 import pytest
 
 from tests.bed.bundle.builder import build_bundle
+from tests.bed.fixtures import unavailable
 from tests.bed.hosts import Host, TestBed
+from tests.integration.test_bundle import _tiny_oci_layout
 
 pytestmark = pytest.mark.integration
 
@@ -207,6 +213,48 @@ def test_install_with_the_local_connection(host: Host) -> None:
     assert "'/usr/local/bin/harborctl' agent once -c '/root/harborctl.yml'" in cron
     yml = host.root_path / f"opt/harbor/harbor-{VERSION}/harbor.yml"
     assert yml.stat().st_mode & 0o777 == 0o600
+
+
+def _skopeo_as_a_user(host: Host, work: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """skopeo with the admin's credentials (a 0600 file), resolving ``host.name`` to the
+    host's address as the users' DNS would: /etc/hosts bind-mounted in its own mount
+    namespace."""
+    if shutil.which("skopeo") is None or shutil.which("unshare") is None:
+        unavailable("skopeo and unshare are needed (see .ci/provision)")
+    hosts = work / "hosts"
+    hosts.write_text(Path("/etc/hosts").read_text() + f"{host.address} {host.name}\n")
+    auth = work / "auth.json"
+    token = base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode()
+    auth.write_text(json.dumps({"auths": {f"{host.name}:80": {"auth": token}}}))
+    auth.chmod(0o600)
+    return subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts),
+         "skopeo", args[0], "--quiet", "--authfile", str(auth), *args[1:]],
+        capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_push_and_pull_through_the_front(host: Host, tmp_path: Path) -> None:
+    """A tiny image goes in and comes back out through the front by its server_name, and
+    lands in this host's registry storage."""
+    layout = _tiny_oci_layout(tmp_path / "oci")
+    image = f"docker://{host.name}:80/library/hello:v1"
+    pushed = _skopeo_as_a_user(host, tmp_path, "copy", "--dest-tls-verify=false",
+                               f"oci:{layout}:v1", image)
+    assert pushed.returncode == 0, pushed.stderr
+    pulled = tmp_path / "pulled"
+    got = _skopeo_as_a_user(host, tmp_path, "copy", "--src-tls-verify=false", image,
+                            f"dir:{pulled}")
+    assert got.returncode == 0, got.stderr
+    manifest_digest = json.loads((layout / "index.json").read_text())["manifests"][0]["digest"]
+    pushed_manifest = (layout / "blobs/sha256" / manifest_digest.split(":", 1)[1]).read_bytes()
+    assert (pulled / "manifest.json").read_bytes() == pushed_manifest
+    manifest = json.loads(pushed_manifest)
+    for desc in (manifest["config"], *manifest["layers"]):
+        digest = desc["digest"].split(":", 1)[1]
+        assert (pulled / digest).read_bytes() == (layout / "blobs/sha256" / digest).read_bytes()
+    tag = "data/registry/docker/registry/v2/repositories/library/hello/_manifests/tags/v1"
+    assert (host.root_path / tag).is_dir()
 
 
 def test_backup_create(host: Host) -> None:
