@@ -256,9 +256,36 @@ def test_second_run_changes_nothing(runner: Runner, bundle: Path, first: Install
     runner.lines.clear()
     again = runner(bundle)
     assert again.hosts["h1"].changed == 0, "\n".join(runner.lines)
-    assert any("Run Harbor's install.sh ... skipped" in line for line in runner.lines)
+    # The one state read proved the host unchanged: nothing else ran (the nightly converge).
+    assert any("h1: Converge the host where anything differs ... skipped" in line
+               for line in runner.lines), "\n".join(runner.lines)
+    assert not any("install.sh" in line for line in runner.lines)
     after = ti.check_output("docker inspect --format '{{.State.StartedAt}}' harbor-core")
     assert before == after  # Harbor was not restarted
+
+
+def test_a_file_changed_by_hand_is_restored_without_restarting_harbor(
+        runner: Runner, bundle: Path, first: InstallResult, ti: testinfra.host.Host) -> None:
+    """The unchanged-host shortcut compares content, mode and owner: a hand edit, a chmod
+    and a stopped cron are each found and put back; Harbor keeps running."""
+    before = ti.check_output("docker inspect --format '{{.State.StartedAt}}' harbor-core")
+    logrotate = ti.file("/etc/logrotate.d/harbor").content_string
+    ti.run_expect([0], "echo '# edited by hand' >> /etc/logrotate.d/harbor")
+    ti.run_expect([0], "chmod 0600 /usr/local/lib/harborctl/cron-check")
+    ti.run_expect([0], "service cron stop")
+    runner.lines.clear()
+    fixed = runner(bundle)
+    assert fixed.hosts["h1"].failed == 0 and fixed.hosts["h1"].changed >= 2, fixed
+    assert any("h1: Install the host files that differ ... changed" in line
+               for line in runner.lines), "\n".join(runner.lines)
+    assert any("h1: Run Harbor's install.sh ... skipped" in line for line in runner.lines)
+    assert ti.file("/etc/logrotate.d/harbor").content_string == logrotate
+    assert ti.file("/usr/local/lib/harborctl/cron-check").mode == 0o755
+    ti.run_expect([0], "service cron status")
+    after = ti.check_output("docker inspect --format '{{.State.StartedAt}}' harbor-core")
+    assert before == after
+    runner.lines.clear()
+    assert runner(bundle).hosts["h1"].changed == 0, "\n".join(runner.lines)
 
 
 def test_check_mode_reports_no_change_on_an_installed_host(runner: Runner, bundle: Path,

@@ -7,15 +7,25 @@ trips before anything happened. This reads the same state at once and changes no
 it runs in check mode too. The bundle's SHA-256 (a read of the whole file) is computed only
 while its release is not yet completely unpacked: afterwards the unpack marker already
 records which bundle was unpacked, and the nightly converge does not re-read gigabytes.
+
+It also proves a host unchanged: given every file the role installs (with the SHA-256 the
+controller computed, mode and owner), the services that must run and the health URL, it
+reports what differs (``drift``, ``services_off``) and Harbor's health answer. When nothing
+differs the role skips all its other tasks: the nightly converge is this one round trip.
 """
 
 from __future__ import annotations
 
 import grp
 import hashlib
+import json
 import os
 import pwd
+import ssl
+import stat
+import urllib.request
 from collections.abc import Callable
+from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -54,6 +64,30 @@ options:
     type: list
     elements: str
     default: []
+  files:
+    description:
+      - Files and folders the role installs, compared with the host's.
+      - Each has C(path), C(mode), C(owner), C(group), C(state) (C(file) or C(directory)),
+        for a file C(sha256) (of the wanted content), and optionally C(systemd) (wanted only
+        where systemd is, or is not, PID 1) and C(needs) (wanted only where that path exists).
+    type: list
+    elements: dict
+    default: []
+  services:
+    description:
+      - Services that must run (C(running)) or be enabled at boot (C(enabled), systemd only),
+        with the same optional C(systemd) and C(needs) as I(files).
+    type: list
+    elements: dict
+    default: []
+  health_url:
+    description: Harbor's health endpoint, asked once (no retry); empty to skip.
+    type: str
+    default: ""
+  health_validate_certs:
+    description: Verify the TLS certificate of I(health_url).
+    type: bool
+    default: false
 author: harborctl
 """
 
@@ -92,6 +126,18 @@ active_target:
   returned: always
 exists:
   description: For each of I(paths), whether it exists.
+  type: dict
+  returned: always
+drift:
+  description: The paths of I(files) wanted on this host whose type, content, mode or owner differ.
+  type: list
+  returned: always
+services_off:
+  description: The names of I(services) wanted on this host that do not run or are not enabled.
+  type: list
+  returned: always
+health:
+  description: The answer of I(health_url) as JSON; empty when it gave none.
   type: dict
   returned: always
 """
@@ -138,6 +184,58 @@ def core_running(module: AnsibleModule) -> bool:
     return bool(str(out).strip())
 
 
+def wanted(item: dict[str, Any], systemd: bool) -> bool:
+    """Whether a file or service entry applies to this host (its service manager, a binary)."""
+    if item.get("systemd") is not None and bool(item["systemd"]) != systemd:
+        return False
+    return not item.get("needs") or os.path.exists(item["needs"])
+
+
+def differs(item: dict[str, Any]) -> bool:
+    """The path is missing, of another type, or its content, mode or owner is not the wanted one."""
+    path = item["path"]
+    try:
+        st = os.lstat(path)
+        owner, group = pwd.getpwuid(st.st_uid).pw_name, grp.getgrgid(st.st_gid).gr_name
+    except (OSError, KeyError):
+        return True
+    directory = item.get("state", "file") == "directory"
+    of_type = stat.S_ISDIR(st.st_mode) if directory else stat.S_ISREG(st.st_mode)
+    if not of_type:
+        return True
+    if (stat.S_IMODE(st.st_mode), owner, group) != (
+            int(str(item["mode"]), 8), item.get("owner", "root"), item.get("group", "root")):
+        return True
+    try:
+        return not directory and sha256_of(path) != item.get("sha256")
+    except OSError:
+        return True
+
+
+def service_off(module: AnsibleModule, item: dict[str, Any], systemd: bool) -> bool:
+    """A wanted service that does not run, or (systemd) is not enabled at boot."""
+    name = item["name"]
+    if systemd:
+        asks = [["systemctl", "is-active", "--quiet", name]] if item.get("running") else []
+        asks += [["systemctl", "is-enabled", "--quiet", name]] if item.get("enabled") else []
+    else:
+        asks = [["service", name, "status"]] if item.get("running") else []
+    return any(module.run_command(argv)[0] != 0 for argv in asks)
+
+
+def health(url: str, validate_certs: bool) -> dict[str, Any]:
+    """One GET of the health endpoint; {} when it does not answer with JSON (no retry here)."""
+    if not url:
+        return {}
+    context = None if validate_certs else ssl._create_unverified_context()
+    try:
+        with urllib.request.urlopen(url, timeout=5, context=context) as resp:  # noqa: S310
+            answer = json.loads(resp.read(1 << 20))
+    except (OSError, ValueError):
+        return {}
+    return answer if isinstance(answer, dict) else {}
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -147,10 +245,15 @@ def main() -> None:
             "uid": {"type": "int", "required": True},
             "active_link": {"type": "path", "required": True},
             "paths": {"type": "list", "elements": "str", "default": []},
+            "files": {"type": "list", "elements": "dict", "default": []},
+            "services": {"type": "list", "elements": "dict", "default": []},
+            "health_url": {"type": "str", "default": ""},
+            "health_validate_certs": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
     p = module.params
+    systemd = os.path.isdir("/run/systemd/system")
     unpacked = os.path.exists(p["unpacked_marker"])
     bundle_sha256 = ""
     if not unpacked and os.path.isfile(p["bundle"]):
@@ -160,7 +263,7 @@ def main() -> None:
             module.fail_json(msg=f"cannot read {p['bundle']}: {exc}")
     module.exit_json(
         changed=False,
-        systemd=os.path.isdir("/run/systemd/system"),
+        systemd=systemd,
         bundle_sha256=bundle_sha256,
         unpacked=unpacked,
         stamp=read_stamp(p["install_stamp"]),
@@ -169,6 +272,10 @@ def main() -> None:
         uid_group=known(grp.getgrgid, p["uid"]),
         active_target=link_target(p["active_link"]),
         exists={path: os.path.exists(os.path.expanduser(path)) for path in p["paths"]},
+        drift=[f["path"] for f in p["files"] if wanted(f, systemd) and differs(f)],
+        services_off=[s["name"] for s in p["services"]
+                      if wanted(s, systemd) and service_off(module, s, systemd)],
+        health=health(p["health_url"], p["health_validate_certs"]),
     )
 
 
