@@ -118,8 +118,8 @@ class HostsFailed(HarborctlError):
 
 def backup(site: Site) -> dict[str, Any]:
     """The nightly backup: this host, or every host of the inventory from the controller."""
-    from harbor_ops.backup.fleet import is_local
     from harbor_ops.backup.site_ops import create_for_site, prune_for_site
+    from harbor_ops.hosts.joblock import is_local
 
     if not all(is_local(h) for h in site.hosts):
         return _fleet(site, "backup", _backup_host)
@@ -188,8 +188,8 @@ def _retry_seconds() -> tuple[float, ...]:
 
 def drill(site: Site) -> dict[str, Any]:
     """The weekly restore drill: a real restore of the newest backup into a scratch DB."""
-    from harbor_ops.backup.fleet import is_local
     from harbor_ops.backup.site_ops import verify_latest_for_site
+    from harbor_ops.hosts.joblock import is_local
 
     if not all(is_local(h) for h in site.hosts):
         return _fleet(site, "drill", _drill_host)

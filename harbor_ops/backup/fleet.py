@@ -6,8 +6,13 @@ is backed up as always (``backup.dir``); an SSH host is reached over SSH
 (:mod:`harbor_ops.backup.ssh_host`) and its backups live on the controller under
 ``<backup.dir>/<host>/``, where retention, the never-delete-the-newest-verified rule,
 the free-space guard and the off-host copy apply per host. Each SSH host has its own
-job lock, so several hosts can be backed up at once; a failing host fails alone and
-is named.
+job lock on the controller, so several hosts can be backed up at once; a failing host
+fails alone and is named. What touches an SSH host's Harbor (create, restore, the drill
+in its harbor-db image) also holds that host's own ``/run/harborctl.lock``
+(:mod:`harbor_ops.hosts.joblock`, the lock upgrade, install.sh and a harborctl on the host
+take) for as long as its SSH connection is open. It is taken once the connection is up,
+before the controller's lock the backup engine takes: the controller's lock never waits
+(busy: refused at once), so the two orders of upgrade and backup cannot wait on each other.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +32,7 @@ from harbor_ops.backup.catalog import prune_backups
 from harbor_ops.backup.crypto import warn_plain
 from harbor_ops.backup.engine import BackupResult, create_backup
 from harbor_ops.core.errors import HarborctlError, NoSpace, RemoteError, UsageError
-from harbor_ops.core.lock import default_lock_path
+from harbor_ops.hosts.joblock import hold_on_host, host_lock, is_local
 from harbor_ops.site.model import HostEntry, Site
 
 Progress = Callable[[str], None]
@@ -53,10 +58,6 @@ def select_hosts(site: Site, host: str | None, all_hosts: bool) -> list[HostEntr
                      "name one with --host NAME, or pass --all")
 
 
-def is_local(entry: HostEntry) -> bool:
-    return entry.connection == "local"
-
-
 def backup_dir(site: Site, entry: HostEntry) -> Path:
     """``backup.dir`` for this machine, ``<backup.dir>/<host>`` for an SSH host."""
     if is_local(entry):
@@ -70,14 +71,6 @@ def backup_dir(site: Site, entry: HostEntry) -> Path:
 def backup_host(site: Site, entry: HostEntry) -> str:
     """The host name in this host's backup names (retention and cleanup look only at it)."""
     return site.hostname if is_local(entry) else entry.name
-
-
-def host_lock(entry: HostEntry) -> Path | None:
-    """This machine's job lock for a local host; a lock of its own for each SSH host."""
-    if is_local(entry):
-        return None
-    base = default_lock_path()
-    return base.with_name(f"{base.name}.{entry.name}")
 
 
 # ------------------------------------------------------------------ per-host runs
@@ -154,9 +147,13 @@ class HostAccess:
 
 @contextmanager
 def access(site: Site, entry: HostEntry, *, ssh_config: Path | None = None,
-           accept_new_host_keys: bool = False,
-           with_secrets: bool = True) -> Iterator[HostAccess]:
-    """Open what a backup of ``entry`` needs; SSH connections are closed afterwards."""
+           accept_new_host_keys: bool = False, with_secrets: bool = True,
+           job: str | None = None) -> Iterator[HostAccess]:
+    """Open what a backup of ``entry`` needs; SSH connections are closed afterwards.
+
+    With ``job``, an SSH host's own job lock is held under that name while the connection
+    is open (None: the caller holds it already, as ``upgrade apply`` does).
+    """
     from harbor_ops.backup.settings import BackupSettings
 
     if is_local(entry):
@@ -175,21 +172,27 @@ def access(site: Site, entry: HostEntry, *, ssh_config: Path | None = None,
         raise UsageError(f"host {entry.name}: backups of an external database are taken "
                          "from the controller only for a local site")
     client = connect(entry, ssh_config, accept_new_host_keys=accept_new_host_keys)
+    lock = nullcontext() if job is None else hold_on_host(
+        entry, job=job, ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys)
     try:
-        sftp = client.open_sftp()
-        sftp.get_channel().settimeout(120.0)
-        harbor = site.harbor
-        https = harbor.get("https") or {}
-        certs = tuple(str(https[k]) for k in ("certificate", "private_key") if https.get(k))
-        files = SftpFiles(sftp, entry.name, data_volume=str(harbor.get("data_volume", "/data")),
-                          harbor_yml=_remote_harbor_yml(sftp, str(site.install.dir)),
-                          certificates=certs, include_redis=site.backup.include_redis)
-        with ssh_errors(entry.name, "the SSH session"):
-            source = SshDockerSource(
-                host=entry.name, client=client, sudo=entry.user != "root",
-                zstd_on_host=site.backup.compress_on == "host" and has_zstd(client, entry.name))
-            yield HostAccess(entry, backup_dir(site, entry), source, files, host_lock(entry),
-                             client, sftp)
+        with lock:
+            sftp = client.open_sftp()
+            sftp.get_channel().settimeout(120.0)
+            harbor = site.harbor
+            https = harbor.get("https") or {}
+            certs = tuple(str(https[k]) for k in ("certificate", "private_key")
+                          if https.get(k))
+            files = SftpFiles(sftp, entry.name,
+                              data_volume=str(harbor.get("data_volume", "/data")),
+                              harbor_yml=_remote_harbor_yml(sftp, str(site.install.dir)),
+                              certificates=certs, include_redis=site.backup.include_redis)
+            with ssh_errors(entry.name, "the SSH session"):
+                source = SshDockerSource(
+                    host=entry.name, client=client, sudo=entry.user != "root",
+                    zstd_on_host=(site.backup.compress_on == "host"
+                                  and has_zstd(client, entry.name)))
+                yield HostAccess(entry, backup_dir(site, entry), source, files,
+                                 host_lock(entry), client, sftp)
     finally:
         client.close()
 
@@ -224,8 +227,8 @@ def create_on_host(site: Site, entry: HostEntry, *, ssh_config: Path | None = No
     enc = site.backup.encryption
     if enc is None and not dry_run:
         warn_plain(f"the controller ({backup_dir(site, entry)})")
-    with access(site, entry, ssh_config=ssh_config,
-                accept_new_host_keys=accept_new_host_keys) as a:
+    with access(site, entry, ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys,
+                job="backup create") as a:
         if say is not None:
             say("connected over SSH")
 
@@ -297,8 +300,10 @@ def verify_on_host(site: Site, entry: HostEntry, *, name: str | None = None,
 
         client = connect(entry, ssh_config, accept_new_host_keys=accept_new_host_keys)
         try:
-            return verify_backup(path=path, lock_path=host_lock(entry), progress=say,
-                                 remote_drill=partial(remote_drill, client, entry.name))
+            with hold_on_host(entry, job="backup verify", ssh_config=ssh_config,
+                              accept_new_host_keys=accept_new_host_keys):
+                return verify_backup(path=path, lock_path=host_lock(entry), progress=say,
+                                     remote_drill=partial(remote_drill, client, entry.name))
         finally:
             client.close()
 
@@ -386,9 +391,8 @@ def restore_on_host(site: Site, entry: HostEntry, path: Path, *,
     from harbor_ops.backup.ssh_restore import SshStack, stage_over_sftp
     from harbor_ops.hosts import health
 
-    with access(site, entry, ssh_config=ssh_config,
-                accept_new_host_keys=accept_new_host_keys) as a, \
-            archive.decrypting(site.backup.encryption):
+    with access(site, entry, ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys,
+                job="backup restore") as a, archive.decrypting(site.backup.encryption):
         harbor_yml = a.files.harbor_yml
         stack = None if dry_run else SshStack(a.client, a.sftp, entry.name,
                                               posixpath.dirname(harbor_yml))

@@ -8,7 +8,7 @@ rolls a failed hop back by itself (block/rescue), so a hop ends on the new relea
 the old one with the old data, gated either way; this module reads the journal again to
 say which, and maps it to the exit code (11 rolled back, 12 rollback failed). Hosts go
 ``parallel`` at a time (default one), each under its job lock on the controller and on the
-host (:mod:`harbor_ops.upgrade.rollout`); a failure stops the rollout, so every other host
+host (:func:`harbor_ops.hosts.joblock.hold_host`); a failure stops the rollout, so every other host
 stays on a healthy release.
 """
 
@@ -35,6 +35,7 @@ from harbor_ops.core.errors import (
     UsageError,
 )
 from harbor_ops.hosts import facts as host_facts
+from harbor_ops.hosts import joblock
 from harbor_ops.hosts import playbook as runner
 from harbor_ops.releases import bundle as bundle_mod
 from harbor_ops.releases import planner
@@ -183,7 +184,7 @@ def apply(site: Site, *, to: str | None, host: str | None, opts: Options, dry_ru
     def one(item: tuple[HostEntry, HostOutcome], stopped: Callable[[], bool]) -> bool:
         entry, outcome = item
         try:
-            with rollout.hold_host(entry, job=f"upgrade {entry.name}",
+            with joblock.hold_host(entry, job=f"upgrade {entry.name}",
                                    ssh_config=opts.ssh_config,
                                    accept_new_host_keys=opts.accept_new_host_keys):
                 HostRun(site, entry, outcome, opts, progress, stopped).run()

@@ -18,8 +18,9 @@ from pathlib import Path
 from harbor_ops.backup import archive
 from harbor_ops.backup.crypto import warn_plain
 from harbor_ops.backup.engine import create_backup
-from harbor_ops.backup.fleet import access, is_local
+from harbor_ops.backup.fleet import access
 from harbor_ops.backup.restore import verify_backup
+from harbor_ops.hosts.joblock import is_local
 from harbor_ops.site.model import HostEntry, Site
 
 

@@ -5,7 +5,9 @@ and a pushed image on each, ``backup create --all`` and ``verify --all`` as a us
 them; h2 loses its database and secret key and comes back empty, ``restore --host h2``
 brings every row, the key and harbor.yml back. Then the SSH session's own sshd is killed
 at each phase of a backup (the host's main sshd lives on), and finally one host's link
-goes down during the agent's nightly run.
+goes down during the agent's nightly run. In between, a job holding h1's own
+``/run/harborctl.lock`` (what a harborctl on the host, install.sh, or a second controller's
+upgrade takes) makes the controller's backup of h1 refuse until it ends.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from harbor_ops.agent import loop as agent_loop
 from harbor_ops.agent.jobs import BACKUP_RETRY_ENV
 from harbor_ops.backup import fleet
 from harbor_ops.backup.catalog import list_backups
-from harbor_ops.core.errors import HarborctlError
-from harbor_ops.core.lock import LOCK_ENV
+from harbor_ops.core.errors import HarborctlError, LockHeld
+from harbor_ops.core.lock import LOCK_ENV, job_lock
+from harbor_ops.hosts.joblock import HOST_LOCK, host_lock
 from harbor_ops.install.run import install
 from harbor_ops.site.load import load_site
 from harbor_ops.site.model import Site
@@ -371,6 +374,60 @@ def test_next_run_succeeds_and_earlier_backups_still_verify(fleet_bed: Fleet,
     for e in list_backups(fleet.backup_dir(fleet_bed.site, fleet_bed.site.hosts[0])):
         checked = fleet_bed.harborctl("backup", "verify", e.name, "--host", "h1", "--no-drill")
         assert checked.returncode == 0, checked.stderr
+
+
+def _host_lock_free(host: Host) -> bool:
+    return host.exec(f"flock -n {HOST_LOCK} true", check=False).returncode == 0
+
+
+def test_a_job_holding_the_hosts_own_lock_refuses_the_backup_until_it_ends(
+        fleet_bed: Fleet, first: dict) -> None:
+    site, entry = fleet_bed.site, fleet_bed.site.hosts[0]
+    host = fleet_bed.hosts[entry.name]
+    backups = fleet.backup_dir(site, entry)
+    before = [e.name for e in list_backups(backups)]
+    # A nightly `harborctl backup create` ON h1, as its job lock holds the host's lock:
+    # an flock and the holder line, for as long as it runs.
+    started = host.exec(
+        f"flock {HOST_LOCK} sh -c 'echo \"pid=$$ job=backup create since=$(date +%s)\" "
+        f"> {HOST_LOCK}; exec sleep 300' </dev/null >/dev/null 2>&1 & echo $!")
+    holder = started.stdout.strip()
+    try:
+        for _ in range(100):  # bounded: the background flock takes the lock at once
+            if not _host_lock_free(host) and "job=" in host.exec(f"cat {HOST_LOCK}").stdout:
+                break
+            host.exec("sleep 0.1")
+        else:
+            raise AssertionError("the holder never took the host's lock")
+        busy = fleet_bed.harborctl("backup", "create", "--host", "h1")
+        assert busy.returncode == LockHeld.exit_code, (busy.returncode, busy.stderr)
+        assert "holds the lock on h1 (pid=" in busy.stderr, busy.stderr
+        assert "job=backup create" in busy.stderr, busy.stderr
+        assert [e.name for e in list_backups(backups)] == before
+        assert not list(backups.glob("*.partial"))
+    finally:
+        host.exec(f"pkill -9 -P {holder}; kill -9 {holder}", check=False)
+    for _ in range(100):  # bounded: the kernel drops the lock with its holder
+        if _host_lock_free(host):
+            break
+        host.exec("sleep 0.1")
+    # Held for the whole backup (seen mid-dump), released after it.
+    seen: list[str] = []
+
+    def look(msg: str) -> None:
+        if "dumping" in msg and not seen:
+            seen.append("free" if _host_lock_free(host) else host.exec(
+                f"cat {HOST_LOCK}").stdout.strip())
+
+    result = fleet.create_on_host(site, entry, progress=look)
+    assert result.path.exists()
+    assert seen and "job=backup create controller=" in seen[0], seen
+    assert _host_lock_free(host)
+    # The exception path: refused by the controller's own lock after the host's was
+    # taken, the backup leaves the host's lock free.
+    with job_lock(host_lock(entry), job="backup prune"), pytest.raises(LockHeld):
+        fleet.create_on_host(site, entry)
+    assert _host_lock_free(host)
 
 
 def test_agent_backs_up_the_others_when_one_host_is_unreachable(

@@ -17,6 +17,7 @@ from harbor_ops.agent import loop as agent
 from harbor_ops.backup import fleet
 from harbor_ops.cli.main import cli
 from harbor_ops.core.errors import BackupError, ConfigError, RemoteError, UsageError
+from harbor_ops.hosts import joblock
 from harbor_ops.site.load import load_site_text
 from harbor_ops.site.model import Site
 
@@ -74,8 +75,8 @@ def test_backups_live_per_host_on_the_controller(tmp_path: Path) -> None:
     local = load_site_text(_site_text(tmp_path, "- {name: me, connection: local}\n"),
                            base_dir=tmp_path)
     assert fleet.backup_dir(local, local.hosts[0]) == tmp_path / "backups"  # as today
-    assert fleet.host_lock(local.hosts[0]) is None
-    assert fleet.host_lock(site.hosts[0]) != fleet.host_lock(site.hosts[1])
+    assert joblock.host_lock(local.hosts[0]) is None
+    assert joblock.host_lock(site.hosts[0]) != joblock.host_lock(site.hosts[1])
 
 
 @pytest.mark.parametrize("extra,hosts,field", [

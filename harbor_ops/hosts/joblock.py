@@ -1,0 +1,189 @@
+"""One job at a time per Harbor host: its lock on the controller and on the host itself.
+
+Why two locks: the controller's per-host lock (``<HARBORCTL_LOCK_FILE>.<host>``) only keeps
+this controller's own jobs apart. A nightly ``harborctl backup`` running ON the Harbor host,
+install's ``install.sh`` step, or a second controller takes the host's
+``/run/harborctl.lock`` (with flock), so every job that stops, dumps or restores an SSH
+host's Harbor (upgrade, and the controller's backup create, restore and drill there) holds
+that one too. It is held by one ``flock`` process on the host, started over ssh, that lives
+as long as its ssh session: harborctl closes the session's stdin to release it, and when
+the session ends any other way (harborctl killed, even by ``kill -9``; the connection cut)
+the holder sees end-of-file and the kernel drops the lock, so a crash never leaves the host
+locked. A host reached with ``connection: local`` is this machine: its lock is the
+controller's own.
+
+Policy when the host's lock is busy: wait at most :data:`LOCK_WAIT_SECONDS` (a killed run's
+session may still be closing), then refuse with :class:`LockHeld` (exit 7) naming the host
+and the job that holds it. Never longer: a nightly backup that meets an upgrade is retried
+by the agent within its bounds, and a person sees at once who is busy.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import shlex
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from harbor_ops.core.errors import LockHeld, RemoteError
+from harbor_ops.core.lock import DEFAULT_LOCK_PATH, default_lock_path, job_lock
+from harbor_ops.hosts.ssh import SSH_CONFIG_ENV
+from harbor_ops.site.model import HostEntry
+
+HOST_LOCK = DEFAULT_LOCK_PATH  # the role's harbor_job_lock: what backup and install.sh take
+BUSY_EXIT = 75
+LOCK_WAIT_SECONDS = 10  # a killed run's session may still be closing; never longer
+
+
+def is_local(entry: HostEntry) -> bool:
+    return entry.connection == "local"
+
+
+def host_lock(entry: HostEntry) -> Path | None:
+    """This machine's job lock for a local host; a lock of its own for each SSH host."""
+    if is_local(entry):
+        return None
+    base = default_lock_path()
+    return base.with_name(f"{base.name}.{entry.name}")
+
+
+def remote_lock_command(job: str, path: Path = HOST_LOCK, *, sudo: bool = False,
+                        wait: int = LOCK_WAIT_SECONDS) -> str:
+    """The shell command that holds ``path`` on the host until its stdin ends.
+
+    It writes the holder line as :func:`harbor_ops.core.lock.job_lock` does (so a refused
+    ``harborctl backup`` there names the job), prints ``locked``, waits for end-of-file
+    and empties the holder line. When the lock is busy it prints the holder and exits 75.
+    Every word is harborctl's own (the job names a host of the site file, quoted)."""
+    lock = shlex.quote(str(path))
+    holder = shlex.quote(f"job={job} controller={socket.gethostname()}")
+    inner = ('printf "pid=%s %s since=%s\\n" "$$" "$1" "$(date +%s)" > "$2"; echo locked; '
+             'read -r _ || true; : > "$2"')
+    script = (f"flock --wait {wait} --conflict-exit-code {BUSY_EXIT} {lock} "
+              f"sh -c {shlex.quote(inner)} sh {holder} {lock} || {{ rc=$?; "
+              f"[ $rc -eq {BUSY_EXIT} ] && cat {lock}; exit $rc; }}")
+    if sudo:
+        return f"sudo -n sh -c {shlex.quote(script)}"
+    return script
+
+
+class RemoteLock:
+    """The host's job lock held by one ssh session (see the module docstring)."""
+
+    def __init__(self, argv: Sequence[str], host: str, *, timeout: float = 60) -> None:
+        self.argv, self.host, self.timeout = list(argv), host, timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def acquire(self) -> None:
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        try:
+            line = self._first_line()
+            if line == b"locked":
+                return
+            rc = self.proc.wait(timeout=self.timeout) if self.proc.poll() is None else (
+                self.proc.returncode)
+            err = (self.proc.stderr.read().decode(errors="replace")[-300:]
+                   if self.proc.stderr else "")
+        except BaseException:  # interrupted while waiting: end the session at once
+            self.proc.kill()
+            self.release()
+            raise
+        self.release()
+        if rc == BUSY_EXIT:
+            holder = line.decode(errors="replace")[:200] or "unknown"
+            raise LockHeld(f"another harborctl job holds the lock on {self.host} ({holder}; "
+                           f"lock {HOST_LOCK})", hint="wait for it to finish; a crashed job "
+                           "frees the lock by itself")
+        raise RemoteError(f"{self.host}: could not take the job lock {HOST_LOCK} (exit {rc}): "
+                          f"{err.strip() or 'no output'}", hint="is flock (util-linux) there, "
+                          "and is the user root or allowed `sudo -n`?")
+
+    def _first_line(self) -> bytes:
+        """The session's first output line, within the timeout (never blocks longer)."""
+        assert self.proc is not None and self.proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        buf, deadline = b"", time.monotonic() + self.timeout
+        fd = self.proc.stdout.fileno()
+        try:
+            while b"\n" not in buf and time.monotonic() < deadline:
+                if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                    break
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    break
+                buf += chunk
+        finally:
+            sel.close()
+        if b"\n" not in buf and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        return buf.split(b"\n", 1)[0].strip()
+
+    def release(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+        finally:
+            for stream in (self.proc.stdout, self.proc.stderr):
+                if stream is not None:
+                    stream.close()
+            self.proc = None
+
+
+def ssh_argv(entry: HostEntry, ssh_config: Path | None, *,
+             accept_new_host_keys: bool = False) -> tuple[str, ...]:
+    """The OpenSSH client command for ``entry``: batch mode (never a prompt), the operator's
+    config (``$HARBORCTL_SSH_CONFIG`` when none is given, as for paramiko's connections)
+    and known_hosts; an unknown host key only with ``--accept-new-host-keys``."""
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+    config = ssh_config or (Path(os.environ[SSH_CONFIG_ENV])
+                            if os.environ.get(SSH_CONFIG_ENV) else None)
+    if config is not None:
+        argv += ["-F", str(config)]
+    if accept_new_host_keys:
+        argv += ["-o", "StrictHostKeyChecking=accept-new"]
+    if entry.ssh_key_file is not None:
+        argv += ["-i", str(entry.ssh_key_file), "-o", "IdentitiesOnly=yes"]
+    argv += ["-p", str(entry.port), "-l", entry.user, entry.address or entry.name]
+    return tuple(argv)
+
+
+@contextmanager
+def hold_on_host(entry: HostEntry, *, job: str, ssh_config: Path | None,
+                 accept_new_host_keys: bool = False) -> Iterator[None]:
+    """The host's own lock for the block (nothing more for a local host), released when the
+    block ends, by an exception too."""
+    if is_local(entry):
+        yield
+        return
+    argv = [*ssh_argv(entry, ssh_config, accept_new_host_keys=accept_new_host_keys),
+            remote_lock_command(job, sudo=entry.user != "root")]
+    lock = RemoteLock(argv, entry.name)
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextmanager
+def hold_host(entry: HostEntry, *, job: str, ssh_config: Path | None,
+              accept_new_host_keys: bool = False) -> Iterator[None]:
+    """One job at a time on ``entry``: the controller's per-host lock, then the host's."""
+    with job_lock(host_lock(entry), job=job), \
+            hold_on_host(entry, job=job, ssh_config=ssh_config,
+                         accept_new_host_keys=accept_new_host_keys):
+        yield

@@ -1,0 +1,98 @@
+"""The host's job lock (harbor_ops.hosts.joblock), shared by upgrade, backup and install.
+
+The lock tests run the real command harborctl sends over ssh, here through ``sh -c`` on this
+machine, against a real flock (util-linux) on a private lock file.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from harbor_ops.core.errors import LockHeld, RemoteError
+from harbor_ops.core.lock import job_lock
+from harbor_ops.hosts.joblock import RemoteLock, remote_lock_command, ssh_argv
+from harbor_ops.hosts.ssh import SSH_CONFIG_ENV
+from harbor_ops.site.model import HostEntry
+
+
+def _lock(path: Path, job: str = "upgrade h1") -> RemoteLock:
+    return RemoteLock(["sh", "-c", remote_lock_command(job, path, wait=1)], "h1", timeout=30)
+
+
+def test_the_host_lock_is_held_until_released_and_names_the_upgrade(tmp_path: Path) -> None:
+    path = tmp_path / "harborctl.lock"
+    lock = _lock(path)
+    lock.acquire()
+    try:
+        assert "job=upgrade h1 controller=" in path.read_text()
+        # what `harborctl backup create` on the host meets: the documented busy error
+        with pytest.raises(LockHeld, match=r"another harborctl job holds the lock \(pid="
+                           r"\d+ job=upgrade h1"), job_lock(path, job="backup create"):
+            pass
+    finally:
+        lock.release()
+    assert path.read_text() == ""
+    with job_lock(path, job="backup create"):
+        pass
+
+
+def test_a_busy_host_lock_is_refused_with_its_holder(tmp_path: Path) -> None:
+    path = tmp_path / "harborctl.lock"
+    with job_lock(path, job="backup create"), pytest.raises(
+            LockHeld, match="on h1 .*job=backup create"):
+        _lock(path).acquire()
+
+
+def test_the_lock_goes_when_its_holder_dies(tmp_path: Path) -> None:
+    """kill -9 of harborctl closes the session's stdin: the host's lock is freed."""
+    path = tmp_path / "harborctl.lock"
+    holder = subprocess.Popen(
+        ["python3", "-c", "import subprocess, sys, time; p = subprocess.Popen(['sh', '-c', "
+         "sys.argv[1]], stdin=subprocess.PIPE, stdout=subprocess.PIPE); "
+         "print(p.stdout.readline().decode().strip(), flush=True); time.sleep(600)",
+         remote_lock_command("upgrade h1", path)],
+        stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"locked"
+        with pytest.raises(LockHeld):
+            job_lock(path, job="backup create").__enter__()
+    finally:
+        holder.kill()
+        holder.wait()
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with job_lock(path, job="backup create"):
+                break
+        except LockHeld:
+            assert time.monotonic() < deadline, "the lock outlived its holder"
+            time.sleep(0.1)
+
+
+def test_a_lock_that_cannot_be_taken_says_why(tmp_path: Path) -> None:
+    with pytest.raises(RemoteError, match="could not take the job lock"):
+        RemoteLock(["sh", "-c", "echo nope >&2; exit 3"], "h1", timeout=10).acquire()
+
+
+def test_a_refused_lock_leaves_no_session_behind(tmp_path: Path) -> None:
+    path = tmp_path / "harborctl.lock"
+    lock = _lock(path)
+    with job_lock(path, job="backup create"), pytest.raises(LockHeld):
+        lock.acquire()
+    assert lock.proc is None  # its ssh process reaped, its pipes closed
+    _lock(path).acquire()  # and nothing of it holds the lock
+
+
+def test_the_lock_session_reads_the_same_ssh_config_as_paramiko(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    entry = HostEntry(name="h1", address="10.0.0.5")
+    monkeypatch.setenv(SSH_CONFIG_ENV, str(tmp_path / "ssh_config"))
+    argv = ssh_argv(entry, None)
+    assert argv[argv.index("-F") + 1] == str(tmp_path / "ssh_config")
+    assert ssh_argv(entry, tmp_path / "given")[argv.index("-F") + 1] == str(tmp_path / "given")
+    monkeypatch.delenv(SSH_CONFIG_ENV)
+    assert "-F" not in ssh_argv(entry, None)  # OpenSSH's own default then
