@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import shutil
 from pathlib import Path
 
 from packaging.version import Version
@@ -42,12 +41,4 @@ def build_unreleased(out_dir: Path) -> Path:
                 builder._build_with_engine([unreleased_release()], folder, None, 0)
     os.utime(folder)  # in use: the builder's prune keeps it
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / cached.name
-    if not (target.exists() and os.path.samefile(target, cached)):
-        tmp = out_dir / f".{cached.name}.tmp-{os.getpid()}"
-        try:
-            os.link(cached, tmp)
-        except OSError:
-            shutil.copyfile(cached, tmp)
-        os.replace(tmp, target)
-    return target
+    return builder.place(cached, out_dir)

@@ -67,12 +67,32 @@ def rekeyed(testbed: TestBed, tmp_path_factory: pytest.TempPathFactory) -> Itera
     _reload_sshd(host)
 
 
+def _site_text(host: Host, key: Path | None, backup: dict[str, object] | None) -> str:
+    """A site of one host (passwords from the variables X and Y); without ``key`` the
+    ssh config names the key."""
+    entry = {"name": host.name, "address": host.address}
+    if key is not None:
+        entry["ssh_key_file"] = str(key)
+    data: dict[str, object] = {
+        "harbor": {"version": VERSION, "hostname": host.address, "http": {"port": 8080},
+                   "data_volume": "/data", "database": {"password_env": "X"},
+                   "harbor_admin_password_env": "Y"},
+        "hosts": [entry]}
+    if backup is not None:
+        data["backup"] = backup
+    return yaml.safe_dump(data)
+
+
 def _site(host: Host, tmp_path: Path, key: Path) -> Site:
-    data = {"harbor": {"version": VERSION, "hostname": host.address, "http": {"port": 8080},
-                       "data_volume": "/data", "database": {"password_env": "X"},
-                       "harbor_admin_password_env": "Y"},
-            "hosts": [{"name": host.name, "address": host.address, "ssh_key_file": str(key)}]}
-    return load_site_text(yaml.safe_dump(data), base_dir=tmp_path)
+    return load_site_text(_site_text(host, key, None), base_dir=tmp_path)
+
+
+def _site_file(host: Host, tmp_path: Path, key: Path | None = None,
+               backup: dict[str, object] | None = None) -> Path:
+    """``tmp_path/harborctl.yml``, for the command line."""
+    path = tmp_path / "harborctl.yml"
+    path.write_text(_site_text(host, key, backup))
+    return path
 
 
 def _ssh_fail(site: Site, ssh_config: Path, **kw: bool) -> str:
@@ -139,15 +159,9 @@ def test_ansible_refuses_a_changed_host_key(rekeyed: Host, tmp_path: Path) -> No
 def test_install_refuses_a_changed_host_key(rekeyed: Host, testbed: TestBed,
                                             tmp_path: Path) -> None:
     bundle = build_bundle(VERSION, tmp_path / "bundle")
-    site = tmp_path / "harborctl.yml"
-    site.write_text(yaml.safe_dump({
-        "harbor": {"version": VERSION, "hostname": rekeyed.address, "http": {"port": 8080},
-                   "data_volume": "/data", "database": {"password_env": "DBPW"},
-                   "harbor_admin_password_env": "ADMINPW"},
-        "hosts": [{"name": rekeyed.name, "address": rekeyed.address,
-                   "ssh_key_file": str(testbed.client_key)}]}))
+    site = _site_file(rekeyed, tmp_path, key=testbed.client_key)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HARBORCTL_")}
-    env.update(DBPW="hk-db-pw-1", ADMINPW="hk-admin-pw-1")
+    env.update(X="hk-db-pw-1", Y="hk-admin-pw-1")
     proc = subprocess.run(
         [sys.executable, "-m", "harbor_ops.cli.main", "install", "--bundle", str(bundle),
          "-c", str(site), "--ssh-config", str(testbed.ssh_config_path),
@@ -208,12 +222,7 @@ def test_ansible_accepts_a_new_key_only_when_asked(testbed: TestBed, tmp_path: P
 def test_preflight_cli_says_it_recorded_a_new_key(testbed: TestBed, tmp_path: Path) -> None:
     host = testbed.hosts["h4"]
     cfg = _config(host, tmp_path)
-    site = tmp_path / "harborctl.yml"
-    site.write_text(yaml.safe_dump({
-        "harbor": {"version": VERSION, "hostname": host.address, "http": {"port": 8080},
-                   "data_volume": "/data", "database": {"password_env": "X"},
-                   "harbor_admin_password_env": "Y"},
-        "hosts": [{"name": host.name, "address": host.address}]}))
+    site = _site_file(host, tmp_path)
     argv = [sys.executable, "-m", "harbor_ops.cli.main", "preflight", "-c", str(site),
             "--ssh-config", str(cfg), "--skip", "ports", "--skip", "disk"]
     refused = subprocess.run(argv, capture_output=True, text=True, timeout=600)  # hang guard
@@ -238,14 +247,8 @@ def test_commands_that_connect_take_the_option(testbed: TestBed, tmp_path: Path,
     command does next on a host without Harbor is not the point here."""
     host = testbed.hosts["h4"]
     cfg = _config(host, tmp_path)
-    site = tmp_path / "harborctl.yml"
-    site.write_text(yaml.safe_dump({
-        "harbor": {"version": VERSION, "hostname": host.address, "http": {"port": 8080},
-                   "data_volume": "/data", "database": {"password_env": "X"},
-                   "harbor_admin_password_env": "Y"},
-        "backup": {"dir": str(tmp_path / "backups"),
-                   "remote": {"host": host.name, "path": REMOTE_DIR}},
-        "hosts": [{"name": host.name, "address": host.address}]}))
+    site = _site_file(host, tmp_path, backup={
+        "dir": str(tmp_path / "backups"), "remote": {"host": host.name, "path": REMOTE_DIR}})
     env = {k: v for k, v in os.environ.items() if not k.startswith("HARBORCTL_")}
     env.update(X="x", Y="y", HARBORCTL_SSH_CONFIG=str(cfg),
                HARBORCTL_LOCK_FILE=str(tmp_path / "lock"))

@@ -145,17 +145,23 @@ def build_bundles(versions: list[str] | tuple[str, ...], out_dir: Path, *,
     result = {}
     for version, path in cached.items():
         os.utime(path.parent)  # in use: _prune keeps it
-        target = out_dir / path.name
-        result[version] = target
-        if target.exists() and os.path.samefile(target, path):
-            continue  # already this bundle (rename() of two links to one file does nothing)
-        tmp = out_dir / f".{path.name}.tmp-{os.getpid()}"
-        try:
-            os.link(path, tmp)
-        except OSError:
-            shutil.copyfile(path, tmp)
-        os.replace(tmp, target)
+        result[version] = place(path, out_dir)
     return result
+
+
+def place(cached: Path, out_dir: Path) -> Path:
+    """``out_dir/<cached's name>``: a hard link to the cached bundle (a copy where ``out_dir``
+    is on another file system), put there by rename, so a reader never sees half a file."""
+    target = out_dir / cached.name
+    if target.exists() and os.path.samefile(target, cached):
+        return target  # already this bundle (rename() of two links to one file does nothing)
+    tmp = out_dir / f".{cached.name}.tmp-{os.getpid()}"
+    try:
+        os.link(cached, tmp)
+    except OSError:
+        shutil.copyfile(cached, tmp)
+    os.replace(tmp, target)
+    return target
 
 
 # Cache entries (bundles of a key, a rootfs) unused this long are removed. Not "every other
