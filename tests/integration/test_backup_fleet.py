@@ -403,6 +403,10 @@ def test_a_job_holding_the_hosts_own_lock_refuses_the_backup_until_it_ends(
         assert busy.returncode == LockHeld.exit_code, (busy.returncode, busy.stderr)
         assert "holds the lock on h1 (pid=" in busy.stderr, busy.stderr
         assert "job=backup create" in busy.stderr, busy.stderr
+        # A restore (the job that stops Harbor) is refused the same way, before any change.
+        restore = fleet_bed.harborctl("backup", "restore", "--host", "h1", "--latest", "--yes")
+        assert restore.returncode == LockHeld.exit_code, (restore.returncode, restore.stderr)
+        assert "holds the lock on h1 (pid=" in restore.stderr, restore.stderr
         assert [e.name for e in list_backups(backups)] == before
         assert not list(backups.glob("*.partial"))
     finally:
