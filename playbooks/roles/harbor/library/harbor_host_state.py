@@ -25,6 +25,7 @@ import ssl
 import stat
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
@@ -184,6 +185,17 @@ def core_running(module: AnsibleModule) -> bool:
     return bool(str(out).strip())
 
 
+def bundle_digest(module: AnsibleModule, bundle: str, unpacked: bool) -> str:
+    """The bundle's SHA-256 while its release is not unpacked; '' when missing or unpacked."""
+    digest = ""
+    if not unpacked and os.path.isfile(bundle):
+        try:
+            digest = sha256_of(bundle)
+        except OSError as exc:
+            module.fail_json(msg=f"cannot read {bundle}: {exc}")
+    return digest
+
+
 def wanted(item: dict[str, Any], systemd: bool) -> bool:
     """Whether a file or service entry applies to this host (its service manager, a binary)."""
     if item.get("systemd") is not None and bool(item["systemd"]) != systemd:
@@ -255,29 +267,30 @@ def main() -> None:
     p = module.params
     systemd = os.path.isdir("/run/systemd/system")
     unpacked = os.path.exists(p["unpacked_marker"])
-    bundle_sha256 = ""
-    if not unpacked and os.path.isfile(p["bundle"]):
-        try:
-            bundle_sha256 = sha256_of(p["bundle"])
-        except OSError as exc:
-            module.fail_json(msg=f"cannot read {p['bundle']}: {exc}")
-    module.exit_json(
-        changed=False,
-        systemd=systemd,
-        bundle_sha256=bundle_sha256,
-        unpacked=unpacked,
-        stamp=read_stamp(p["install_stamp"]),
-        core_running=core_running(module),
-        uid_user=known(pwd.getpwuid, p["uid"]),
-        uid_group=known(grp.getgrgid, p["uid"]),
-        active_target=link_target(p["active_link"]),
-        exists={path: os.path.exists(os.path.expanduser(path)) for path in p["paths"]},
-        drift=[f["path"] for f in p["files"] if wanted(f, systemd) and differs(f)],
-        services_off=[s["name"] for s in p["services"]
-                      if wanted(s, systemd) and service_off(module, s, systemd)],
-        health=health(p["health_url"], p["health_validate_certs"]),
-    )
-
+    # The commands and the health request wait on other processes: asked at once, while
+    # this thread hashes the bundle and the files.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        core = pool.submit(core_running, module)
+        answer = pool.submit(health, p["health_url"], p["health_validate_certs"])
+        services = [(s["name"], pool.submit(service_off, module, s, systemd))
+                    for s in p["services"] if wanted(s, systemd)]
+        bundle_sha256 = bundle_digest(module, p["bundle"], unpacked)
+        drift = [f["path"] for f in p["files"] if wanted(f, systemd) and differs(f)]
+        module.exit_json(
+            changed=False,
+            systemd=systemd,
+            bundle_sha256=bundle_sha256,
+            unpacked=unpacked,
+            stamp=read_stamp(p["install_stamp"]),
+            core_running=core.result(),
+            uid_user=known(pwd.getpwuid, p["uid"]),
+            uid_group=known(grp.getgrgid, p["uid"]),
+            active_target=link_target(p["active_link"]),
+            exists={path: os.path.exists(os.path.expanduser(path)) for path in p["paths"]},
+            drift=drift,
+            services_off=[name for name, off in services if off.result()],
+            health=answer.result(),
+        )
 
 if __name__ == "__main__":
     main()

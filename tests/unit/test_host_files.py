@@ -1,0 +1,76 @@
+"""harbor_host_files, run by Ansible on this machine (connection local): the role's one round
+trip for its small host files writes only what differs, with the wanted mode, and a file its
+validator refuses never replaces the installed one (nor leaves a temporary file behind)."""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from harbor_ops.hosts.playbook import playbook_dir
+
+OWNER = pwd.getpwuid(os.getuid()).pw_name
+GROUP = grp.getgrgid(os.getgid()).gr_name
+
+
+def run_module(tmp_path: Path, files: list[dict[str, Any]],
+               check: bool = False) -> dict[str, Any]:
+    env = {**os.environ, "ANSIBLE_LIBRARY": str(playbook_dir() / "roles/harbor/library"),
+           "ANSIBLE_LOAD_CALLBACK_PLUGINS": "true", "ANSIBLE_STDOUT_CALLBACK": "json",
+           "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"), "ANSIBLE_NOCOLOR": "true"}
+    argv = [str(Path(sys.executable).with_name("ansible")), "localhost", "-c", "local",
+            "-e", f"ansible_python_interpreter={sys.executable}",
+            "-m", "harbor_host_files", "-a", json.dumps({"files": files})]
+    if check:
+        argv.append("--check")
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    out = json.loads(proc.stdout)
+    result: dict[str, Any] = out["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    return result
+
+
+def entry(path: Path, content: str, mode: str = "0644", **more: Any) -> dict[str, Any]:
+    return {"path": str(path), "content": content, "mode": mode, "owner": OWNER,
+            "group": GROUP, **more}
+
+
+def test_writes_what_differs_and_leaves_the_rest(tmp_path: Path) -> None:
+    same, edited = tmp_path / "same", tmp_path / "edited"
+    same.write_text("kept\n")
+    same.chmod(0o644)
+    same_inode = same.stat().st_ino
+    edited.write_text("by hand\n")
+    edited.chmod(0o600)
+    new = tmp_path / "new"
+    files = [entry(same, "kept\n"), entry(edited, "wanted\n"), entry(new, "fresh\n", "0755")]
+
+    checked = run_module(tmp_path, files, check=True)
+    assert checked["changed"] and checked["written"] == [str(edited), str(new)]
+    assert edited.read_text() == "by hand\n" and not new.exists()
+
+    done = run_module(tmp_path, files)
+    assert done["changed"] and done["written"] == [str(edited), str(new)], done
+    assert edited.read_text() == "wanted\n" and edited.stat().st_mode & 0o777 == 0o644
+    assert new.read_text() == "fresh\n" and new.stat().st_mode & 0o777 == 0o755
+    assert same.stat().st_ino == same_inode  # not rewritten
+    again = run_module(tmp_path, files)
+    assert not again["changed"] and again["written"] == []
+
+
+def test_a_file_its_validator_refuses_is_not_installed(tmp_path: Path) -> None:
+    installed = tmp_path / "harbor.conf"
+    installed.write_text("good\n")
+    refuse = "/bin/sh -c 'grep -q good \"$0\" || { echo no good >&2; exit 1; }' %s"
+    result = run_module(tmp_path, [entry(installed, "bad\n", validate=refuse)])
+    assert result.get("failed"), result
+    assert "failed to validate" in result["msg"] and "no good" in result["msg"]
+    assert installed.read_text() == "good\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ansible-tmp", "harbor.conf"]
+    passed = run_module(tmp_path, [entry(installed, "good too\n", validate=refuse)])
+    assert passed["changed"] and installed.read_text() == "good too\n"
