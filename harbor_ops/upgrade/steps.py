@@ -6,7 +6,10 @@ re-run must do; the report adds up the downtime from the recorded times. Why thi
 everything that takes long and changes no Harbor data (the verified backup, unpacking the
 bundle beside the old release, ``docker load`` and ``prepare`` of the new release) happens
 while the old release still serves; the window between ``stop`` and a passed ``gate`` holds
-only what must happen with Harbor down.
+only what must happen with Harbor down, and runs on the host as one process (the role's
+``upgrade-window`` helper), so no controller round trip lands inside it. The rows the gates
+compare against are counted inside ``stop``, once every writer stopped and before the
+database does: no row can come or go between that count and the snapshot.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ HOP_STEPS: tuple[Step, ...] = (
     Step("unpack", PREPARE, "copy the bundle, unpack the new release beside the old one"),
     Step("load_images", PREPARE, "docker load the new release's images (old one still serves)"),
     Step("configure", PREPARE, "render harbor.yml for this release, run its prepare"),
-    Step("count_rows", PREPARE, "schema version and key-table row counts before the hop"),
-    Step("stop", DOWNTIME, "stop the old release (the boot path is held off)"),
+    Step("count_rows", PREPARE, "check that the schema version and row counts can be read"),
+    Step("stop", DOWNTIME, "stop the old release's services, count the rows, stop its database"
+                           " (the boot path is held off)"),
     Step("snapshot", DOWNTIME, "copy database, redis and secret aside, owners and modes kept"),
     Step("switch", DOWNTIME, "point the harbor link at the new release"),
     Step("start", DOWNTIME, "start the new release (harbor-db converts, core migrates)"),

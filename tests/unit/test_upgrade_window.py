@@ -1,0 +1,150 @@
+"""The host-side window helper (playbooks/roles/harbor/files/upgrade-window), without Docker.
+
+What is checked here is what the integration tests cannot show cheaply: its journal lines
+are the ones harborctl's state machine reads; its gate refuses an empty, dirty or
+wrong-layout database; a failed step is journaled with its reason and reported; and it
+notices that nobody reads its controller's pipe any more (harborctl killed).
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from harbor_ops.hosts.playbook import playbook_dir
+from harbor_ops.upgrade import state
+
+HELPER = playbook_dir() / "roles" / "harbor" / "files" / "upgrade-window"
+
+
+def _load() -> ModuleType:
+    loader = importlib.machinery.SourceFileLoader("upgrade_window", str(HELPER))
+    spec = importlib.util.spec_from_loader("upgrade_window", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+uw = _load()
+
+
+class Alive:
+    """A controller that is still there."""
+
+    def check(self) -> None:
+        return None
+
+
+def _config(tmp_path: Path) -> dict[str, Any]:
+    return {"journal": str(tmp_path / "upgrade.journal"),
+            "record": {"v": 1, "run": "18c0ffee00", "hop": "2", "from": "2.14.4",
+                       "to": "2.15.2"},
+            "active_link": str(tmp_path / "harbor"), "data_volume": str(tmp_path / "data"),
+            "snapshot": str(tmp_path / "data" / ".harborctl-upgrade" / "18c0ffee00-2"),
+            "snapshot_dirs": ["database", "redis", "secret"], "backup": "/b/h1.hbk",
+            "marker": str(tmp_path / "upgrade.window"), "log_location": str(tmp_path / "log")}
+
+
+def test_journal_lines_are_the_ones_harborctl_reads(tmp_path: Path) -> None:
+    (tmp_path / "harbor-2.15.2").mkdir()
+    (tmp_path / "harbor").symlink_to("harbor-2.14.4")
+    uw.Window(_config(tmp_path), Alive()).run_steps(["switch"])
+    lines = (tmp_path / "upgrade.journal").read_text().splitlines()
+    events = [state.parse_line(line) for line in lines]
+    assert [(e.step, e.event, e.hop) for e in events if e] == [("switch", "begin", 2),
+                                                              ("switch", "end", 2)]
+    assert os.readlink(tmp_path / "harbor") == "harbor-2.15.2"
+    assert (tmp_path / "upgrade.journal").stat().st_mode & 0o777 == 0o600
+    folded = state.fold(lines)
+    assert (folded.step, folded.event, folded.outcome) == ("switch", "end", state.RUNNING)
+
+
+def test_a_failed_step_is_journaled_with_its_reason_and_reported(tmp_path: Path) -> None:
+    window = uw.Window(_config(tmp_path), Alive())
+    with pytest.raises(uw.StepFailed) as failed:
+        window.run_steps(["rb_restore", "rb_switch"])
+    report = json.loads(str(failed.value))
+    assert report["failed_step"] == "rb_restore"
+    assert "no complete snapshot" in report["msg"] and "/b/h1.hbk" in report["msg"]
+    folded = state.fold((tmp_path / "upgrade.journal").read_text().splitlines())
+    assert (folded.step, folded.outcome) == ("rb_restore", state.ROLLBACK_FAILED)
+    assert not (tmp_path / "harbor").exists()  # rb_switch never began
+
+
+def test_the_gate_refuses_an_empty_dirty_or_wrong_layout_database() -> None:
+    then = {"schema_version": 171, "schema_dirty": False,
+            "counts": {"project": 26, "artifact": 200}}
+    tables = ["project", "artifact"]
+    good = {"schema_version": 180, "schema_dirty": False,
+            "counts": {"project": 26, "artifact": 201}}
+    assert uw.gate_problems(good, then, 180, "pg18", ["pg18"], tables) == []
+    empty = {"schema_version": 180, "schema_dirty": False,
+             "counts": {"project": 1, "artifact": 0}}
+    assert uw.gate_problems(empty, then, 180, "pg18", ["pg18"], tables) == [
+        "project: 26 rows before the hop, 1 now", "artifact: 200 rows before the hop, 0 now"]
+    dirty = dict(good, schema_version=175, schema_dirty=True)
+    assert "expected 180 and clean" in uw.gate_problems(dirty, then, 180, "pg18", ["pg18"],
+                                                        tables)[0]
+    assert uw.gate_problems(good, then, 180, "pg18", ["pg15", "pg18"], tables) == [
+        "data layout pg15,pg18, expected pg18"]
+
+
+def test_layouts_are_the_pgNN_folders_holding_a_cluster(tmp_path: Path) -> None:
+    for name in ("pg15", "pg18", "pgNEW", "lost+found"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "pg15" / "PG_VERSION").write_text("15\n")
+    (tmp_path / "pgNEW" / "PG_VERSION").write_text("18\n")
+    (tmp_path / "PG_VERSION").write_text("9.6\n")
+    assert uw.layouts(str(tmp_path)) == ["pg15"]
+    assert uw.layouts(str(tmp_path / "missing")) == []
+
+
+PROBE = """
+import os, sys, time
+from importlib.machinery import SourceFileLoader
+uw = SourceFileLoader("uw", {helper!r}).load_module()
+dog = uw.Watchdog(os.getppid())
+with open(sys.argv[1], "w", buffering=1) as out:
+    out.write("watching %s\\n" % dog.gone())
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not dog.gone():
+        time.sleep(0.05)
+    out.write("gone %s\\n" % dog.gone())
+"""
+
+
+def test_the_watchdog_notices_that_nobody_reads_the_controllers_pipe(tmp_path: Path) -> None:
+    """The probe's parent (a shell) writes to a pipe this test reads, as the module's Python
+    writes to the SSH session: once the reading end closes, the probe must say so."""
+    out = tmp_path / "probe.out"
+    (tmp_path / "probe.py").write_text(PROBE.format(helper=str(HELPER)))
+    shell = subprocess.Popen(["/bin/sh", "-c", f'"{sys.executable}" probe.py probe.out; true'],
+                             cwd=tmp_path, stdout=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "watching" not in _read(out):
+            time.sleep(0.05)
+        assert _read(out).split() == ["watching", "False"]  # the pipe is read: not gone
+        assert shell.stdout is not None
+        shell.stdout.close()
+        assert shell.wait(timeout=40) == 0
+        assert _read(out).split() == ["watching", "False", "gone", "True"]
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+            shell.wait()
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
