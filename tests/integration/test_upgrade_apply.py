@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,6 +117,12 @@ def killed(testbed: TestBed, installed: tuple[Host, Path, str],
         e["hop"] == 2 and e["step"] == "start" and e["event"] == "begin" for e in j),
         site_dir / "killed.err")
     assert code == -signal.SIGKILL, (site_dir / "killed.err").read_text()[-2000:]
+    # The window's helper on the host finishes the step in flight and begins no further
+    # step once it sees nobody reads its output: wait (bounded) until it is gone.
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and host.exec(
+            "pgrep -f /usr/local/lib/harborctl/upgrade-window", check=False).returncode == 0:
+        time.sleep(0.5)
     return up.journal(host)
 
 
@@ -135,10 +142,12 @@ def test_status_after_the_kill_says_what_the_next_run_does(
         testbed: TestBed, installed: tuple[Host, Path, str], killed: list[up.Entry],
         bundles: Path) -> None:
     host, site_dir, _ = installed
-    assert killed[-1]["step"] == "start" and killed[-1]["hop"] == 2
+    # killed during `start`: the helper stopped there, or at the latest at the next step
+    # boundary it reached before the closed pipe was noticed (gate, which never ends then)
+    assert killed[-1]["hop"] == 2 and killed[-1]["step"] in ("start", "gate"), killed[-1]
     site = up.site_at(site_dir, host, testbed.client_key, NEW)
     st = status(site, host=None, opts=up.opts(testbed, site_dir, bundles)).to_dict()["hosts"][0]
-    assert st["plan"]["journal"]["step"] == "start"
+    assert st["plan"]["journal"]["step"] == killed[-1]["step"]
     assert st["plan"]["resume"]["action"] == "rollback" and st["plan"]["resume"]["retry_after"]
     assert host.exec("test -e /var/lib/harborctl/upgrade.window", check=False).returncode == 0
 
