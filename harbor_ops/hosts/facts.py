@@ -66,10 +66,12 @@ class Container:
 
 
 def probe_source(*, data_volume: str, hostname: str, install_dir: str,
-                 journal: str | None = None) -> str:
+                 journal: str | None = None, window_lock: str | None = None,
+                 window_wait: float = 0) -> str:
     """The probe module's text plus the call that runs it: what ``python3 -`` reads."""
     args = json.dumps({"data_volume": data_volume, "hostname": hostname,
-                       "install_dir": install_dir, "journal": journal})
+                       "install_dir": install_dir, "journal": journal,
+                       "window_lock": window_lock, "window_wait": window_wait})
     return f"{_probe_text()}\nmain({args!r})\n"
 
 
@@ -80,15 +82,19 @@ def _probe_text() -> str:
 
 def gather(entry: HostEntry, *, data_volume: str, hostname: str, install_dir: str,
            ssh_config: Path | None = None, journal: str | None = None,
+           window_lock: str | None = None, window_wait: float = 0,
            accept_new_host_keys: bool = False) -> HostFacts:
     """Run the probe on ``entry`` (local or ssh). Never raises for host problems.
 
-    ``journal`` (an upgrade journal path on the host) adds its tail to the facts."""
+    ``journal`` (an upgrade journal path on the host) adds its tail to the facts;
+    ``window_lock`` makes the probe first wait up to ``window_wait`` s for the upgrade
+    window lock (``data["window"]`` says how long, or that it is still held)."""
     script = probe_source(data_volume=data_volume, hostname=hostname, install_dir=install_dir,
-                          journal=journal)
+                          journal=journal, window_lock=window_lock, window_wait=window_wait)
+    timeout = PROBE_TIMEOUT + window_wait
     if entry.connection == "local":
-        return _run_local(entry, script)
-    return _run_ssh(entry, script, ssh_config, accept_new_host_keys)
+        return _run_local(entry, script, timeout)
+    return _run_ssh(entry, script, ssh_config, accept_new_host_keys, timeout)
 
 
 def _decode(host: str, rc: int, out: str, err: str) -> HostFacts:
@@ -104,18 +110,18 @@ def _decode(host: str, rc: int, out: str, err: str) -> HostFacts:
                          fix="check that the login shell prints nothing on non-interactive use")
 
 
-def _run_local(entry: HostEntry, script: str) -> HostFacts:
+def _run_local(entry: HostEntry, script: str, timeout: float = PROBE_TIMEOUT) -> HostFacts:
     try:
         p = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True,
-                           timeout=PROBE_TIMEOUT)
+                           timeout=timeout)
     except subprocess.TimeoutExpired:
         return HostFacts(entry.name, error=f"the fact probe on {entry.name} timed out after "
-                         f"{PROBE_TIMEOUT:.0f}s", fix="check for a hung docker daemon or NFS")
+                         f"{timeout:.0f}s", fix="check for a hung docker daemon or NFS")
     return _decode(entry.name, p.returncode, p.stdout, p.stderr)
 
 
 def _run_ssh(entry: HostEntry, script: str, ssh_config: Path | None,
-             accept_new_host_keys: bool) -> HostFacts:
+             accept_new_host_keys: bool, timeout: float = PROBE_TIMEOUT) -> HostFacts:
     try:
         t = ssh.resolve(entry.name, address=entry.address, port=entry.port, user=entry.user,
                         key_file=entry.ssh_key_file, ssh_config=ssh_config,
@@ -125,7 +131,7 @@ def _run_ssh(entry: HostEntry, script: str, ssh_config: Path | None,
         return HostFacts(entry.name, error=exc.message, fix=exc.hint)
     try:
         command = "python3 -" if t.user == "root" else "sudo -n python3 -"
-        stdin, stdout, stderr = client.exec_command(command, timeout=PROBE_TIMEOUT)
+        stdin, stdout, stderr = client.exec_command(command, timeout=timeout)
         stdin.write(script)
         stdin.channel.shutdown_write()
         out = stdout.read().decode("utf-8", "replace")

@@ -13,13 +13,22 @@ It lives in the package so it is linted and type-checked like the rest, and
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+_HELD: list[int] = []  # the window lock, held (shared) until this probe ends
+
+
+class WindowBusy(Exception):
+    """The wait for the upgrade window lock ran out."""
 
 
 def run(argv: list[str], timeout: int = 60) -> dict[str, Any]:
@@ -140,9 +149,46 @@ def tree_size(path: str) -> int:
     return total
 
 
+def window(path: str, wait: float) -> dict[str, Any]:
+    """Wait, at most ``wait`` s, until no upgrade-window helper holds ``path``; then hold it
+    (shared) until this probe ends, so what the probe reads is the helper's last word.
+
+    Why: after ``kill -9`` of harborctl the helper on the host finishes its step in flight
+    (and one more may be under way when the kill lands); a re-run must not decide from a
+    journal the helper still writes to. No file: no helper ran since the host booted (the
+    file lives under /run). A file that cannot be opened counts as held: never guess."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return {"held": False, "waited": 0.0}
+    except OSError as exc:
+        return {"held": True, "holder": f"cannot open it: {exc}", "waited": 0.0}
+    t0 = time.monotonic()
+
+    def expire(_signum: int, _frame: object) -> None:
+        raise WindowBusy()
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, max(wait, 0.01))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except WindowBusy:
+        os.close(fd)
+        return {"held": True, "holder": (read(path) or "").strip()[:300],
+                "waited": round(wait, 1)}
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    _HELD.append(fd)
+    return {"held": False, "waited": round(time.monotonic() - t0, 1)}
+
+
 def collect(args: dict[str, Any]) -> dict[str, Any]:
     """Every fact preflight reads, keyed as facts.py and the checks expect them."""
-    out: dict[str, Any] = {"probe": 1, **machine(args["data_volume"])}
+    out: dict[str, Any] = {"probe": 1}
+    if args.get("window_lock"):  # first: everything below is read after the helper ended
+        out["window"] = window(args["window_lock"], float(args.get("window_wait") or 0))
+    out.update(machine(args["data_volume"]))
     out["database"] = database(args["data_volume"])
     out.update(docker())
     out["ss"] = run(["ss", "-ltnpH"])
@@ -152,7 +198,7 @@ def collect(args: dict[str, Any]) -> dict[str, Any]:
     # For upgrade apply: the sizes a hop's snapshot copies, and the host's upgrade journal.
     out["data_sizes"] = {n: tree_size(os.path.join(args["data_volume"], n))
                          for n in ("redis", "secret")}
-    if args.get("journal"):
+    if args.get("journal") and not (out.get("window") or {}).get("held"):
         out["upgrade_journal"] = (read(args["journal"]) or "")[-262144:]
     return out
 

@@ -48,6 +48,12 @@ from harbor_ops.upgrade.plan import HostPlan, check_target, plan_host
 
 PLAYBOOK = "upgrade.yml"
 JOURNAL_PATH = "/var/lib/harborctl/upgrade.journal"
+# Held (flock) by the role's upgrade-window helper for its whole life; the role's
+# harbor_upgrade_window_lock. Under /run: a reboot, which ends every helper, clears it.
+WINDOW_LOCK = "/run/harborctl-upgrade-window.lock"
+# How long a re-run waits for a helper that outlived its harborctl: the step in flight
+# finishes first (a snapshot's copy of a large database takes minutes), then it stops.
+WINDOW_WAIT_SECONDS = 900.0
 Progress = Callable[[str], None]
 
 
@@ -91,6 +97,8 @@ class Options:
     log_dir: Path
     backup_dir: Path
     journal: str = JOURNAL_PATH
+    window_lock: str = WINDOW_LOCK
+    window_wait: float = WINDOW_WAIT_SECONDS
     timeout: float = 3600
     accept_new_host_keys: bool = False
     health_retries: int = 60
@@ -110,13 +118,32 @@ def select_hosts(site: Site, name: str | None) -> list[HostEntry]:
 
 
 def read_host(site: Site, entry: HostEntry, opts: Options) -> dict[str, Any]:
+    """The host's facts and upgrade journal, read once no window helper runs there.
+
+    The probe first waits for the window lock: a helper that outlived a killed harborctl
+    finishes its step in flight, and only then is its journal the truth to decide from."""
     got = host_facts.gather(entry, data_volume=_data_volume(site), hostname=site.hostname,
                             install_dir=str(site.install.dir), ssh_config=opts.ssh_config,
-                            journal=opts.journal,
+                            journal=opts.journal, window_lock=opts.window_lock,
+                            window_wait=opts.window_wait,
                             accept_new_host_keys=opts.accept_new_host_keys)
     if not got.ok:
         raise RemoteError(got.error or f"{entry.name}: unreachable", hint=got.fix)
+    window = got.data.get("window") or {}
+    if window.get("held"):
+        raise RemoteError(
+            f"{entry.name}: the upgrade window helper of an earlier run still holds "
+            f"{opts.window_lock} after {opts.window_wait:.0f} s "
+            f"({_printable(window.get('holder')) or 'holder unknown'}); its journal is not read "
+            "while it may still act", hint="it ends after the step in flight; see what that "
+            "step's command waits for on the host (`ps -ef | grep upgrade-window`), then run "
+            "the same harborctl command again: it continues or rolls back from the journal")
     return got.data
+
+
+def _printable(text: object) -> str:
+    """Text from the host, shown in a message: printable characters only, bounded."""
+    return "".join(c for c in str(text or "") if c.isprintable())[:200]
 
 
 def _data_volume(site: Site) -> str:
@@ -358,6 +385,7 @@ def hop_vars(site: Site, *, number: int, src: hv.Release, tgt: hv.Release, steps
                                               for s in st.HOP_STEPS},
             "harbor_upgrade_backup": backup or {"path": "", "started": 0, "ended": 0},
             "harbor_upgrade_journal": opts.journal,
+            "harbor_upgrade_window_lock": opts.window_lock,
             "harbor_data_volume": _data_volume(site),
             "harbor_log_location": str(((site.harbor.get("log") or {}).get("local") or {})
                                        .get("location", "/var/log/harbor")),

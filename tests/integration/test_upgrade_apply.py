@@ -7,25 +7,31 @@ tables and a pushed image; then the site file's harbor.version becomes 2.15.2 an
 `harborctl upgrade apply` runs as a user runs it, and is killed with SIGKILL when the host's
 journal says hop 2 began `start` (the new release may touch the data from there). The next
 `apply` must roll hop 2 back to its snapshot, try it again and reach 2.15.2 with every row.
+The window's helper on the host outlives the kill (it finishes its step in flight): `status`
+and the next `apply` must wait for its window lock before they read the journal; the next
+`apply` is also made to wait for a lock the test holds, and must read and act only after.
 Everything is checked on the host as an operator would. The tests share one host, in order.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import shutil
 import signal
 import subprocess
 import tarfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from harbor_ops.core.errors import UpgradePathError
-from harbor_ops.upgrade.apply import ApplyResult, apply, status
+from harbor_ops.core.errors import RemoteError, UpgradePathError
+from harbor_ops.upgrade.apply import WINDOW_LOCK, ApplyResult, apply, status
 from tests.bed.dockerd import DockerEngine
 from tests.bed.hosts import Host, TestBed
 from tests.integration import upgradefixture as up
@@ -106,8 +112,7 @@ def test_refusal_before_anything_changes_when_a_stop_has_no_bundle(
 
 
 @pytest.fixture(scope="module")
-def killed(testbed: TestBed, installed: tuple[Host, Path, str],
-           bundles: Path) -> list[up.Entry]:
+def killed(testbed: TestBed, installed: tuple[Host, Path, str], bundles: Path) -> None:
     """`harborctl upgrade apply` as a user runs it, SIGKILLed when hop 2 begins `start`."""
     host, site_dir, _ = installed
     site = up.site_at(site_dir, host, testbed.client_key, NEW)
@@ -117,44 +122,118 @@ def killed(testbed: TestBed, installed: tuple[Host, Path, str],
         e["hop"] == 2 and e["step"] == "start" and e["event"] == "begin" for e in j),
         site_dir / "killed.err")
     assert code == -signal.SIGKILL, (site_dir / "killed.err").read_text()[-2000:]
-    # The window's helper on the host finishes the step in flight and begins no further
-    # step once it sees nobody reads its output: wait (bounded) until it is gone.
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and host.exec(
-            "pgrep -f /usr/local/lib/harborctl/upgrade-window", check=False).returncode == 0:
-        time.sleep(0.5)
-    return up.journal(host)
+    # No wait here for the window's helper, which may still finish its step in flight:
+    # whatever reads the journal next must wait for the helper's window lock by itself.
 
 
 @pytest.fixture(scope="module")
-def upgraded(testbed: TestBed, installed: tuple[Host, Path, str], killed: list[object],
-             bundles: Path) -> tuple[ApplyResult, list[str]]:
+def status_after_kill(testbed: TestBed, installed: tuple[Host, Path, str], killed: None,
+                      bundles: Path) -> tuple[dict[str, Any], list[up.Entry]]:
+    """`upgrade status` right after the kill, and the journal as it is once status answered."""
+    host, site_dir, _ = installed
+    site = up.site_at(site_dir, host, testbed.client_key, NEW)
+    st = status(site, host=None, opts=up.opts(testbed, site_dir, bundles)).to_dict()["hosts"][0]
+    return st, up.journal(host)
+
+
+class HeldWindow:
+    """The host's window lock held by the test (as by a helper still at work), over ssh."""
+
+    def __init__(self, host: Host) -> None:
+        self.proc = subprocess.Popen(host.ssh_argv(
+            f"flock -x {WINDOW_LOCK} sh -c 'echo held; read _'"),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self.proc.stdout is not None and self.proc.stdout.readline() == b"held\n"
+
+    def release(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def upgraded(testbed: TestBed, installed: tuple[Host, Path, str],
+             status_after_kill: object, bundles: Path) -> tuple[ApplyResult, list[str], bool]:
+    """The next `apply`, started while the test holds the window lock: it must wait for it
+    (seen in the host's /proc/locks) and read the journal or act only once it is freed."""
     host, site_dir, _ = installed
     site = up.site_at(site_dir, host, testbed.client_key, NEW)
     lines: list[str] = []
-    result = apply(site, to=NEW, host=None, opts=up.opts(testbed, site_dir, bundles),
-                   progress=lines.append)
+    results: list[ApplyResult] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(apply(site, to=NEW, host=None,
+                                 opts=up.opts(testbed, site_dir, bundles),
+                                 progress=lines.append))
+        except BaseException as exc:  # raised below, in the test's thread
+            errors.append(exc)
+
+    held = HeldWindow(host)
+    before = up.journal(host)
+    rerun = threading.Thread(target=run)
+    try:
+        rerun.start()
+        inode = int(host.exec(f"stat -c %i {WINDOW_LOCK}").stdout)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and rerun.is_alive() and up.flock_waiters(
+                host.exec("cat /proc/locks").stdout, inode) == 0:
+            time.sleep(0.1)
+        waited = (up.flock_waiters(host.exec("cat /proc/locks").stdout, inode) > 0
+                  and up.journal(host) == before and not lines)
+    finally:
+        held.release()
+        rerun.join(timeout=3600)
+    if errors:
+        raise AssertionError("the re-run raised") from errors[0]
+    result = results[0]
     print(json.dumps(result.to_dict()["hosts"][0]["hops_run"], indent=1))  # shown with -s
-    return result, lines
+    return result, lines, waited
 
 
 def test_status_after_the_kill_says_what_the_next_run_does(
-        testbed: TestBed, installed: tuple[Host, Path, str], killed: list[up.Entry],
-        bundles: Path) -> None:
-    host, site_dir, _ = installed
+        installed: tuple[Host, Path, str],
+        status_after_kill: tuple[dict[str, Any], list[up.Entry]]) -> None:
+    host = installed[0]
+    st, journal_now = status_after_kill
     # killed during `start`: the helper stopped there, or at the latest at the next step
     # boundary it reached before the closed pipe was noticed (gate, which never ends then)
-    assert killed[-1]["hop"] == 2 and killed[-1]["step"] in ("start", "gate"), killed[-1]
-    site = up.site_at(site_dir, host, testbed.client_key, NEW)
-    st = status(site, host=None, opts=up.opts(testbed, site_dir, bundles)).to_dict()["hosts"][0]
-    assert st["plan"]["journal"]["step"] == killed[-1]["step"]
+    assert journal_now[-1]["hop"] == 2 and journal_now[-1]["step"] in ("start", "gate")
+    # status waited for the helper: it read the journal's last word, and no helper is left
+    assert st["plan"]["journal"]["step"] == journal_now[-1]["step"]
+    assert st["plan"]["journal"]["event"] == journal_now[-1]["event"]
+    assert host.exec("pgrep -f upgrade-window", check=False).returncode != 0
     assert st["plan"]["resume"]["action"] == "rollback" and st["plan"]["resume"]["retry_after"]
     assert host.exec("test -e /var/lib/harborctl/upgrade.window", check=False).returncode == 0
 
 
+def test_a_window_lock_that_never_frees_is_a_clear_error(
+        testbed: TestBed, installed: tuple[Host, Path, str], status_after_kill: object,
+        bundles: Path) -> None:
+    host, site_dir, _ = installed
+    site = up.site_at(site_dir, host, testbed.client_key, NEW)
+    held = HeldWindow(host)
+    try:
+        with pytest.raises(RemoteError) as busy:
+            status(site, host=None, opts=dataclasses.replace(
+                up.opts(testbed, site_dir, bundles), window_wait=2))
+    finally:
+        held.release()
+    assert busy.value.message.startswith("h1: the upgrade window helper of an earlier run "
+                                         f"still holds {WINDOW_LOCK} after 2 s (pid="), busy.value
+    assert "run the same harborctl command again" in str(busy.value.hint)
+
+
+def test_the_next_run_waited_for_the_window_lock(
+        upgraded: tuple[ApplyResult, list[str], bool]) -> None:
+    assert upgraded[2], "the re-run read or acted while the window lock was held"
+
+
 def test_the_run_after_the_kill_rolls_back_retries_and_reaches_the_target(
-        upgraded: tuple[ApplyResult, list[str]], installed: tuple[Host, Path, str]) -> None:
-    result, lines = upgraded
+        upgraded: tuple[ApplyResult, list[str], bool],
+        installed: tuple[Host, Path, str]) -> None:
+    result, lines, _ = upgraded
     assert result.error is None, (result.error, "\n".join(lines[-30:]))
     host_out = result.hosts[0]
     assert (host_out.outcome, host_out.on_release) == ("done", NEW)
@@ -173,8 +252,9 @@ def test_the_run_after_the_kill_rolls_back_retries_and_reaches_the_target(
     assert f"harbor-core:v{NEW}" in host.exec("docker ps --format '{{.Image}}'").stdout
 
 
-def test_every_row_survives_and_the_schema_matches(upgraded: tuple[ApplyResult, list[str]],
-                                                   installed: tuple[Host, Path, str]) -> None:
+def test_every_row_survives_and_the_schema_matches(
+        upgraded: tuple[ApplyResult, list[str], bool],
+        installed: tuple[Host, Path, str]) -> None:
     host, _, before = installed
     assert up.psql(host, up.COUNT_SQL) == before
     assert up.psql(host, "SELECT version, dirty FROM schema_migrations") == "180|f"
@@ -183,7 +263,7 @@ def test_every_row_survives_and_the_schema_matches(upgraded: tuple[ApplyResult, 
     assert host.exec("stat -c '%u %a' /data/database/pg18").stdout.strip() == "999 700"
 
 
-def test_the_image_pushed_before_can_be_pulled(upgraded: tuple[ApplyResult, list[str]],
+def test_the_image_pushed_before_can_be_pulled(upgraded: tuple[ApplyResult, list[str], bool],
                                                installed: tuple[Host, Path, str],
                                                tmp_path: Path) -> None:
     if shutil.which("skopeo") is None:
@@ -196,7 +276,7 @@ def test_the_image_pushed_before_can_be_pulled(upgraded: tuple[ApplyResult, list
     assert (out / "manifest.json").is_file()
 
 
-def test_journal_backup_and_snapshot(upgraded: tuple[ApplyResult, list[str]],
+def test_journal_backup_and_snapshot(upgraded: tuple[ApplyResult, list[str], bool],
                                      installed: tuple[Host, Path, str]) -> None:
     host, site_dir, _ = installed
     assert host.exec("stat -c %a /var/lib/harborctl/upgrade.journal").stdout.strip() == "600"
@@ -211,7 +291,7 @@ def test_journal_backup_and_snapshot(upgraded: tuple[ApplyResult, list[str]],
 
 
 def test_a_second_apply_does_nothing(testbed: TestBed, installed: tuple[Host, Path, str],
-                                     upgraded: tuple[ApplyResult, list[str]],
+                                     upgraded: tuple[ApplyResult, list[str], bool],
                                      bundles: Path) -> None:
     host, site_dir, _ = installed
     site = up.site_at(site_dir, host, testbed.client_key, NEW)

@@ -119,3 +119,10 @@ def kill_when(argv: list[str], host: Host, reached: Callable[[list[Entry]], bool
                 proc.kill()
             proc.wait()
     return proc.returncode
+
+
+def flock_waiters(proc_locks: str, inode: int) -> int:
+    """How many processes wait (``->`` lines of ``/proc/locks``) for a flock on ``inode``:
+    the sign, independent of any timing, that a re-run waits for the window lock."""
+    return sum(1 for line in proc_locks.splitlines()
+               if "-> FLOCK" in line and line.split()[-3].endswith(f":{inode}"))

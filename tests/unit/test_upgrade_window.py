@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import ModuleType
@@ -21,8 +22,10 @@ from typing import Any
 
 import pytest
 
+from harbor_ops.hosts import probe
 from harbor_ops.hosts.playbook import playbook_dir
 from harbor_ops.upgrade import state
+from tests.integration.upgradefixture import flock_waiters
 
 HELPER = playbook_dir() / "roles" / "harbor" / "files" / "upgrade-window"
 
@@ -148,3 +151,103 @@ def test_the_watchdog_notices_that_nobody_reads_the_controllers_pipe(tmp_path: P
 
 def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
+
+
+# --------------------------------------------------------------------------- the window lock
+
+
+class Holder:
+    """Another process holding ``path``'s flock (a helper still at work) until released."""
+
+    def __init__(self, path: Path) -> None:
+        self.proc = subprocess.Popen(["flock", "-x", str(path), "sh", "-c", "echo held; read _"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline() == b"held\n"
+
+    def release(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def _waiters(path: Path) -> int:
+    return flock_waiters(Path("/proc/locks").read_text(), path.stat().st_ino)
+
+
+def test_the_helper_holds_the_window_lock_and_names_itself(tmp_path: Path) -> None:
+    lock_path = tmp_path / "window.lock"
+    uw.RECORD.update(run="18c0ffee00", hop=2)
+    lock = uw.WindowLock(str(lock_path), wait=5)
+    try:
+        assert lock_path.stat().st_mode & 0o777 == 0o600
+        window = uw.Window(_config(tmp_path), Alive(), lock)
+        (tmp_path / "harbor-2.15.2").mkdir()
+        window.run_steps(["switch"])
+        holder = lock_path.read_text()
+        assert holder.startswith(f"pid={os.getpid()} run=18c0ffee00 hop=2 step=switch since=")
+        # held: a second helper refuses to begin (and journals nothing)
+        with pytest.raises(uw.StepFailed, match="another upgrade-window holds .* step=switch"):
+            uw.WindowLock(str(lock_path), wait=0.3)
+        # the lock goes with the step's commands: one that outlives the helper keeps it
+        uw.PASS_FDS[:] = [lock.fd]
+        uw.run(["sh", "-c", f"test -e /proc/self/fd/{lock.fd}"])
+    finally:
+        uw.PASS_FDS.clear()
+        os.close(lock.fd)
+    uw.WindowLock(str(lock_path), wait=0.3)  # freed with the helper's descriptor
+
+
+def test_a_helper_that_finds_the_lock_held_begins_nothing(tmp_path: Path) -> None:
+    cfg = dict(_config(tmp_path), lock=str(tmp_path / "window.lock"), lock_wait=0.3)
+    holder = Holder(tmp_path / "window.lock")
+    try:
+        p = subprocess.run([sys.executable, str(HELPER), json.dumps(cfg), "switch"],
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        holder.release()
+    assert p.returncode == 1 and "another upgrade-window holds" in p.stderr, p
+    assert not (tmp_path / "upgrade.journal").exists()
+
+
+def test_the_probe_waits_for_the_window_lock_then_holds_it(tmp_path: Path) -> None:
+    lock_path = tmp_path / "window.lock"
+    assert probe.window(str(lock_path), 5) == {"held": False, "waited": 0.0}  # no helper
+    lock_path.write_text("pid=1 run=18c0ffee00 hop=2 step=start since=1\n")
+    holder = Holder(lock_path)
+    try:
+        busy = probe.window(str(lock_path), 0.3)
+        assert busy["held"] and busy["holder"].startswith("pid=1 run=18c0ffee00 hop=2 step=start")
+        # the holder lets go only once the probe is seen waiting for it (/proc/locks)
+        releaser = threading.Thread(target=_release_when_waited_for, args=(holder, lock_path))
+        releaser.start()
+        got = probe.window(str(lock_path), 60)
+        releaser.join()
+    finally:
+        if holder.proc.poll() is None:
+            holder.release()
+    assert got["held"] is False
+    try:  # and holds it (shared) until the probe ends: a new helper cannot begin meanwhile
+        with pytest.raises(uw.StepFailed):
+            uw.WindowLock(str(lock_path), wait=0.3)
+    finally:
+        while probe._HELD:
+            os.close(probe._HELD.pop())
+
+
+def _release_when_waited_for(holder: Holder, path: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _waiters(path) == 0:
+        time.sleep(0.02)
+    holder.release()
+
+
+def test_a_signal_stops_the_helper_at_the_next_step_boundary() -> None:
+    dog = uw.Watchdog(os.getppid())
+    dog.fd = None  # no pipe to watch here: only the signal counts
+    assert not dog.gone()
+    try:
+        uw.stop_on_signal(15, None)
+        assert dog.gone()
+    finally:
+        uw.STOPPING.clear()
