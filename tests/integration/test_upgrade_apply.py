@@ -203,7 +203,7 @@ def test_status_after_the_kill_says_what_the_next_run_does(
     # status waited for the helper: it read the journal's last word, and no helper is left
     assert st["plan"]["journal"]["step"] == journal_now[-1]["step"]
     assert st["plan"]["journal"]["event"] == journal_now[-1]["event"]
-    assert host.exec("pgrep -f upgrade-window", check=False).returncode != 0
+    assert host.exec("pgrep -f '[u]pgrade-window'", check=False).returncode != 0
     assert st["plan"]["resume"]["action"] == "rollback" and st["plan"]["resume"]["retry_after"]
     assert host.exec("test -e /var/lib/harborctl/upgrade.window", check=False).returncode == 0
 
