@@ -33,6 +33,7 @@ import pytest
 from harbor_ops.core.errors import RemoteError, UpgradePathError
 from harbor_ops.upgrade.apply import WINDOW_LOCK, ApplyResult, apply, status
 from tests.bed.dockerd import DockerEngine
+from tests.bed.fixtures import unavailable
 from tests.bed.hosts import Host, TestBed
 from tests.integration import upgradefixture as up
 from tests.integration.test_bundle import _tiny_oci_layout
@@ -73,8 +74,9 @@ def installed(testbed: TestBed, bundles: Path,
     host = testbed.reset("h1")
     site_dir = tmp_path_factory.mktemp("site")
     counts = up.install_with_rows(testbed, host, site_dir, bundles, OLD)
-    if shutil.which("skopeo"):
-        _push(host, site_dir)
+    if shutil.which("skopeo") is None:
+        unavailable("skopeo is not installed (the image pushed before the upgrade)")
+    _push(host, site_dir)
     return host, site_dir, counts
 
 
@@ -267,7 +269,7 @@ def test_the_image_pushed_before_can_be_pulled(upgraded: tuple[ApplyResult, list
                                                installed: tuple[Host, Path, str],
                                                tmp_path: Path) -> None:
     if shutil.which("skopeo") is None:
-        pytest.skip("skopeo is not installed")
+        unavailable("skopeo is not installed")
     host = installed[0]
     out = tmp_path / "pulled"
     subprocess.run(["skopeo", "copy", "--quiet", "--src-tls-verify=false", "--authfile",

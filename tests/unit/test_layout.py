@@ -106,3 +106,26 @@ def test_scripts_outside_the_package_import() -> None:
             spec.loader.exec_module(module)
         finally:
             del sys.modules[name]
+
+
+def _skips_outside_the_guard(root: Path) -> list[str]:
+    """``pytest.skip``/``importorskip``/``mark.skip*`` used anywhere but the CI guard."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if (isinstance(node, ast.Attribute) and node.attr in
+                    {"skip", "skipif", "importorskip"}
+                    and path.name != "fixtures.py"):
+                found.append(f"{path.relative_to(root)}:{node.lineno}")
+    return found
+
+
+def test_tests_skip_only_through_the_ci_guard() -> None:
+    """A missing tool calls tests.bed.fixtures.unavailable, which FAILS under CI=true."""
+    assert _skips_outside_the_guard(ROOT / "tests") == []
+
+
+def test_the_skip_finder_finds_a_bare_skip(tmp_path: Path) -> None:
+    (tmp_path / "test_x.py").write_text("import pytest\n\npytest.skip('no tool')\n")
+    (tmp_path / "fixtures.py").write_text("import pytest\npytest.skip('the guard')\n")
+    assert _skips_outside_the_guard(tmp_path) == ["test_x.py:3"]
