@@ -117,11 +117,13 @@ def select_hosts(site: Site, name: str | None) -> list[HostEntry]:
     return chosen
 
 
-def read_host(site: Site, entry: HostEntry, opts: Options) -> dict[str, Any]:
+def read_host(site: Site, entry: HostEntry, opts: Options,
+              progress: Progress = lambda _: None) -> dict[str, Any]:
     """The host's facts and upgrade journal, read once no window helper runs there.
 
     The probe first waits for the window lock: a helper that outlived a killed harborctl
-    finishes its step in flight, and only then is its journal the truth to decide from."""
+    finishes its step in flight, and only then is its journal the truth to decide from.
+    A wait of a second or more is reported, so a slow start has a visible reason."""
     got = host_facts.gather(entry, data_volume=_data_volume(site), hostname=site.hostname,
                             install_dir=str(site.install.dir), ssh_config=opts.ssh_config,
                             journal=opts.journal, window_lock=opts.window_lock,
@@ -138,6 +140,10 @@ def read_host(site: Site, entry: HostEntry, opts: Options) -> dict[str, Any]:
             "while it may still act", hint="it ends after the step in flight; see what that "
             "step's command waits for on the host (`ps -ef | grep upgrade-window`), then run "
             "the same harborctl command again: it continues or rolls back from the journal")
+    waited = float(window.get("waited") or 0)
+    if waited >= 1:
+        progress(f"{entry.name}: waited {waited:.0f} s for the upgrade window helper of an "
+                 "earlier run to end; reading its journal now")
     return got.data
 
 
@@ -161,13 +167,14 @@ def inspect_bundles(bundle_dir: Path | None,
     return {v: bundle_mod.inspect_bundle(bundle_dir / named[v]) for v in versions if v in named}
 
 
-def plan_hosts(site: Site, entries: list[HostEntry], opts: Options) -> list[HostPlan]:
+def plan_hosts(site: Site, entries: list[HostEntry], opts: Options,
+               progress: Progress = lambda _: None) -> list[HostPlan]:
     """Read every host (in parallel) and plan it; bundles are inspected once per stop."""
     from harbor_ops.site.load import resolve_secrets
 
     values = resolve_secrets(site)
     with ThreadPoolExecutor(max_workers=min(8, len(entries))) as pool:
-        facts = list(pool.map(lambda e: read_host(site, e, opts), entries))
+        facts = list(pool.map(lambda e: read_host(site, e, opts, progress), entries))
     first = [plan_host(site, e.name, f, bundles={}, harbor_values=values)
              for e, f in zip(entries, facts, strict=True)]
     stops = {h.target.version for p in first for h in p.hops}
@@ -190,7 +197,7 @@ def apply(site: Site, *, to: str | None, host: str | None, opts: Options, dry_ru
     entries = select_hosts(site, host)
     result = ApplyResult(target=str(site.release.version), dry_run=dry_run,
                          learned=list(learned or []))
-    plans = plan_hosts(site, entries, opts)
+    plans = plan_hosts(site, entries, opts, progress)
     result.hosts = [HostOutcome(p, on_release=p.installed) for p in plans]
     refused = [(o.plan.host, r) for o in result.hosts for r in o.plan.refusals]
     for o in result.hosts:

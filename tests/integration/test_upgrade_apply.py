@@ -184,6 +184,7 @@ def upgraded(testbed: TestBed, installed: tuple[Host, Path, str],
             time.sleep(0.1)
         waited = (up.flock_waiters(host.exec("cat /proc/locks").stdout, inode) > 0
                   and up.journal(host) == before and not lines)
+        time.sleep(1.5)  # the re-run already waits: it now waits >= 1.5 s, so it reports it
     finally:
         held.release()
         rerun.join(timeout=3600)
@@ -230,6 +231,10 @@ def test_a_window_lock_that_never_frees_is_a_clear_error(
 def test_the_next_run_waited_for_the_window_lock(
         upgraded: tuple[ApplyResult, list[str], bool]) -> None:
     assert upgraded[2], "the re-run read or acted while the window lock was held"
+    # and said so once it could go on (its first line; the test held the lock >= 1 s)
+    assert upgraded[1][0].startswith("h1: waited "), upgraded[1][:3]
+    assert upgraded[1][0].endswith(" s for the upgrade window helper of an earlier run to "
+                                   "end; reading its journal now"), upgraded[1][:3]
 
 
 def test_the_run_after_the_kill_rolls_back_retries_and_reaches_the_target(
