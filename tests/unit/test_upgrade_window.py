@@ -8,8 +8,6 @@ notices that nobody reads its controller's pipe any more (harborctl killed).
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,7 +15,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -26,20 +23,12 @@ from harbor_ops.hosts import probe
 from harbor_ops.hosts.playbook import playbook_dir
 from harbor_ops.upgrade import state
 from tests.integration.upgradefixture import flock_waiters
+from tests.unit.scriptload import load_script
 
 HELPER = playbook_dir() / "roles" / "harbor" / "files" / "upgrade-window"
 
 
-def _load() -> ModuleType:
-    loader = importlib.machinery.SourceFileLoader("upgrade_window", str(HELPER))
-    spec = importlib.util.spec_from_loader("upgrade_window", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-uw = _load()
+uw = load_script(HELPER, "upgrade_window")
 
 
 class Alive:

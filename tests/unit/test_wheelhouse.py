@@ -7,14 +7,14 @@ dependency must have an exact pin in .ci/requirements.txt, where the script read
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import re
 import tomllib
 from pathlib import Path
 from types import ModuleType
 
 import yaml
+
+from tests.unit.scriptload import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 # Task keywords that are not module names.
@@ -26,13 +26,7 @@ KEYWORDS = {"name", "when", "register", "loop", "loop_control", "changed_when", 
 
 
 def _wheelhouse() -> ModuleType:
-    path = ROOT / "scripts/wheelhouse"
-    loader = importlib.machinery.SourceFileLoader("wheelhouse", str(path))
-    spec = importlib.util.spec_from_loader("wheelhouse", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+    return load_script(ROOT / "scripts/wheelhouse", "wheelhouse")
 
 
 def _tasks(node: object) -> list[dict[str, object]]:
