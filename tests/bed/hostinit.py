@@ -178,6 +178,20 @@ def halt(host: Host, launcher: subprocess.Popen[bytes] | None) -> None:
         wait_for(_all_exited(pids), what=f"processes of {host.name} to exit",
                  timeout=EXIT_TIMEOUT)
     remove_cgroups(host.netns)
+    remove_bridges(host.netns)
+
+
+def remove_bridges(netns: str) -> None:
+    """Delete the bridges the host's dockerd made in its network namespace, which outlives
+    the halt: a real reboot starts without them. A stale bridge left behind keeps its route
+    to a compose network's subnet, and when the next boot's dockerd makes that network anew
+    (a bed snapshot restored), the stale, link-down route wins and the published ports reset
+    every connection."""
+    out = run(["ip", "-n", netns, "-o", "link", "show", "type", "bridge"], check=False).stdout
+    for line in out.splitlines():
+        name = line.split(":", 2)[1].strip().split("@")[0] if line.count(":") >= 2 else ""
+        if name:
+            run(["ip", "-n", netns, "link", "del", name], check=False)
 
 
 def netns_pids(netns: str) -> list[int]:

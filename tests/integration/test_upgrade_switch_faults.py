@@ -22,7 +22,6 @@ from harbor_ops.core.errors import UpgradeRolledBack
 from harbor_ops.upgrade.apply import ApplyResult, apply
 from tests.bed.hosts import Host, TestBed
 from tests.integration import upgradefixture as up
-from tests.integration.harborwait import health_url, wait_healthy
 
 pytestmark = pytest.mark.integration
 
@@ -50,27 +49,10 @@ def snapshot(testbed: TestBed, bundles: Path,
     return site_dir, counts
 
 
-def _restored(testbed: TestBed) -> Host:
-    """The snapshot booted; its containers come back by their restart policy."""
-    host = testbed.restore("h1", LABEL)
-    wait_healthy(health_url(host))
-    return host
-
-
 def _apply(testbed: TestBed, site_dir: Path, bundles: Path, host: Host) -> ApplyResult:
     site = up.site_at(site_dir, host, testbed.client_key, NEW)
     return apply(site, to=NEW, host=None,
                  opts=up.opts(testbed, site_dir, bundles, health_retries=12))
-
-
-def _on_the_old_release_with_every_row(host: Host, counts: str) -> None:
-    assert host.exec("readlink /opt/harbor/harbor").stdout.strip() == f"harbor-{OLD}"
-    assert f"harbor-core:v{OLD}" in host.exec("docker ps --format '{{.Image}}'").stdout
-    assert up.psql(host, up.COUNT_SQL) == counts
-    assert up.psql(host, "SELECT version, dirty FROM schema_migrations") == "171|f"
-    assert host.exec("ls /data/database").stdout.split() == ["pg15"]
-    assert host.exec("stat -c '%u %a' /data/database/pg15").stdout.strip() == "999 700"
-    assert host.exec("test -e /var/lib/harborctl/upgrade.window", check=False).returncode != 0
 
 
 @pytest.mark.parametrize(("fault", "words"), [
@@ -81,7 +63,7 @@ def _on_the_old_release_with_every_row(host: Host, counts: str) -> None:
 def test_a_failing_new_release_is_rolled_back(testbed: TestBed, snapshot: tuple[Path, str],
                                               bundles: Path, fault: str, words: str) -> None:
     site_dir, counts = snapshot
-    host = _restored(testbed)
+    host = up.restored(testbed, "h1", LABEL)
     if fault == "migration":
         host.exec("docker exec -i harbor-db psql -v ON_ERROR_STOP=1 -U postgres -d registry",
                   input=DUPLICATE_SCHEDULES.encode())
@@ -95,7 +77,7 @@ def test_a_failing_new_release_is_rolled_back(testbed: TestBed, snapshot: tuple[
     assert words in out.message, out.message
     steps = [s["step"] for s in out.hops[-1]["steps"]]
     assert steps[-5:] == ["rb_stop", "rb_restore", "rb_switch", "rb_start", "rb_gate"]
-    _on_the_old_release_with_every_row(host, counts)
+    up.on_release_with_every_row(host, OLD, counts)
 
 
 def test_a_reboot_in_the_window_then_apply_again_reaches_the_target(
@@ -105,7 +87,7 @@ def test_a_reboot_in_the_window_then_apply_again_reaches_the_target(
     @reboot line run). The boot path must start nothing while the window is open; the
     next `apply` continues at the snapshot and reaches 2.15.2 with every row."""
     site_dir, counts = snapshot
-    host = _restored(testbed)
+    host = up.restored(testbed, "h1", LABEL)
     site = up.site_at(site_dir, host, testbed.client_key, NEW)
     code = up.kill_when(up.apply_argv(site, testbed, site_dir, bundles), host, lambda j: any(
         e["step"] == "snapshot" and e["event"] == "begin" for e in j), site_dir / "killed.err")

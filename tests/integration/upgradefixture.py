@@ -24,9 +24,12 @@ from harbor_ops.site.model import Site
 from harbor_ops.upgrade.apply import Options
 from tests.bed.bundle.builder import build_bundle
 from tests.bed.hosts import Host, TestBed
+from tests.integration.harborwait import health_url, wait_healthy
 from tests.integration.test_install import write_site
 
 JOURNAL = "/var/lib/harborctl/upgrade.journal"
+# What each release of the double leaves: its schema_migrations row and PostgreSQL data dir.
+SCHEMA = {"2.14.4": ("171", "pg15"), "2.15.2": ("180", "pg18")}
 ROWS_SQL = """
 INSERT INTO harbor_user (username, realname) SELECT 'user' || i, 'User ' || i
   FROM generate_series(1, 40) i;
@@ -126,3 +129,25 @@ def flock_waiters(proc_locks: str, inode: int) -> int:
     the sign, independent of any timing, that a re-run waits for the window lock."""
     return sum(1 for line in proc_locks.splitlines()
                if "-> FLOCK" in line and line.split()[-3].endswith(f":{inode}"))
+
+
+def restored(testbed: TestBed, name: str, label: str) -> Host:
+    """Bed snapshot ``label`` of host ``name`` booted; its containers come back by their
+    restart policy (waited for until Harbor says healthy, bounded)."""
+    host = testbed.restore(name, label)
+    wait_healthy(health_url(host))
+    return host
+
+
+def on_release_with_every_row(host: Host, release: str, counts: str) -> None:
+    """``host`` runs ``release`` (the link and core's image), with the rows ``counts`` says,
+    a clean schema_migrations, exactly one database dir (owned by harbor-db's uid 999, mode
+    0700) and no open upgrade window."""
+    version, pg_dir = SCHEMA[release]
+    assert host.exec("readlink /opt/harbor/harbor").stdout.strip() == f"harbor-{release}"
+    assert f"harbor-core:v{release}" in host.exec("docker ps --format '{{.Image}}'").stdout
+    assert psql(host, COUNT_SQL) == counts
+    assert psql(host, "SELECT version, dirty FROM schema_migrations") == f"{version}|f"
+    assert host.exec("ls -A /data/database").stdout.split() == [pg_dir]
+    assert host.exec(f"stat -c '%u %a' /data/database/{pg_dir}").stdout.strip() == "999 700"
+    assert host.exec("test -e /var/lib/harborctl/upgrade.window", check=False).returncode != 0
