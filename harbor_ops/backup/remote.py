@@ -204,6 +204,8 @@ def pull_backup(remote: Remote, backup_dir: Path, *, name: str | None = None,
             raise RemoteError(f"no backup {name or 'of ' + str(hostname)} on {where}",
                               hint="name a backup the remote folder holds")
         entry = wanted[0]
+        if entry.name.endswith(crypto.SUFFIX):
+            crypto.identities(encryption, entry.name)  # no identity: refuse before any byte
         local = entry.name.removesuffix(crypto.SUFFIX)
         final = Path(backup_dir) / local
         if final.exists():
