@@ -42,11 +42,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def snapshot(testbed: TestBed, bundles: Path,
              tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """h1 on 2.14.4 with rows, kept as a bed snapshot; returns (site dir, row counts)."""
-    host = testbed.reset("h1")
-    site_dir = tmp_path_factory.mktemp("site")
-    counts = up.install_with_rows(testbed, host, site_dir, bundles, OLD)
-    testbed.snapshot("h1", LABEL)
-    return site_dir, counts
+    return up.snapshot_with_rows(testbed, tmp_path_factory, bundles, OLD, LABEL)
 
 
 def _apply(testbed: TestBed, site_dir: Path, bundles: Path, host: Host) -> ApplyResult:

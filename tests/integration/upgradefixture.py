@@ -131,6 +131,17 @@ def flock_waiters(proc_locks: str, inode: int) -> int:
                if "-> FLOCK" in line and line.split()[-3].endswith(f":{inode}"))
 
 
+def snapshot_with_rows(testbed: TestBed, tmp_path_factory: pytest.TempPathFactory,
+                       bundle_dir: Path, version: str, label: str) -> tuple[Path, str]:
+    """A fresh h1 on ``version`` with rows, kept as bed snapshot ``label`` for
+    :func:`restored`; returns (site dir, row counts)."""
+    host = testbed.reset("h1")
+    site_dir = tmp_path_factory.mktemp("site")
+    counts = install_with_rows(testbed, host, site_dir, bundle_dir, version)
+    testbed.snapshot("h1", label)
+    return site_dir, counts
+
+
 def restored(testbed: TestBed, name: str, label: str) -> Host:
     """Bed snapshot ``label`` of host ``name`` booted; its containers come back by their
     restart policy (waited for until Harbor says healthy, bounded)."""
