@@ -10,6 +10,7 @@ back after a reboot with ``docker compose``.
 
 from __future__ import annotations
 
+import re
 import shutil
 from typing import Any
 
@@ -17,6 +18,10 @@ from harbor_ops.hosts import probe
 
 DEFAULT_DOCKER = "/usr/bin/docker"
 DEFAULT_COMPOSE_V1 = "/usr/bin/docker-compose"
+# What a host may report as a tool's path: it becomes a word of the boot cron line, the
+# systemd environment file and the upgrade helper's argv, so nothing a shell would read as
+# more than one plain absolute path (no space, quote, `$`, `;`, ...).
+SAFE_PATH = re.compile(r"/[A-Za-z0-9._+/-]{1,255}")
 
 
 def pick(facts: dict[str, Any], *, plugin_accepted: bool = True) -> str | None:
@@ -29,10 +34,20 @@ def pick(facts: dict[str, Any], *, plugin_accepted: bool = True) -> str | None:
     v1 = (facts.get("compose_v1") or {}).get("rc") == 0
     paths = facts.get("paths") or {}
     if plugin_accepted and v2:
-        return f"{paths.get('docker') or DEFAULT_DOCKER} compose"
+        return f"{_safe(paths.get('docker'), DEFAULT_DOCKER)} compose"
     if v1:
-        return str(paths.get("docker-compose") or DEFAULT_COMPOSE_V1)
+        return _safe(paths.get("docker-compose"), DEFAULT_COMPOSE_V1)
     return None
+
+
+def _safe(reported: object, default: str) -> str:
+    """The path a host reported, when it is one plain absolute path; else the default.
+
+    The probe's answer is untrusted input: a path with a space or a shell character would
+    choose words of the commands written to that host."""
+    if isinstance(reported, str) and SAFE_PATH.fullmatch(reported):
+        return reported
+    return default
 
 
 def local_facts() -> dict[str, Any]:
