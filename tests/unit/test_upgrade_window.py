@@ -74,6 +74,41 @@ def test_a_failed_step_is_journaled_with_its_reason_and_reported(tmp_path: Path)
     assert not (tmp_path / "harbor").exists()  # rb_switch never began
 
 
+def test_an_unexpected_error_in_a_step_is_journaled_as_its_failure(tmp_path: Path) -> None:
+    """Not only StepFailed: a bug (here a config without the link) leaves a `fail` line,
+    so harborctl decides from the journal instead of guessing from a dead helper."""
+    cfg = _config(tmp_path)
+    del cfg["active_link"]
+    with pytest.raises(uw.StepFailed) as failed:
+        uw.Window(cfg, Alive()).run_steps(["switch"])
+    assert json.loads(str(failed.value))["failed_step"] == "switch"
+    assert "KeyError" in json.loads(str(failed.value))["msg"]
+    folded = state.fold((tmp_path / "upgrade.journal").read_text().splitlines())
+    assert (folded.step, folded.event) == ("switch", "fail")
+
+
+def test_the_rollback_puts_back_the_snapshot_and_drops_what_was_not_there(
+        tmp_path: Path) -> None:
+    """The database and secret come back as they were; a redis folder the failed release
+    created (none before the hop) goes, so the old release never reads its data."""
+    cfg = _config(tmp_path)
+    data = tmp_path / "data"
+    (data / "database" / "pg15").mkdir(parents=True)
+    (data / "database" / "pg15" / "PG_VERSION").write_text("15\n")
+    (data / "secret").mkdir()
+    (data / "secret" / "key").write_text("k")
+    window = uw.Window(cfg, Alive())
+    window.run_steps(["snapshot"])
+    (data / "database" / "pg15" / "PG_VERSION").write_text("18\n")  # the new release's
+    (data / "redis").mkdir()
+    (data / "redis" / "dump.rdb").write_text("REDIS0012")
+    window.run_steps(["rb_restore"])
+    assert (data / "database" / "pg15" / "PG_VERSION").read_text() == "15\n"
+    assert (data / "secret" / "key").read_text() == "k"
+    assert not (data / "redis").exists()
+    assert (Path(cfg["snapshot"]) / "database").is_dir()  # kept until the old release passed
+
+
 def test_the_gate_refuses_an_empty_dirty_or_wrong_layout_database() -> None:
     then = {"schema_version": 171, "schema_dirty": False,
             "counts": {"project": 26, "artifact": 200}}
