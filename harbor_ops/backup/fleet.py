@@ -10,9 +10,10 @@ job lock on the controller, so several hosts can be backed up at once; a failing
 fails alone and is named. What touches an SSH host's Harbor (create, restore, the drill
 in its harbor-db image) also holds that host's own ``/run/harborctl.lock``
 (:mod:`harbor_ops.hosts.joblock`, the lock upgrade, install.sh and a harborctl on the host
-take) for as long as its SSH connection is open. It is taken once the connection is up,
-before the controller's lock the backup engine takes: the controller's lock never waits
-(busy: refused at once), so the two orders of upgrade and backup cannot wait on each other.
+take), held by one more channel of its SSH connection for as long as that is open. It is
+taken once the connection is up, before the controller's lock the backup engine takes: the
+controller's lock never waits (busy: refused at once), so the two orders of upgrade and
+backup cannot wait on each other.
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ def access(site: Site, entry: HostEntry, *, ssh_config: Path | None = None,
                          "from the controller only for a local site")
     client = connect(entry, ssh_config, accept_new_host_keys=accept_new_host_keys)
     lock = nullcontext() if job is None else hold_on_host(
-        entry, job=job, ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys)
+        entry, job=job, ssh_config=ssh_config, client=client)
     try:
         with lock:
             sftp = client.open_sftp()
@@ -301,7 +302,7 @@ def verify_on_host(site: Site, entry: HostEntry, *, name: str | None = None,
         client = connect(entry, ssh_config, accept_new_host_keys=accept_new_host_keys)
         try:
             with hold_on_host(entry, job="backup verify", ssh_config=ssh_config,
-                              accept_new_host_keys=accept_new_host_keys):
+                              client=client):
                 return verify_backup(path=path, lock_path=host_lock(entry), progress=say,
                                      remote_drill=partial(remote_drill, client, entry.name))
         finally:

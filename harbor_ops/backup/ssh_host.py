@@ -47,6 +47,24 @@ _MAX_PACKET = 256 << 10
 # status at all 71.
 _PIPE = ('exec 4>&1; s=$( {{ {{ {dump}; echo $? >&3; }} | zstd -q -{level} -T0 >&4; }} 3>&1 )'
          ' || exit 70; exit "${{s:-71}}"')
+# A client tool (pg_dump, psql, pg_restore) run straight in the container's namespaces
+# (nsenter), as the container's own user (never root), on this shell's stdin and stdout.
+# Through `docker exec` every byte is relayed by dockerd and the docker client: on a 250 MB
+# database that relay took twice pg_dump's own CPU on the host (3.0 against 1.0
+# CPU-seconds), the cost that made backups of several hosts sharing CPUs slow. The tool is
+# the server's neighbour (same build, same major), looked up through the container's own
+# root. When anything of that is missing (no nsenter, the container not running, its
+# server run as root or not named `postgres`), the tool runs through `docker exec` as
+# before. Its words: harborctl's checked arguments and the container's name; what the host
+# answers only ever fills quoted variables.
+_DIRECT = (
+    'p=$(docker inspect -f "{{{{.State.Pid}}}}" {container} 2>/dev/null); '
+    'n=$(command -v nsenter); '
+    'if [ "${{p:-0}}" -gt 0 ] 2>/dev/null && [ -n "$n" ] && u=$(stat -c %u "/proc/$p") '
+    '&& g=$(stat -c %g "/proc/$p") && [ "$u" -gt 0 ] && b=$(readlink "/proc/$p/exe") '
+    '&& [ "${{b##*/}}" = postgres ] && [ -x "/proc/$p/root${{b%/*}}/{tool}" ]; then '
+    'env -i "$n" -t "$p" -m -u -i -n -p -r -w -S "$u" -G "$g" -- "${{b%/*}}/{tool}" {args}; '
+    'else {fallback}; fi')
 
 
 def connect(entry: HostEntry, ssh_config: Path | None, *,
@@ -175,19 +193,33 @@ class SshDockerSource(DbSource):
               stdout: int | IO[bytes] | None = subprocess.PIPE,
               stderr: int | IO[bytes] | None = None,
               text: bool = False) -> Any:
-        _check_args(self.host, tool, args)
-        return self._run(tool, shlex.join(self.argv(tool, args, dbname=dbname)), stdin=stdin,
+        return self._run(tool, self._command(tool, args, dbname=dbname), stdin=stdin,
                          stdout=stdout, stderr=stderr, text=text)
 
     def popen_dump(self, args: Sequence[str], *, zstd_level: int,
                    stderr: IO[bytes]) -> tuple[Any, bool]:
-        """pg_dump piped into the host's zstd when it has one; else as any source."""
-        if not self.zstd_on_host:
-            return super().popen_dump(args, zstd_level=zstd_level, stderr=stderr)
-        _check_args(self.host, "pg_dump", args)
-        script = _PIPE.format(dump=shlex.join(self.argv("pg_dump", args)), level=int(zstd_level))
-        return self._run("pg_dump", shlex.join(["sh", "-c", script]), stdin=subprocess.DEVNULL,
-                         stdout=subprocess.PIPE, stderr=stderr, text=False), True
+        """pg_dump, piped into the host's zstd when it has one (the stream is then
+        compressed)."""
+        pipe = _PIPE.format(dump="{script}", level=int(zstd_level)) if self.zstd_on_host else ""
+        command = self._command("pg_dump", args, pipe=pipe)
+        return self._run("pg_dump", command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=stderr, text=False), self.zstd_on_host
+
+    def _command(self, tool: str, args: Sequence[str], *, dbname: str | None = None,
+                 pipe: str = "") -> str:
+        """The remote command line: ``tool`` in the container (:data:`_DIRECT`), inside
+        ``pipe`` (a script with a ``{script}`` hole) when given, with sudo for a user that
+        is not root."""
+        if not _TOOL.fullmatch(tool):
+            raise BackupError(f"host {self.host}: refusing tool name {tool!r}")
+        _check_args(self.host, tool, args)
+        docker = self.argv(tool, args, dbname=dbname)[2 if self.sudo else 0:]
+        script = _DIRECT.format(container=shlex.quote(self.container), tool=tool,
+                                args=shlex.join(docker[docker.index(tool) + 1:]),
+                                fallback=shlex.join(docker))
+        if pipe:
+            script = pipe.replace("{script}", script)
+        return shlex.join([*(["sudo", "-n"] if self.sudo else []), "sh", "-c", script])
 
     def _run(self, tool: str, command: str, **kw: Any) -> ChannelProcess:
         try:
@@ -212,6 +244,7 @@ def _check_args(host: str, tool: str, args: Sequence[str]) -> None:
 
 # Every argument harborctl passes to a client tool: flags, a snapshot id, names.
 _SAFE_ARG = re.compile(r"^[A-Za-z0-9_=.:/+-]+$")
+_TOOL = re.compile(r"^[a-z_]+$")  # pg_dump, psql, pg_restore
 
 
 @dataclass(frozen=True)
