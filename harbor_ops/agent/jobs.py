@@ -9,11 +9,12 @@ import os
 import random
 import shutil
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harbor_ops.core.errors import BackupError, HarborctlError, RemoteError
+from harbor_ops.core.errors import BackupError, HarborctlError, LockHeld, RemoteError
 from harbor_ops.hosts import health as probe
 from harbor_ops.site.checks import size_bytes
 from harbor_ops.site.model import HostEntry, Site
@@ -23,6 +24,15 @@ BACKUP_ATTEMPTS = 3
 BACKUP_RETRY_SECONDS = (30.0, 120.0)
 # Tests (and impatient operators) shorten the waits: "0.5,1" -> (0.5, 1.0).
 BACKUP_RETRY_ENV = "HARBORCTL_BACKUP_RETRY_SECONDS"
+# A host whose job lock is held (an upgrade, a restore, a backup from elsewhere) is tried
+# again after the other hosts' jobs, every BUSY_PAUSE_SECONDS, at most BUSY_ATTEMPTS tries in
+# all and none begun later than BUSY_WINDOW_SECONDS after the job began: an upgrade's window
+# or another backup ends within minutes, and the nightly run must end the same night.
+BUSY_ATTEMPTS = 4
+BUSY_PAUSE_SECONDS = 300.0
+BUSY_WINDOW_SECONDS = 1800.0
+# "pause,window" in seconds, e.g. "0.5,20" (tests).
+BUSY_RETRY_ENV = "HARBORCTL_BUSY_RETRY_SECONDS"
 # Set by the agent on SIGTERM: retry waits end at once and the job gives up cleanly.
 STOP = threading.Event()
 
@@ -144,22 +154,29 @@ def _retried(create: Any) -> Any:
     raise last
 
 
-def _backup_host(site: Site, entry: HostEntry) -> dict[str, Any]:
+def _backup_host(site: Site, entry: HostEntry, *, first: bool = True) -> dict[str, Any]:
     from harbor_ops.backup.fleet import create_on_host, prune_on_host
 
     jitter = site.backup.jitter_minutes * 60
-    if jitter and STOP.wait(random.uniform(0, jitter)):  # each host its own start
+    if first and jitter and STOP.wait(random.uniform(0, jitter)):  # each host its own start
         raise HarborctlError("the agent is stopping")
     result = _retried(lambda: create_on_host(site, entry))
     return _backup_numbers(result, len(prune_on_host(site, entry).deleted))
 
 
 def _fleet(site: Site, job: str, one: Any) -> dict[str, Any]:
-    """``one(site, host)`` on every host, ``backup.parallel`` at a time; per-host detail."""
+    """``one(site, host)`` on every host, ``backup.parallel`` at a time; per-host detail.
+
+    A host found busy is tried again after the others (:func:`_retry_busy`), so its wait
+    never holds a place another host's job could use.
+    """
     from harbor_ops.backup.fleet import run_each
 
+    began = time.monotonic()
     result = run_each(job, site.hosts, lambda e: one(site, e), parallel=site.backup.parallel)
-    hosts = {o.host: {"ok": o.ok, "error": o.error, **(o.result or {})}
+    tries = _retry_busy(site, job, one, result.outcomes, began)
+    hosts = {o.host: {"ok": o.ok, "error": o.error, **(o.result or {}),
+                      **({"busy_tries": tries[o.host]} if o.host in tries else {})}
              for o in result.outcomes}
     detail = {"hosts": hosts, "hosts_failed": len(result.failed),
               "hosts_ok": len(hosts) - len(result.failed)}
@@ -167,6 +184,48 @@ def _fleet(site: Site, job: str, one: Any) -> dict[str, Any]:
         raise HostsFailed(f"{job} failed on {', '.join(result.failed)}: "
                           + "; ".join(str(hosts[h]["error"]) for h in result.failed), detail)
     return detail
+
+
+def _retry_busy(site: Site, job: str, one: Any, outcomes: list[Any],
+                began: float) -> dict[str, int]:
+    """Try the hosts whose job lock was held again, within the busy bounds (the module's
+    ``BUSY_*``); ``outcomes`` is updated in place. Returns each busy host's number of tries.
+    A host still busy at the end keeps the holder's message, and the bounds are added."""
+    from harbor_ops.backup.fleet import run_each
+
+    pause, window = _busy_bounds()
+    tries: dict[str, int] = {}
+    for _ in range(BUSY_ATTEMPTS - 1):
+        busy = {o.host: i for i, o in enumerate(outcomes)
+                if not o.ok and o.exit_code == LockHeld.exit_code}
+        for host in busy:
+            tries[host] = tries.get(host, 1)
+        if not busy or time.monotonic() - began + pause > window or STOP.wait(pause):
+            break
+        again = run_each(job, [e for e in site.hosts if e.name in busy],
+                         lambda e: one(site, e, first=False), parallel=site.backup.parallel)
+        for o in again.outcomes:
+            outcomes[busy[o.host]] = o
+            tries[o.host] += 1
+    for o in outcomes:
+        if not o.ok and o.exit_code == LockHeld.exit_code and o.host in tries:
+            n = tries[o.host]
+            o.error = (f"{o.error} (still busy after {n} {'try' if n == 1 else 'tries'} over "
+                       f"{time.monotonic() - began:.0f} s; a busy host is tried at most "
+                       f"{BUSY_ATTEMPTS} times, none later than {window:.0f} s into the job)")
+    return tries
+
+
+def _busy_bounds() -> tuple[float, float]:
+    """(pause between tries, window) from :data:`BUSY_RETRY_ENV`, else the defaults."""
+    raw = os.environ.get(BUSY_RETRY_ENV, "")
+    try:
+        pause, window = (float(x) for x in raw.split(","))
+    except ValueError:
+        return BUSY_PAUSE_SECONDS, BUSY_WINDOW_SECONDS
+    if pause < 0 or window < 0:
+        return BUSY_PAUSE_SECONDS, BUSY_WINDOW_SECONDS
+    return pause, window
 
 
 def _backup_numbers(result: Any, pruned: int) -> dict[str, Any]:
@@ -196,9 +255,10 @@ def drill(site: Site) -> dict[str, Any]:
     return verify_latest_for_site(site)
 
 
-def _drill_host(site: Site, entry: HostEntry) -> dict[str, Any]:
+def _drill_host(site: Site, entry: HostEntry, *, first: bool = True) -> dict[str, Any]:
     from harbor_ops.backup.fleet import verify_on_host
 
+    del first  # the drill has no jitter of its own
     result = verify_on_host(site, entry)
     return {"drill_rows": sum(result.row_counts.values()),
             "drill_duration_seconds": result.duration_seconds}

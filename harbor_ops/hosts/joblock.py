@@ -15,9 +15,10 @@ controller's own.
 
 Policy when the host's lock is busy: wait at most :data:`LOCK_WAIT_SECONDS` (a killed run's
 session may still be closing), then refuse with :class:`LockHeld` (exit 7) naming the host
-and the job that holds it. Never longer: the holder is usually an upgrade or a backup that
-lasts minutes, a person sees at once who is busy, and the agent records that host's nightly
-job as failed with the holder named while the other hosts' jobs run on.
+and the job that holds it. Never longer here: the holder is usually an upgrade or a backup
+that lasts minutes and a person sees at once who is busy. The agent tries a busy host again
+later, within bounds, after the other hosts' jobs (:mod:`harbor_ops.agent.jobs`, ``BUSY_*``),
+and records it as failed with the holder named when they run out.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from harbor_ops.backup import fleet
 from harbor_ops.backup.catalog import list_backups
 from harbor_ops.core.errors import HarborctlError, LockHeld
 from harbor_ops.core.lock import LOCK_ENV, job_lock
+from harbor_ops.hosts import joblock
 from harbor_ops.hosts.joblock import HOST_LOCK, host_lock
 from harbor_ops.install.run import install
 from harbor_ops.site.load import load_site
@@ -432,6 +434,67 @@ def test_a_job_holding_the_hosts_own_lock_refuses_the_backup_until_it_ends(
     with job_lock(host_lock(entry), job="backup prune"), pytest.raises(LockHeld):
         fleet.create_on_host(site, entry)
     assert _host_lock_free(host)
+
+
+def _pids(host: Host, name: str) -> list[str]:
+    return host.exec(f"pgrep -x {name}", check=False).stdout.split()
+
+
+def test_a_drill_in_the_hosts_image_holds_its_lock_until_it_ends(fleet_bed: Fleet,
+                                                                 first: dict) -> None:
+    """`verify --host h1` drills in h1's own harbor-db image (its PostgreSQL major is not on
+    the controller) and holds h1's lock while it runs. The drill's pg_restore is paused
+    (SIGSTOP) so it surely still runs while a second backup and an upgrade's lock (what a
+    second controller's `upgrade apply` takes) are refused with exit 7 naming the drill;
+    once the drill ended, both go."""
+    entry = fleet_bed.site.hosts[0]
+    host = fleet_bed.hosts[entry.name]
+    env = {**os.environ, LOCK_ENV: str(fleet_bed.base / "harborctl.lock")}
+    verify = subprocess.Popen(
+        [sys.executable, "-m", "harbor_ops.cli.main", "backup", "verify", "--host", "h1",
+         "-o", "json", "-c", str(fleet_bed.config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    paused: list[str] = []
+    try:
+        for _ in range(1200):  # bounded (about 2 min): the drill's restore begins
+            paused = _pids(host, "pg_restore")
+            if paused or verify.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert paused, f"no drill ran on h1: {verify.communicate()}"
+        host.exec(f"kill -STOP {' '.join(paused)}")
+        assert "job=backup verify controller=" in host.exec(f"cat {HOST_LOCK}").stdout
+        refused: dict[str, str] = {}
+
+        def upgrade_lock() -> None:  # beside the second backup: their waits overlap
+            try:
+                with joblock.hold_on_host(entry, job="upgrade apply",
+                                          ssh_config=fleet_bed.bed.ssh_config_path):
+                    refused["upgrade"] = "taken"
+            except LockHeld as exc:
+                refused["upgrade"] = exc.message
+
+        other = threading.Thread(target=upgrade_lock)
+        other.start()
+        busy = fleet_bed.harborctl("backup", "create", "--host", "h1")
+        other.join(timeout=120)
+        assert busy.returncode == LockHeld.exit_code, (busy.returncode, busy.stderr)
+        assert "holds the lock on h1 (pid=" in busy.stderr, busy.stderr
+        assert "job=backup verify" in busy.stderr, busy.stderr
+        assert "holds the lock on h1 (pid=" in refused["upgrade"], refused
+        assert "job=backup verify" in refused["upgrade"], refused
+    finally:
+        if paused:
+            host.exec(f"kill -CONT {' '.join(paused)}", check=False)
+        out, err = verify.communicate(timeout=600)
+    assert verify.returncode == 0, err
+    assert json.loads(out)["restore_ok"] is True
+    assert _host_lock_free(host)
+    with joblock.hold_on_host(entry, job="upgrade apply",
+                              ssh_config=fleet_bed.bed.ssh_config_path):
+        assert "job=upgrade apply" in host.exec(f"cat {HOST_LOCK}").stdout
+    again = fleet_bed.harborctl("backup", "create", "--host", "h1")
+    assert again.returncode == 0, again.stderr
 
 
 def test_agent_backs_up_the_others_when_one_host_is_unreachable(

@@ -293,3 +293,74 @@ def test_every_command_that_connects_over_ssh_takes_accept_new_host_keys() -> No
             command = command.get_command(click.Context(command), word)
         names = {p.name for p in command.params}
         assert "accept_new_host_keys" in names, path
+
+
+def _busy_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bounds: str
+                ) -> tuple[Site, list[tuple[str, bool]], Any]:
+    """Three SSH hosts whose job is the real per-host job lock (the one a backup takes) and
+    a record of each try: (host, first try of this run?)."""
+    from harbor_ops.core.lock import LOCK_ENV, job_lock
+
+    monkeypatch.setenv(LOCK_ENV, str(tmp_path / "harborctl.lock"))
+    monkeypatch.setenv(jobs.BUSY_RETRY_ENV, bounds)
+    site = _fleet(tmp_path, 3, extra="  parallel: 2")
+    tries: list[tuple[str, bool]] = []
+
+    def one(_site: Site, entry: Any, first: bool = True) -> dict[str, Any]:
+        tries.append((entry.name, first))
+        with job_lock(joblock.host_lock(entry), job="backup create"):
+            return {"backup_size_bytes": 1}
+
+    return site, tries, one
+
+
+def test_the_agent_tries_a_busy_host_again_after_the_others(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """h2's lock is held (an upgrade) during the first pass: h1 and h3 are backed up, then
+    h2 is tried again and succeeds; its wait never held a place h3 needed."""
+    from harbor_ops.core.lock import job_lock
+
+    site, tries, one = _busy_fleet(tmp_path, monkeypatch, "0.1,60")
+    upgrade = job_lock(joblock.host_lock(site.hosts[1]), job="upgrade apply")
+    upgrade.__enter__()
+
+    def freeing(s: Site, entry: Any, first: bool = True) -> dict[str, Any]:
+        try:
+            return one(s, entry, first)
+        finally:
+            if entry.name == "h3":  # the upgrade ends while the first pass runs
+                upgrade.__exit__(None, None, None)
+
+    runner = agent.Agent(site, jobs={"backup": lambda s: jobs._fleet(s, "backup", freeing)})
+    rec = runner.run_job("backup")
+    assert rec.result == "ok", rec.error
+    assert sorted(tries[:3]) == [("h1", True), ("h2", True), ("h3", True)]
+    assert tries[3:] == [("h2", False)]  # after every first try, and only h2
+    status = json.loads(site.agent.status_file.read_text())
+    assert status["hosts"]["h2"]["backup"]["result"] == "ok"
+    assert status["hosts"]["h2"]["backup"]["detail"]["busy_tries"] == 2
+
+
+def test_a_host_busy_beyond_the_bounds_fails_naming_the_holder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harbor_ops.core.lock import job_lock
+
+    site, tries, one = _busy_fleet(tmp_path, monkeypatch, "0.05,60")
+    with job_lock(joblock.host_lock(site.hosts[1]), job="upgrade apply"):
+        rec = agent.Agent(site, jobs={"backup": lambda s: jobs._fleet(s, "backup", one)}
+                          ).run_job("backup")
+    assert rec.result == "failed"
+    assert [h for h, _ in tries].count("h2") == jobs.BUSY_ATTEMPTS  # the count bound
+    status = json.loads(site.agent.status_file.read_text())
+    error = status["hosts"]["h2"]["backup"]["error"]
+    assert "job=upgrade apply" in error and f"after {jobs.BUSY_ATTEMPTS} tries" in error
+    assert {h: status["hosts"][h]["backup"]["result"] for h in ("h1", "h3")} == {
+        "h1": "ok", "h3": "ok"}
+    # the time bound: no try begins later than the window after the job began
+    tries.clear()
+    monkeypatch.setenv(jobs.BUSY_RETRY_ENV, "0.05,0")
+    with job_lock(joblock.host_lock(site.hosts[1]), job="upgrade apply"):
+        rec = agent.Agent(site, jobs={"backup": lambda s: jobs._fleet(s, "backup", one)}
+                          ).run_job("backup")
+    assert rec.result == "failed" and "after 1 try over" in (rec.error or "")
+    assert [h for h, _ in tries].count("h2") == 1
