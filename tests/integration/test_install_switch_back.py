@@ -10,7 +10,7 @@ new release's containers by its prepare). The health gate fails, the role's resc
 row: that is what the symlink is switched back for.
 
 The gate's patience is the role's ``harbor_health_retries`` from the operator's inventory
-(``install -i``): 300 one-second tries by default, 20 here.
+(``install -i``): 1200 tries a quarter second apart by default, 20 here.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ OWNER = pwd.getpwuid(os.getuid()).pw_name
 GROUP = grp.getgrgid(os.getgid()).gr_name
 
 
-def run_module(tmp_path: Path, files: list[dict[str, Any]],
-               check: bool = False) -> dict[str, Any]:
+def run_module(tmp_path: Path, files: list[dict[str, Any]], check: bool = False,
+               diff: bool = False) -> dict[str, Any]:
     env = {**os.environ, "ANSIBLE_LIBRARY": str(playbook_dir() / "roles/harbor/library"),
            "ANSIBLE_LOAD_CALLBACK_PLUGINS": "true", "ANSIBLE_STDOUT_CALLBACK": "json",
            "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"), "ANSIBLE_NOCOLOR": "true"}
@@ -29,6 +29,8 @@ def run_module(tmp_path: Path, files: list[dict[str, Any]],
             "-m", "harbor_host_files", "-a", json.dumps({"files": files})]
     if check:
         argv.append("--check")
+    if diff:
+        argv.append("--diff")
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
     out = json.loads(proc.stdout)
     result: dict[str, Any] = out["plays"][0]["tasks"][0]["hosts"]["localhost"]
@@ -74,3 +76,35 @@ def test_a_file_its_validator_refuses_is_not_installed(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ansible-tmp", "harbor.conf"]
     passed = run_module(tmp_path, [entry(installed, "good too\n", validate=refuse)])
     assert passed["changed"] and installed.read_text() == "good too\n"
+
+
+def test_folders_and_a_diff_of_each_change(tmp_path: Path) -> None:
+    """Folders (missing parents too) in the same round trip, before their files; with --diff
+    the content that changes, or the mode where only that changed, as Ansible's diff."""
+    folder, edited, moded = tmp_path / "a" / "b", tmp_path / "edited", tmp_path / "moded"
+    edited.write_text("by hand\n")
+    edited.chmod(0o644)
+    moded.write_text("same\n")
+    moded.chmod(0o600)
+    files = [{"path": str(folder), "state": "directory", "mode": "0750", "owner": OWNER,
+              "group": GROUP},
+             entry(folder / "inside", "new\n"), entry(edited, "wanted\n"),
+             entry(moded, "same\n")]
+
+    checked = run_module(tmp_path, files, check=True, diff=True)
+    assert checked["written"] == [str(folder), str(folder / "inside"), str(edited), str(moded)]
+    assert not folder.exists()
+    by_path = {d["after_header"]: d for d in checked["diff"]}
+    assert by_path[str(edited)]["before"] == "by hand\n"
+    assert by_path[str(edited)]["after"] == "wanted\n"
+    assert by_path[str(folder / "inside")]["before"] == ""
+    assert "mode 0600" in by_path[str(moded)]["before"]
+    assert "mode 0644" in by_path[str(moded)]["after"]
+    assert "absent" in by_path[str(folder)]["before"]
+
+    done = run_module(tmp_path, files)
+    assert done["changed"] and not done.get("diff"), done
+    assert folder.is_dir() and folder.stat().st_mode & 0o777 == 0o750
+    assert (folder / "inside").read_text() == "new\n"
+    assert moded.stat().st_mode & 0o777 == 0o644
+    assert not run_module(tmp_path, files)["changed"]

@@ -1,14 +1,17 @@
 #!/usr/bin/python
-"""Install the role's small host files in ONE round trip, each replaced atomically.
+"""Install the role's folders, small host files, Harbor's uid account and stopped services in
+ONE round trip, each file replaced atomically.
 
-Why a module: the copy module costs a stat, a transfer and a module run per file, so the
-half dozen host files (logrotate, the validators, the Nginx front, the boot and agent
-schedule) cost a dozen and a half SSH round trips on a fresh host. This writes them all at
-once, in the given order (the validators first, then the files they check): each file that
-differs is written to a temporary file beside it, owned and moded, checked with its
-validator, and only then renamed over the installed one; an unchanged file is not touched.
-The contents travel in the module's arguments, so secrets (harbor.yml, TLS keys) never go
-through here: they keep their own no_log copies.
+Why a module: the copy, file, group, user and service modules cost a stat, a transfer and
+a module run each, so a fresh host's folders, half dozen host files (logrotate, the
+validators, the Nginx front, the boot and agent schedule), account and two service starts
+cost about twenty SSH round trips, and on a fleet every one of them is a barrier the hosts
+wait at. This does them all at once, in the given order (folders before their files, the
+validators before the files they check): each file that differs is written to a temporary
+file beside it, owned and moded, checked with its validator, and only then renamed over the
+installed one; an unchanged file is not touched. The contents travel in the module's
+arguments: the role passes its secret files (harbor.yml, TLS keys) in a call of their own
+with ``no_log``. With ``--diff`` each change is reported as Ansible's ``diff``.
 """
 
 from __future__ import annotations
@@ -22,52 +25,123 @@ import tempfile
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.common.text.converters import to_bytes
+from ansible.module_utils.common.text.converters import to_bytes, to_text
 
 DOCUMENTATION = r"""
 module: harbor_host_files
-short_description: Install small host files in one round trip, each validated and atomic
+short_description: Install folders, small host files, an account and services in one round trip
 description:
-  - Writes each file whose content, mode or owner differs, through a temporary file in the
-    same folder that is validated before it replaces the installed one.
-  - The folders must exist. Not for secrets (the contents are module arguments).
+  - Creates the account first (when given and missing), then each folder or file whose type,
+    content, mode or owner differs (a file through a validated temporary file in the same
+    folder that replaces the installed one), then starts the given services.
+  - Secrets belong in a call of their own with C(no_log) (the contents are module arguments).
 options:
   files:
     description:
-      - The files, in order. Each has C(path), C(content), C(mode) (octal string) and
-        optionally C(owner), C(group) (default root) and C(validate) (a command with C(%s)
-        for the candidate's path).
+      - The folders and files, in order. Each has C(path), C(mode) (octal string), optionally
+        C(owner), C(group) (default root) and either C(state=directory) (a folder; missing
+        parents are created 0755) or C(content) and optionally C(validate) (a command with
+        C(%s) for the candidate's path).
     type: list
     elements: dict
-    required: true
+    default: []
+  account:
+    description:
+      - C(name), C(uid) and C(shell) of a system account and its group (gid = uid), created
+        where no group has that gid or no user has that uid.
+    type: dict
+  start:
+    description: Services to start (C(systemctl start) under systemd, else C(service NAME start)).
+    type: list
+    elements: str
+    default: []
 author: harborctl
 """
 
 RETURN = r"""
 written:
-  description: The paths that were (in check mode, would be) written.
+  description: The paths that were (in check mode, would be) written or created.
+  type: list
+  returned: always
+account:
+  description: What was (would be) created of the account, C(group) and/or C(user).
+  type: list
+  returned: always
+started:
+  description: The services that were (would be) started.
   type: list
   returned: always
 """
 
-
-def wanted_bytes(item: dict[str, Any]) -> bytes:
-    data: bytes = to_bytes(item["content"], errors="surrogate_or_strict")
-    return data
+DIFF_LIMIT = 64 * 1024  # bytes of text shown per file; a bigger one is named, not shown
 
 
-def up_to_date(item: dict[str, Any], ids: tuple[int, int]) -> bool:
-    """The installed file has this content, mode and owner already."""
+def ids_of(item: dict[str, Any]) -> tuple[int, int]:
+    return (pwd.getpwnam(item.get("owner", "root")).pw_uid,
+            grp.getgrnam(item.get("group", "root")).gr_gid)
+
+
+def attributes(st: os.stat_result) -> str:
+    return f"mode {stat.S_IMODE(st.st_mode):04o}, owner {st.st_uid}:{st.st_gid}\n"
+
+
+def current(item: dict[str, Any]) -> tuple[os.stat_result | None, bytes | None]:
+    """The installed path's lstat and (for a regular file) content; None where missing."""
     try:
         st = os.lstat(item["path"])
-        if not stat.S_ISREG(st.st_mode):
-            return False
-        if (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) != (int(item["mode"], 8), *ids):
-            return False
-        with open(item["path"], "rb") as fh:
-            return fh.read() == wanted_bytes(item)
     except OSError:
+        return None, None
+    if item.get("state") == "directory" or not stat.S_ISREG(st.st_mode):
+        return st, None
+    try:
+        with open(item["path"], "rb") as fh:
+            return st, fh.read()
+    except OSError:
+        return st, None
+
+
+def up_to_date(item: dict[str, Any], ids: tuple[int, int], st: os.stat_result | None,
+               data: bytes | None) -> bool:
+    """The installed path has this type, content, mode and owner already."""
+    if st is None:
         return False
+    directory = item.get("state") == "directory"
+    if not (stat.S_ISDIR(st.st_mode) if directory else stat.S_ISREG(st.st_mode)):
+        return False
+    if (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) != (int(item["mode"], 8), *ids):
+        return False
+    return directory or data == to_bytes(item["content"], errors="surrogate_or_strict")
+
+
+def diff_of(item: dict[str, Any], ids: tuple[int, int], st: os.stat_result | None,
+            data: bytes | None) -> dict[str, str]:
+    """Ansible's diff for one path: the content where it changed, else the attributes."""
+    path = item["path"]
+    wanted_attrs = f"mode {int(item['mode'], 8):04o}, owner {ids[0]}:{ids[1]}\n"
+    if item.get("state") == "directory":
+        before = "absent\n" if st is None else (
+            attributes(st) if stat.S_ISDIR(st.st_mode) else "not a folder\n")
+        return {"before_header": path, "after_header": path,
+                "before": before, "after": "folder, " + wanted_attrs}
+    after = to_bytes(item["content"], errors="surrogate_or_strict")
+    if data == after and st is not None:
+        return {"before_header": path, "after_header": path,
+                "before": attributes(st), "after": wanted_attrs}
+    if len(after) > DIFF_LIMIT or (data is not None and len(data) > DIFF_LIMIT):
+        return {"before_header": path, "after_header": path,
+                "before": "(content not shown: too big)\n", "after": "(new content)\n"}
+    return {"before_header": path, "after_header": path,
+            "before": to_text(data or b"", errors="surrogate_or_replace"),
+            "after": to_text(after, errors="surrogate_or_replace")}
+
+
+def make_folder(item: dict[str, Any], ids: tuple[int, int]) -> None:
+    path = item["path"]
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise OSError("exists and is not a folder")
+    os.makedirs(path, mode=0o755, exist_ok=True)
+    os.chown(path, *ids)
+    os.chmod(path, int(item["mode"], 8))
 
 
 def write(module: AnsibleModule, item: dict[str, Any], ids: tuple[int, int]) -> None:
@@ -76,7 +150,7 @@ def write(module: AnsibleModule, item: dict[str, Any], ids: tuple[int, int]) -> 
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".harborctl-")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(wanted_bytes(item))
+            fh.write(to_bytes(item["content"], errors="surrogate_or_strict"))
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, int(item["mode"], 8))
@@ -93,24 +167,65 @@ def write(module: AnsibleModule, item: dict[str, Any], ids: tuple[int, int]) -> 
             os.unlink(tmp)
 
 
+def ensure_account(module: AnsibleModule, account: dict[str, Any] | None) -> list[str]:
+    """The system group (gid = uid) and user, where the host has none with that id."""
+    if not account:
+        return []
+    uid, name = int(account["uid"]), str(account["name"])
+    steps: list[tuple[str, list[str]]] = []
+    try:
+        grp.getgrgid(uid)
+    except KeyError:
+        steps.append(("group", ["groupadd", "--system", "--gid", str(uid), name]))
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        steps.append(("user", ["useradd", "--system", "--uid", str(uid), "--gid", str(uid),
+                               "--no-create-home", "--shell", str(account["shell"]), name]))
+    for _, argv in steps if not module.check_mode else []:
+        rc, out, err = module.run_command(argv)
+        if rc != 0:
+            module.fail_json(msg=f"{argv[0]} {name} failed (rc {rc}): {(err or out).strip()[-400:]}")
+    return [what for what, _ in steps]
+
+
+def start(module: AnsibleModule, names: list[str]) -> list[str]:
+    systemd = os.path.isdir("/run/systemd/system")
+    for name in names if not module.check_mode else []:
+        argv = ["systemctl", "start", name] if systemd else ["service", name, "start"]
+        rc, out, err = module.run_command(argv)
+        if rc != 0:
+            module.fail_json(msg=f"starting {name} failed (rc {rc}): {(err or out).strip()[-400:]}")
+    return list(names)
+
+
 def main() -> None:
     module = AnsibleModule(
-        argument_spec={"files": {"type": "list", "elements": "dict", "required": True}},
+        argument_spec={"files": {"type": "list", "elements": "dict", "default": []},
+                       "account": {"type": "dict"},
+                       "start": {"type": "list", "elements": "str", "default": []}},
         supports_check_mode=True,
     )
+    account = ensure_account(module, module.params["account"])
     written: list[str] = []
+    diffs: list[dict[str, str]] = []
     for item in module.params["files"]:
         try:
-            ids = (pwd.getpwnam(item.get("owner", "root")).pw_uid,
-                   grp.getgrnam(item.get("group", "root")).gr_gid)
-            if up_to_date(item, ids):
+            ids = ids_of(item)
+            st, data = current(item)
+            if up_to_date(item, ids, st, data):
                 continue
+            if module._diff:
+                diffs.append(diff_of(item, ids, st, data))
             if not module.check_mode:
-                write(module, item, ids)
+                (make_folder(item, ids) if item.get("state") == "directory"
+                 else write(module, item, ids))
         except (OSError, KeyError) as exc:
             module.fail_json(msg=f"{item.get('path')}: {exc}", written=written)
         written.append(item["path"])
-    module.exit_json(changed=bool(written), written=written)
+    started = start(module, module.params["start"])
+    module.exit_json(changed=bool(written or account or started), written=written,
+                     account=account, started=started, diff=diffs)
 
 
 if __name__ == "__main__":
