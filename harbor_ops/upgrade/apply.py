@@ -6,7 +6,9 @@ per hop, a verified backup taken from the controller and one run of ``upgrade.ym
 steps (:mod:`harbor_ops.upgrade.steps`) are recorded in the host's journal. The playbook
 rolls a failed hop back by itself (block/rescue), so a hop ends on the new release or on
 the old one with the old data, gated either way; this module reads the journal again to
-say which, and maps it to the exit code (11 rolled back, 12 rollback failed). Hosts go
+say which, and maps it to the exit code (11 rolled back, 12 rollback failed). When the
+host drops out mid-hop (Ansible then ends the play without its rescue), the run reconnects,
+bounded (:mod:`harbor_ops.upgrade.reconnect`), and does what a re-run does. Hosts go
 ``parallel`` at a time (default one), each under its job lock on the controller and on the
 host (:func:`harbor_ops.hosts.joblock.hold_host`); a failure stops the rollout, so every other host
 stays on a healthy release.
@@ -41,7 +43,7 @@ from harbor_ops.releases import bundle as bundle_mod
 from harbor_ops.releases import planner
 from harbor_ops.releases import versions as hv
 from harbor_ops.site.model import HostEntry, Site
-from harbor_ops.upgrade import rollout
+from harbor_ops.upgrade import reconnect, rollout
 from harbor_ops.upgrade import state as journal
 from harbor_ops.upgrade import steps as st
 from harbor_ops.upgrade.plan import HostPlan, check_target, plan_host
@@ -70,10 +72,12 @@ class HostOutcome:
     hops: list[dict[str, Any]] = field(default_factory=list)
     message: str = ""
     error: HarborctlError | None = field(default=None, repr=False)
+    reconnects: list[dict[str, Any]] = field(default_factory=list)  # drops mid-hop
 
     def to_dict(self) -> dict[str, Any]:
         return {"host": self.plan.host, "outcome": self.outcome, "on_release": self.on_release,
-                "message": self.message, "plan": self.plan.to_dict(), "hops_run": self.hops}
+                "message": self.message, "plan": self.plan.to_dict(), "hops_run": self.hops,
+                "reconnects": self.reconnects}
 
 
 @dataclass
@@ -102,6 +106,7 @@ class Options:
     timeout: float = 3600
     accept_new_host_keys: bool = False
     health_retries: int = 60
+    reconnect: reconnect.Bounds = reconnect.Bounds()
 
 
 # --------------------------------------------------------------------------- reading hosts
@@ -270,7 +275,19 @@ class HostRun:
         self.stopped = stopped
 
     def run(self) -> None:
-        decision, state = self.o.plan.decision, self.o.plan.state
+        """The host's hops; after a drop of the host mid-hop, what a re-run does, bounded."""
+        plan: HostPlan | None = self.o.plan
+        drops = 0
+        while plan is not None:
+            try:
+                self._run(plan)
+                return
+            except reconnect.HostDropped as drop:
+                drops += 1
+                plan = self._recover(drop, drops)
+
+    def _run(self, first: HostPlan) -> None:
+        decision, state = first.decision, first.state
         if decision.action != "fresh":
             self.say(f"{self.entry.name}: {decision.reason}: {decision.action} "
                      f"({', '.join(decision.steps)})")
@@ -278,7 +295,7 @@ class HostRun:
             got = self._hop(state.hop, src, tgt, list(decision.steps), str(state.run))
             if decision.action == "rollback" and got == journal.ROLLED_BACK:
                 if not decision.retry_after:  # it failed before: report the rollback
-                    self._finish_rollback()
+                    self._finish_rollback(state)
                     return
                 self.say(f"{self.entry.name}: rolled back after the interruption; "
                          f"trying hop {tgt} again")
@@ -334,6 +351,9 @@ class HostRun:
         outcome = run_hop_playbook(self.site, self.entry, self.opts, number=number, src=src,
                                    tgt=tgt, steps=steps, run_id=run_id, backup=backup,
                                    progress=self.say)
+        lost = [f for f in outcome.failures if f.status == "unreachable"]
+        if lost:  # the play ended there, without its rescue
+            raise reconnect.HostDropped(run_id, number, str(src), str(tgt), str(lost[0]))
         state = journal.fold((read_host(self.site, self.entry, self.opts)
                               .get("upgrade_journal") or "").splitlines())
         if state.run != run_id:  # the playbook never reached its first step
@@ -341,6 +361,13 @@ class HostRun:
                 f"ansible-playbook exited with {outcome.returncode}")
             raise RemoteError(f"{self.entry.name}: hop {number} ({src} -> {tgt}) did not start: "
                               f"{tail}; nothing was changed", hint=f"see {self.opts.log_dir}")
+        return self._judge(number, src, tgt, state,
+                           "; ".join(str(f) for f in outcome.failures))
+
+    def _judge(self, number: int, src: hv.Release, tgt: hv.Release, state: journal.HostState,
+               failures: str) -> str:
+        """Record hop ``number`` from the journal's ``state``; set the outcome when it did
+        not reach ``tgt``; return the journal's outcome."""
         hop_steps = [t.to_dict() for t in state.timings if t.hop == number]
         down = st.downtime(state.timings, number)
         self.o.hops.append({"hop": number, "from": str(src), "to": str(tgt),
@@ -354,11 +381,16 @@ class HostRun:
             self.o.on_release = str(tgt)
             return journal.DONE
         where = f"hop {number} ({src} -> {tgt}) failed at {state.failed_step or state.step}"
-        why = state.failure or "; ".join(str(f) for f in outcome.failures) or "see the log"
+        why = state.failure or failures or "see the log"
         if state.outcome == journal.ROLLED_BACK:
             self.o.outcome, self.o.on_release = "rolled_back", str(src)
             self.o.message = (f"{where}: {why}; rolled back: {self.entry.name} is on Harbor "
                               f"{src} with its data from before the hop, healthy, every row")
+        elif state.outcome == journal.FAILED:  # before the window: the old release served on
+            self.o.outcome, self.o.on_release = "rolled_back", str(src)
+            self.o.message = (f"{where}: {why}; this was before the downtime: nothing of "
+                              f"Harbor's data changed and {self.entry.name} still serves "
+                              f"Harbor {src}")
         else:
             self.o.outcome = "rollback_failed"
             self.o.message = (f"{where}: {why}; the rollback stopped at {state.step} "
@@ -367,10 +399,57 @@ class HostRun:
                               "`harborctl upgrade apply` again (it retries the rollback)")
         return state.outcome
 
-    def _finish_rollback(self) -> None:
-        self.o.outcome = "rolled_back"
-        self.o.message = (f"an earlier run's hop failed ({self.o.plan.state.failure or '?'}); "
-                          "its rollback is now complete")
+    def _finish_rollback(self, state: journal.HostState) -> None:
+        self.o.outcome, self.o.on_release = "rolled_back", state.source
+        self.o.message = (f"hop {state.hop} ({state.source} -> {state.target}) failed at "
+                          f"{state.failed_step or '?'} ({state.failure or '?'}); its rollback is "
+                          f"now complete: {self.entry.name} is on Harbor {state.source} with "
+                          "its data from before the hop, healthy, every row")
+
+    def _recover(self, drop: reconnect.HostDropped, drops: int) -> HostPlan | None:
+        """After a drop: reach the host again (bounded), then what a re-run does: wait for
+        the window helper, read the journal, plan from it. The plan to go on with, or None
+        when the outcome is decided here (the hop had ended, or the host stays away)."""
+        name, bounds = self.entry.name, self.opts.reconnect
+        began = time.monotonic()
+        self.say(f"{name}: hop {drop.number} ({drop.source} -> {drop.target}): the connection "
+                 f"dropped ({drop.why}); the play ended without its rescue; reconnecting (at "
+                 f"most {bounds.tries} tries in {bounds.seconds:.0f} s), then continuing or "
+                 "rolling back from the host's journal")
+        record: dict[str, Any] = {"hop": drop.number, "lost": drop.why}
+        self.o.reconnects.append(record)
+        if drops > reconnect.MAX_DROPS:
+            self._unreachable(drop, f"the connection dropped {drops} times in this run")
+            return None
+        try:
+            plan = reconnect.until_back(
+                lambda: plan_hosts(self.site, [self.entry], self.opts, self.say)[0],
+                name=name, bounds=bounds, say=self.say)
+        except reconnect.StillUnreachable as gone:
+            record["seconds"] = round(time.monotonic() - began, 1)
+            self._unreachable(drop, f"no answer in {gone.tries} tries over {gone.seconds:.0f} "
+                                    f"s ({gone.last})")
+            return None
+        record["seconds"] = round(time.monotonic() - began, 1)
+        state = plan.state
+        if plan.decision.action != "fresh" or state.run != drop.run:
+            return plan  # an unfinished hop (resumed or rolled back), or one never begun
+        got = self._judge(state.hop, hv.release(str(state.source)),
+                          hv.release(str(state.target)), state, drop.why)
+        return plan if got == journal.DONE else None  # its hop had ended before the drop
+
+    def _unreachable(self, drop: reconnect.HostDropped, why: str) -> None:
+        """The host stays away: the exact state known, and the command that finishes it."""
+        self.o.outcome = "rollback_failed"
+        self.o.message = (
+            f"hop {drop.number} ({drop.source} -> {drop.target}): the connection to "
+            f"{self.entry.name} dropped ({drop.why}) and {why}; the hop is unfinished: on the "
+            "host the window helper ends its step in flight and begins no other, so Harbor "
+            f"may be down on {drop.source} or {drop.target}; the host's journal "
+            f"({self.opts.journal}) names the last step and the snapshot of the data from "
+            "before the hop is kept there; next: once the host answers over SSH, run "
+            "`harborctl upgrade apply` again (it waits for the window helper, then "
+            "continues or rolls back)")
 
 
 # --------------------------------------------------------------------------- the playbook

@@ -7,17 +7,21 @@ the host's journal says the step began. The next `apply` either continues (exit 
 way Harbor is healthy with every row, schema_migrations clean, exactly one database dir
 owned by uid 999, no partial snapshot or pg_upgrade folder, no window helper left.
 
-Covered here: ``unpack`` (before the window: a half-unpacked release folder; ``backup``,
-``load_images``, ``configure`` and ``count_rows`` leave the host's data the same way and
-resume the same way, so one stands for all), and every window step not covered elsewhere:
-``stop``, ``switch``, ``gate``, ``finish`` (``snapshot`` and ``start`` are killed in
-test_upgrade_switch_faults.py and test_upgrade_apply.py).
+Covered here: every step before the window (``backup``, ``unpack``, ``load_images``,
+``configure``, ``count_rows``: the data is untouched there and the next `apply` picks up at
+the step that was cut) and every window step not covered elsewhere: ``stop``, ``switch``,
+``gate``, ``finish`` (``snapshot`` and ``start`` are killed in test_upgrade_switch_faults.py
+and test_upgrade_apply.py); a retry after a kill that itself fails (the double's
+``core-unhealthy`` switch set before the next `apply`): exit 11, back on 2.14.4; and the SSH
+session of the window dropped while harborctl lives: the same run reconnects and ends on a
+healthy release.
 """
 
 from __future__ import annotations
 
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,9 +82,130 @@ def test_kill_at_a_step_then_apply_again_ends_healthy(
     again = _apply(argv, err)
     assert again in (0, ROLLED_BACK), err.read_text()[-3000:]
     print(f"kill at {step}: the next apply exited {again}")  # shown with -s
-    if again == ROLLED_BACK:
+    if again == ROLLED_BACK:  # its retry failed: see the next test, which makes it fail
         _healthy_with_every_row(host, OLD, counts)
         again = _apply(argv, err)
     assert again == 0, err.read_text()[-3000:]
+    _on_the_target(host, counts)
+
+
+def _on_the_target(host: Host, counts: str) -> None:
     _healthy_with_every_row(host, NEW, counts)
     assert host.exec("ls -A /data/.harborctl-upgrade").stdout.strip() == ""  # dropped
+
+
+def test_a_retry_after_a_kill_that_fails_is_rolled_back(
+        testbed: TestBed, snapshot: tuple[Path, str], bundles: Path) -> None:
+    """Killed at ``gate``, the next `apply` rolls the hop back and tries it again; that try
+    meets the double's ``core-unhealthy`` switch (set between the two runs, so only the
+    retry's prepare mounts it): exit 11, back on 2.14.4 with every row."""
+    site_dir, counts = snapshot
+    host = up.restored(testbed, "h1", LABEL)
+    site = up.site_at(site_dir, host, testbed.client_key, NEW)
+    # 6 x 5 s: the failing gate's wait; the old release comes back well inside it
+    argv = up.apply_argv(site, testbed, site_dir, bundles, "--health-retries", "6")
+    err = site_dir / "kill-then-fault.err"
+    assert up.kill_when(argv, host, _began("gate"), err) == -signal.SIGKILL, (
+        err.read_text()[-2000:])
+    host.exec(f"mkdir -p /data/bed-faults && echo v{NEW} > /data/bed-faults/core-unhealthy")
+    try:
+        again = _apply(argv, err)
+    finally:
+        host.exec("rm -rf /data/bed-faults")
+    assert again == ROLLED_BACK, err.read_text()[-3000:]
+    text = err.read_text()
+    assert "rolled back after the interruption; trying hop 2.15.2 again" in text, text[-3000:]
+    runs = [e for e in up.journal(host) if e["step"] == "rb_gate" and e["event"] == "end"]
+    assert len({e["run"] for e in runs}) == 2, runs  # the kill's rollback, the retry's
+    _healthy_with_every_row(host, OLD, counts)
+    assert host.exec("ls -A /data/.harborctl-upgrade").stdout.strip() == ""
+
+
+def test_kills_at_each_step_before_the_window_then_apply_again_picks_up_there(
+        testbed: TestBed, snapshot: tuple[Path, str], bundles: Path) -> None:
+    """One chain (one restore, one hop's worth of work): killed during the controller's
+    backup, then each next `apply` killed when ``load_images``, ``configure`` and
+    ``count_rows`` began; the last `apply` reaches 2.15.2. Each kill lands inside its step
+    (the run's last journal line is that step's ``begin``; the backup journals nothing
+    until it ended) and the next run picks up at that step."""
+    site_dir, counts = snapshot
+    host = up.restored(testbed, "h1", LABEL)
+    site = up.site_at(site_dir, host, testbed.client_key, NEW)
+    argv = up.apply_argv(site, testbed, site_dir, bundles, "--health-retries", "12")
+    err = site_dir / "kill-before-the-window.err"
+    err.touch()
+    code = up.kill_when(argv, host, lambda _: f"-> {NEW}: backup ...\n" in err.read_text(), err)
+    assert code == -signal.SIGKILL and "backup done" not in err.read_text(), err.read_text()
+    assert up.journal(host) == []
+    for step in ("load_images", "configure", "count_rows"):
+        assert up.kill_when(argv, host, _began(step), err) == -signal.SIGKILL, (
+            err.read_text()[-2000:])
+        last = up.journal(host)[-1]
+        assert (last["step"], last["event"]) == (step, "begin"), last
+    assert _apply(argv, err) == 0, err.read_text()[-3000:]
+    assert "stopped at count_rows before the data could change: resume" in err.read_text()
+    _on_the_target(host, counts)
+    assert not list((site_dir / "backups" / "h1").glob("*.partial"))
+
+
+# The helper's ancestors that are sshd session processes ("sshd: root@notty"; never the
+# listener, whose title is its command line or "sshd: ... [listener] ..."): killing them cuts
+# exactly the session that started the window helper, as a dropped connection does. Prints
+# the pids it killed.
+DROP_SESSION = r"""
+p=$(pgrep -o -f '[u]pgrade-window') || exit 3
+killed=
+while [ "$p" -gt 1 ]; do
+  p=$(sed 's/.*) //' /proc/$p/stat | cut -d' ' -f2)
+  case "$(tr '\0' ' ' < /proc/$p/cmdline)" in
+    *"[listener]"*) ;;
+    "sshd: "*) killed="$killed $p";;
+  esac
+done
+[ -n "$killed" ] && kill -9 $killed && echo $killed
+"""
+
+
+def test_an_ssh_drop_in_the_window_is_recovered_by_the_same_run(
+        testbed: TestBed, snapshot: tuple[Path, str], bundles: Path) -> None:
+    """While harborctl lives, the SSH session running the window helper is cut at ``gate``
+    (its sshd processes killed on the host; the host's sshd keeps listening). Ansible ends
+    the play without its rescue; harborctl reconnects, waits for the helper, reads the
+    journal (gate unfinished after ``switch``), rolls the hop back and tries it again in
+    the same run: exit 0 on 2.15.2 with every row. Before this, the run ended with exit 12
+    and Harbor down."""
+    site_dir, counts = snapshot
+    host = up.restored(testbed, "h1", LABEL)
+    site = up.site_at(site_dir, host, testbed.client_key, NEW)
+    argv = up.apply_argv(site, testbed, site_dir, bundles, "--health-retries", "12")
+    err = site_dir / "ssh-drop.err"
+    with open(err, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=out)
+        try:
+            dropped = _drop_the_window_session_at(host, "gate", proc)
+            code = proc.wait(timeout=1800)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = err.read_text()
+    assert dropped, text[-3000:]
+    assert code == 0, text[-3000:]
+    assert "the connection dropped" in text and "reachable again" in text, text[-3000:]
+    assert "trying hop 2.15.2 again" in text, text[-3000:]
+    events = [(e["step"], e["event"]) for e in up.journal(host)]
+    assert ("rb_gate", "end") in events and events[-1] == ("finish", "end"), events
+    _on_the_target(host, counts)
+
+
+def _drop_the_window_session_at(host: Host, step: str, proc: subprocess.Popen[bytes]) -> str:
+    """Poll the journal (every 50 ms, at most 900 s, while harborctl runs) until ``step``
+    began, then cut the helper's session; the pids killed ("" when it never came)."""
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and proc.poll() is None:
+        if _began(step)(up.journal(host)):
+            got = host.exec(DROP_SESSION, check=False)
+            assert got.returncode == 0, (got.stdout, got.stderr)
+            return got.stdout.strip()
+        time.sleep(0.05)
+    return ""
