@@ -110,7 +110,9 @@ class UpgradeRolledBack(HarborctlError):
 
 
 class RollbackFailed(HarborctlError):
-    """An upgrade rollback failed: a person is needed (the state and next command are named)."""
+    """An upgrade rollback failed: a person is needed (the state and next command are named).
+
+    Also when the host became unreachable mid-hop and stayed so past the reconnect bounds."""
 
     exit_code = 12
     label = "rollback failed"
