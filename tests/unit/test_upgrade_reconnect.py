@@ -3,11 +3,14 @@ tests/integration/test_upgrade_ssh_drop.py drops a real session)."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from harbor_ops.core.errors import RemoteError
+from harbor_ops.site.model import HostEntry
 from harbor_ops.upgrade.reconnect import Bounds, StillUnreachable, until_back
 
 
@@ -70,3 +73,42 @@ def test_the_time_bounds_the_wait_and_no_sleep_goes_past_it() -> None:
     # one more try -> 52 s, and no further one
     assert calls[0] == 4 and clock.slept == [5, 5, 2]
     assert got.value.seconds == 52
+
+
+def test_a_host_that_stays_away_ends_the_run_with_exit_12_naming_state_and_next_command(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HostRun's recovery against a real refused connection (a closed port on this machine):
+    the tries are printed, then rollback_failed with the hop, the journal and the command."""
+    from harbor_ops.upgrade.apply import HostOutcome, HostRun, Options, rollout_error
+    from harbor_ops.upgrade.plan import HostPlan
+    from harbor_ops.upgrade.reconnect import HostDropped
+    from tests.unit.test_preflight import make_site
+
+    monkeypatch.setenv("X", "db-secret")
+    monkeypatch.setenv("Y", "admin-secret")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "ssh_config"
+    config.write_text("")
+    entry = HostEntry(name="h1", address="127.0.0.1", port=port)
+    opts = Options(None, config, tmp_path / "logs", tmp_path / "backups",
+                   reconnect=Bounds(tries=2, seconds=30, pause=0.01))
+    outcome, lines = HostOutcome(HostPlan(host="h1")), list[str]()
+    run = HostRun(make_site("2.15.2"), entry, outcome, opts, lines.append)
+    drop = HostDropped("0123456789abcdef", 1, "2.14.4", "2.15.2", "h1: window: unreachable")
+    assert run._recover(drop, 1) is None
+    assert any(line.startswith("h1: not reachable yet (try 1 of at most 2") for line in lines)
+    assert outcome.outcome == "rollback_failed"
+    assert "hop 1 (2.14.4 -> 2.15.2): the connection to h1 dropped" in outcome.message
+    assert "no answer in 2 tries" in outcome.message
+    assert "/var/lib/harborctl/upgrade.journal" in outcome.message
+    assert "run `harborctl upgrade apply` again" in outcome.message
+    error = rollout_error([outcome])
+    assert error is not None and error.exit_code == 12
+    assert outcome.reconnects[0]["hop"] == 1 and "seconds" in outcome.reconnects[0]
+    # A host that keeps dropping: no further try after the third drop.
+    again = HostRun(make_site("2.15.2"), entry, HostOutcome(HostPlan(host="h1")), opts,
+                    lines.append)
+    assert again._recover(drop, 4) is None
+    assert "dropped 4 times in this run" in again.o.message
