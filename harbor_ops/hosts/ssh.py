@@ -254,6 +254,10 @@ def reason(exc: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
+# OpenSSH's keepalive under Ansible: a probe every 15 s, the link given up after 4 unanswered.
+KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 15, 4
+
+
 def ansible_ssh_args(ssh_config: Path | None, *, accept_new_host_keys: bool = False) -> str:
     """``ANSIBLE_SSH_ARGS``: the same policy for OpenSSH under Ansible.
 
@@ -262,9 +266,13 @@ def ansible_ssh_args(ssh_config: Path | None, *, accept_new_host_keys: bool = Fa
     the option, when given, is passed as ``StrictHostKeyChecking accept-new``.
     """
     # No -C (Ansible's default has it): the bundle is gzip already, and compressing it again
-    # costs both ends CPU for nothing.
+    # costs both ends CPU for nothing. Keepalives: a link that goes down and stays down is
+    # noticed within a minute (the host is reported unreachable, and upgrade's reconnect
+    # takes over) instead of a task hanging until TCP gives up; a live host answers them
+    # even while a long command prints nothing.
     args = ([f"-F {shlex.quote(str(ssh_config))}"] if ssh_config is not None else []) + [
-        "-o ControlMaster=auto", "-o ControlPersist=60s", "-o BatchMode=yes"]
+        "-o ControlMaster=auto", "-o ControlPersist=60s", "-o BatchMode=yes",
+        f"-o ServerAliveInterval={KEEPALIVE_INTERVAL}", f"-o ServerAliveCountMax={KEEPALIVE_COUNT}"]
     if accept_new_host_keys:
         args.append("-o StrictHostKeyChecking=accept-new")
     return " ".join(args)

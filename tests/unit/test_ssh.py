@@ -4,6 +4,8 @@ ssh config files; the connections themselves are tested on the bed (test_host_ke
 from __future__ import annotations
 
 import logging
+import shlex
+import subprocess
 from pathlib import Path
 
 import paramiko
@@ -101,3 +103,14 @@ def test_ansible_ssh_args_never_turn_checking_off(tmp_path: Path) -> None:
     assert "StrictHostKeyChecking" not in args
     assert "StrictHostKeyChecking=accept-new" in ssh.ansible_ssh_args(
         None, accept_new_host_keys=True)
+
+
+def test_ansible_ssh_args_are_what_openssh_applies() -> None:
+    """OpenSSH itself (`ssh -G`, which connects nowhere) reads the args as meant: batch
+    mode, a shared connection, and keepalives that notice a dead link within a minute."""
+    argv = ["ssh", "-G", *shlex.split(ssh.ansible_ssh_args(None)), "h1.invalid"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=10).stdout
+    got = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+    assert got["batchmode"] == "yes" and got["controlmaster"] == "auto"
+    assert got["serveraliveinterval"] == "15" and got["serveralivecountmax"] == "4"
+    assert int(got["serveraliveinterval"]) * int(got["serveralivecountmax"]) <= 60
