@@ -108,3 +108,28 @@ def test_folders_and_a_diff_of_each_change(tmp_path: Path) -> None:
     assert (folder / "inside").read_text() == "new\n"
     assert moded.stat().st_mode & 0o777 == 0o644
     assert not run_module(tmp_path, files)["changed"]
+
+
+def test_the_release_symlink_is_switched_atomically_and_never_over_a_folder(
+        tmp_path: Path) -> None:
+    (tmp_path / "harbor-1").mkdir()
+    (tmp_path / "harbor-2").mkdir()
+    link = tmp_path / "harbor"
+    link.symlink_to("harbor-1")
+    wanted = [{"path": str(link), "state": "link", "target": "harbor-2"}]
+
+    checked = run_module(tmp_path, wanted, check=True, diff=True)
+    assert checked["written"] == [str(link)] and str(link.readlink()) == "harbor-1"
+    assert checked["diff"][0]["before"] == "-> harbor-1\n"
+    assert checked["diff"][0]["after"] == "-> harbor-2\n"
+    assert run_module(tmp_path, wanted)["written"] == [str(link)]
+    assert str(link.readlink()) == "harbor-2"
+    assert not run_module(tmp_path, wanted)["changed"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ansible-tmp", "harbor", "harbor-1", "harbor-2"]  # no temporary link left
+
+    link.unlink()
+    link.mkdir()  # a release unpacked by hand where the link belongs: refused, left alone
+    refused = run_module(tmp_path, wanted)
+    assert refused.get("failed") and "not a symlink" in refused["msg"], refused
+    assert link.is_dir() and not link.is_symlink()

@@ -1,6 +1,6 @@
 #!/usr/bin/python
-"""Install the role's folders, small host files, Harbor's uid account and stopped services in
-ONE round trip, each file replaced atomically.
+"""Install the role's folders, small host files, the release symlink, Harbor's uid account and
+stopped services in ONE round trip, each file replaced atomically.
 
 Why a module: the copy, file, group, user and service modules cost a stat, a transfer and
 a module run each, so a fresh host's folders, half dozen host files (logrotate, the
@@ -41,7 +41,8 @@ options:
       - The folders and files, in order. Each has C(path), C(mode) (octal string), optionally
         C(owner), C(group) (default root) and either C(state=directory) (a folder; missing
         parents are created 0755) or C(content) and optionally C(validate) (a command with
-        C(%s) for the candidate's path).
+        C(%s) for the candidate's path); or C(path), C(state=link) and C(target) (a symlink,
+        replaced atomically; never over anything that is not a symlink).
     type: list
     elements: dict
     default: []
@@ -74,6 +75,33 @@ started:
 """
 
 DIFF_LIMIT = 64 * 1024  # bytes of text shown per file; a bigger one is named, not shown
+
+
+def link_up_to_date(item: dict[str, Any]) -> bool:
+    try:
+        return os.readlink(item["path"]) == item["target"]
+    except OSError:  # missing, or not a symlink
+        return False
+
+
+def link_diff(item: dict[str, Any]) -> dict[str, str]:
+    path = item["path"]
+    before = (f"-> {os.readlink(path)}\n" if os.path.islink(path)
+              else "exists, not a symlink\n" if os.path.lexists(path) else "absent\n")
+    return {"before_header": path, "after_header": path, "before": before,
+            "after": f"-> {item['target']}\n"}
+
+
+def make_link(item: dict[str, Any]) -> None:
+    """A new symlink beside the old one, renamed over it: the path always names a release."""
+    path = item["path"]
+    if os.path.lexists(path) and not os.path.islink(path):
+        raise OSError("exists and is not a symlink")
+    tmp = os.path.join(os.path.dirname(path), f".harborctl-link-{os.getpid()}")
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(item["target"], tmp)
+    os.rename(tmp, path)
 
 
 def ids_of(item: dict[str, Any]) -> tuple[int, int]:
@@ -185,7 +213,8 @@ def ensure_account(module: AnsibleModule, account: dict[str, Any] | None) -> lis
     for _, argv in steps if not module.check_mode else []:
         rc, out, err = module.run_command(argv)
         if rc != 0:
-            module.fail_json(msg=f"{argv[0]} {name} failed (rc {rc}): {(err or out).strip()[-400:]}")
+            module.fail_json(
+                msg=f"{argv[0]} {name} failed (rc {rc}): {(err or out).strip()[-400:]}")
     return [what for what, _ in steps]
 
 
@@ -197,6 +226,26 @@ def start(module: AnsibleModule, names: list[str]) -> list[str]:
         if rc != 0:
             module.fail_json(msg=f"starting {name} failed (rc {rc}): {(err or out).strip()[-400:]}")
     return list(names)
+
+
+def apply(module: AnsibleModule, item: dict[str, Any], diffs: list[dict[str, str]]) -> bool:
+    """Put one symlink, folder or file in place where it differs; whether it did (would)."""
+    if item.get("state") == "link":
+        if link_up_to_date(item):
+            return False
+        diffs.extend([link_diff(item)] if module._diff else [])
+        if not module.check_mode:
+            make_link(item)
+        return True
+    ids = ids_of(item)
+    st, data = current(item)
+    if up_to_date(item, ids, st, data):
+        return False
+    diffs.extend([diff_of(item, ids, st, data)] if module._diff else [])
+    if not module.check_mode:
+        (make_folder(item, ids) if item.get("state") == "directory"
+         else write(module, item, ids))
+    return True
 
 
 def main() -> None:
@@ -211,18 +260,10 @@ def main() -> None:
     diffs: list[dict[str, str]] = []
     for item in module.params["files"]:
         try:
-            ids = ids_of(item)
-            st, data = current(item)
-            if up_to_date(item, ids, st, data):
-                continue
-            if module._diff:
-                diffs.append(diff_of(item, ids, st, data))
-            if not module.check_mode:
-                (make_folder(item, ids) if item.get("state") == "directory"
-                 else write(module, item, ids))
+            if apply(module, item, diffs):
+                written.append(item["path"])
         except (OSError, KeyError) as exc:
             module.fail_json(msg=f"{item.get('path')}: {exc}", written=written)
-        written.append(item["path"])
     started = start(module, module.params["start"])
     module.exit_json(changed=bool(written or account or started), written=written,
                      account=account, started=started, diff=diffs)
