@@ -10,7 +10,7 @@ new release's containers by its prepare). The health gate fails, the role's resc
 row: that is what the symlink is switched back for.
 
 The gate's patience is the role's ``harbor_health_retries`` from the operator's inventory
-(``install -i``): 1200 tries a quarter second apart by default, 20 here.
+(``install -i``): 1200 tries a quarter second apart by default, 80 here (20 s).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tests.integration.harborwait import health_url, wait_healthy
 pytestmark = pytest.mark.integration
 
 OLD, NEW = "2.14.3", "2.14.4"
-GATE_TRIES = 20
+GATE_TRIES, GATE_DELAY = 80, 0.25
 
 
 def _release(host: Host) -> str:
@@ -46,7 +46,7 @@ def test_a_failed_health_gate_switches_the_release_back(
     inventory = site_dir / "inventory.ini"
     write_file(inventory, inventory_ini_text([host], {
         **ansible_vars(ssh_config=testbed.ssh_config_path, client_key=testbed.client_key),
-        "harbor_health_retries": GATE_TRIES}))
+        "harbor_health_retries": GATE_TRIES, "harbor_health_delay": GATE_DELAY}))
     host.exec(f"mkdir -p /data/bed-faults && echo v{NEW} > /data/bed-faults/core-unhealthy")
     lines: list[str] = []
     # In-process, as the CLI calls it but without a controller schedule: whatever this run
@@ -58,7 +58,7 @@ def test_a_failed_health_gate_switches_the_release_back(
     assert failed.value.exit_code == 9  # README's table: not healthy after an install
     message = str(failed.value)
     assert "Harbor did not become healthy" in message, message
-    assert f"Harbor is not healthy after {GATE_TRIES} s" in message, message
+    assert f"Harbor is not healthy after {GATE_TRIES * GATE_DELAY} s" in message, message
     assert f"the harbor symlink points at harbor-{OLD}" in message, message
     # 2.14.4 ran (install.sh loaded and started it) and the link is back on 2.14.3.
     assert host.exec(f"test -d /opt/harbor/harbor-{NEW}", check=False).returncode == 0
