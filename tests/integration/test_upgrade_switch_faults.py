@@ -91,9 +91,11 @@ def test_a_reboot_in_the_window_then_apply_again_reaches_the_target(
     testbed.snapshot("h1", "rebooted-in-the-window")  # halt (dockerd stopped), then boot
     boot = host.exec("grep '^@reboot' /etc/cron.d/harbor").stdout.split(None, 2)[2]
     host.exec(boot, check=False)  # what cron runs at boot, as root (it returns when done)
-    # No Harbor container exists at all (not even stopped): nothing, no restart policy
-    # either, can start one later, so no wait is needed to tell.
-    assert "harbor-" not in host.exec("docker ps -a --format '{{.Names}}'").stdout
+    # No Harbor container runs, and none ever ran since the old release's were removed: the
+    # snapshot step only created the new release's. dockerd's restart policy never starts a
+    # container that was never started, so nothing can start one later: no wait is needed.
+    states = host.exec("docker ps -a --format '{{.Names}} {{.State}}'").stdout.split("\n")
+    assert {line.split()[1] for line in states if line.strip()} <= {"created"}, states
     result = _apply(testbed, site_dir, bundles, host)
     assert result.error is None, result.error
     assert (result.hosts[0].outcome, result.hosts[0].on_release) == ("done", NEW)
