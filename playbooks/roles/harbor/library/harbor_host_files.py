@@ -79,7 +79,7 @@ DIFF_LIMIT = 64 * 1024  # bytes of text shown per file; a bigger one is named, n
 
 def link_up_to_date(item: dict[str, Any]) -> bool:
     try:
-        return os.readlink(item["path"]) == item["target"]
+        return bool(os.readlink(item["path"]) == item["target"])
     except OSError:  # missing, or not a symlink
         return False
 

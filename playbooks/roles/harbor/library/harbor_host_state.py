@@ -23,6 +23,7 @@ import os
 import pwd
 import ssl
 import stat
+import time
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -89,6 +90,22 @@ options:
     description: Verify the TLS certificate of I(health_url).
     type: bool
     default: false
+  health_components:
+    description: The components Harbor must list as healthy (see C(health_problem)).
+    type: list
+    elements: str
+    default: []
+  health_wait:
+    description:
+      - Ask I(health_url) again every I(health_interval) s until Harbor is healthy, at most
+        this many seconds; 0 asks once. Polling here, on the host, costs no SSH round trip
+        per try (the gate after install.sh).
+    type: float
+    default: 0
+  health_interval:
+    description: The pause between two health requests while waiting.
+    type: float
+    default: 0.25
 author: harborctl
 """
 
@@ -138,8 +155,18 @@ services_off:
   type: list
   returned: always
 health:
-  description: The answer of I(health_url) as JSON; empty when it gave none.
+  description: The (last) answer of I(health_url) as JSON; empty when it gave none.
   type: dict
+  returned: always
+health_problem:
+  description:
+    - Empty when Harbor answered C(healthy) and listed each of I(health_components) as
+      healthy; else what was wrong (no answer, the unhealthy and the missing components).
+  type: str
+  returned: always
+health_seconds:
+  description: How long the health requests took, the waiting included.
+  type: float
   returned: always
 """
 
@@ -248,6 +275,35 @@ def health(url: str, validate_certs: bool) -> dict[str, Any]:
     return answer if isinstance(answer, dict) else {}
 
 
+def health_problem(answer: dict[str, Any], components: list[str]) -> str:
+    """'' when Harbor says healthy and lists every wanted component as healthy."""
+    if not answer:
+        return "no answer"
+    listed = [c for c in answer.get("components") or [] if isinstance(c, dict)]
+    unhealthy = [str(c.get("name")) for c in listed if c.get("status") != "healthy"]
+    healthy = {c.get("name") for c in listed if c.get("status") == "healthy"}
+    missing = [n for n in components if n not in healthy and n not in unhealthy]
+    if answer.get("status") == "healthy" and not unhealthy and not missing:
+        return ""
+    return (f"status {answer.get('status')!s}; unhealthy: {', '.join(unhealthy) or 'none'}; "
+            f"missing: {', '.join(missing) or 'none'}")
+
+
+def wait_healthy(url: str, validate_certs: bool, components: list[str], wait: float,
+                 interval: float) -> tuple[dict[str, Any], str, float]:
+    """Ask until healthy or ``wait`` s have passed (at least once; bounded in tries too):
+    the last answer, what was wrong with it ('' when healthy) and the seconds spent."""
+    began = time.monotonic()
+    tries = 1 + int(wait / max(interval, 0.01))
+    while True:
+        answer = health(url, validate_certs)
+        problem = health_problem(answer, components) if url else "not asked"
+        tries -= 1
+        if not problem or tries <= 0 or time.monotonic() - began >= wait:
+            return answer, problem, round(time.monotonic() - began, 2)
+        time.sleep(interval)
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -261,6 +317,9 @@ def main() -> None:
             "services": {"type": "list", "elements": "dict", "default": []},
             "health_url": {"type": "str", "default": ""},
             "health_validate_certs": {"type": "bool", "default": False},
+            "health_components": {"type": "list", "elements": "str", "default": []},
+            "health_wait": {"type": "float", "default": 0.0},
+            "health_interval": {"type": "float", "default": 0.25},
         },
         supports_check_mode=True,
     )
@@ -271,11 +330,13 @@ def main() -> None:
     # this thread hashes the bundle and the files.
     with ThreadPoolExecutor(max_workers=4) as pool:
         core = pool.submit(core_running, module)
-        answer = pool.submit(health, p["health_url"], p["health_validate_certs"])
+        answer = pool.submit(wait_healthy, p["health_url"], p["health_validate_certs"],
+                             p["health_components"], p["health_wait"], p["health_interval"])
         services = [(s["name"], pool.submit(service_off, module, s, systemd))
                     for s in p["services"] if wanted(s, systemd)]
         bundle_sha256 = bundle_digest(module, p["bundle"], unpacked)
         drift = [f["path"] for f in p["files"] if wanted(f, systemd) and differs(f)]
+        last, problem, seconds = answer.result()
         module.exit_json(
             changed=False,
             systemd=systemd,
@@ -289,8 +350,11 @@ def main() -> None:
             exists={path: os.path.exists(os.path.expanduser(path)) for path in p["paths"]},
             drift=drift,
             services_off=[name for name, off in services if off.result()],
-            health=answer.result(),
+            health=last,
+            health_problem=problem,
+            health_seconds=seconds,
         )
+
 
 if __name__ == "__main__":
     main()
