@@ -36,7 +36,7 @@ from typing import Any
 
 from harbor_ops.core.errors import LockHeld, RemoteError
 from harbor_ops.core.lock import DEFAULT_LOCK_PATH, default_lock_path, job_lock
-from harbor_ops.hosts.ssh import SSH_CONFIG_ENV
+from harbor_ops.hosts.ssh import KEEPALIVE_COUNT, KEEPALIVE_INTERVAL, SSH_CONFIG_ENV
 from harbor_ops.site.model import HostEntry
 
 HOST_LOCK = DEFAULT_LOCK_PATH  # the role's harbor_job_lock: what backup and install.sh take
@@ -103,6 +103,20 @@ class RemoteLock:
         raise RemoteError(f"{self.host}: could not take the job lock {HOST_LOCK} (exit {rc}): "
                           f"{err.strip() or 'no output'}", hint="is flock (util-linux) there, "
                           "and is the user root or allowed `sudo -n`?")
+
+    def renew(self) -> bool:
+        """After the host dropped out: take the lock again if its session ended (True);
+        False when that session still holds it (only another connection dropped).
+        :class:`LockHeld` or :class:`RemoteError` when it cannot be taken again (an
+        orphaned holder of ours the host has not noticed yet, or another job)."""
+        if self._alive():
+            return False
+        self.release()
+        self.acquire()
+        return True
+
+    def _alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def _start(self) -> None:
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -211,6 +225,10 @@ class ChannelLock(RemoteLock):
         if self.channel is not None:
             self.channel.close()
 
+    def _alive(self) -> bool:
+        return bool(self.channel is not None and not self.channel.closed
+                    and not self.channel.exit_status_ready())
+
     def release(self) -> None:
         if self.channel is None:
             return
@@ -229,7 +247,9 @@ def ssh_argv(entry: HostEntry, ssh_config: Path | None, *,
     """The OpenSSH client command for ``entry``: batch mode (never a prompt), the operator's
     config (``$HARBORCTL_SSH_CONFIG`` when none is given, as for paramiko's connections)
     and known_hosts; an unknown host key only with ``--accept-new-host-keys``."""
-    argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+            "-o", f"ServerAliveInterval={KEEPALIVE_INTERVAL}",
+            "-o", f"ServerAliveCountMax={KEEPALIVE_COUNT}"]
     config = ssh_config or (Path(os.environ[SSH_CONFIG_ENV])
                             if os.environ.get(SSH_CONFIG_ENV) else None)
     if config is not None:
@@ -244,12 +264,14 @@ def ssh_argv(entry: HostEntry, ssh_config: Path | None, *,
 
 @contextmanager
 def hold_on_host(entry: HostEntry, *, job: str, ssh_config: Path | None,
-                 accept_new_host_keys: bool = False, client: Any = None) -> Iterator[None]:
+                 accept_new_host_keys: bool = False, client: Any = None
+                 ) -> Iterator[RemoteLock | None]:
     """The host's own lock for the block (nothing more for a local host), released when the
     block ends, by an exception too. With ``client`` (an open paramiko connection to the
-    host) it is held by one more channel of that connection, else by an OpenSSH login."""
+    host) it is held by one more channel of that connection, else by an OpenSSH login.
+    Yields the holder (None for a local host), for :meth:`RemoteLock.renew`."""
     if is_local(entry):
-        yield
+        yield None
         return
     command = remote_lock_command(job, sudo=entry.user != "root")
     lock: RemoteLock
@@ -260,16 +282,17 @@ def hold_on_host(entry: HostEntry, *, job: str, ssh_config: Path | None,
             accept_new_host_keys)), command], entry.name)
     lock.acquire()
     try:
-        yield
+        yield lock
     finally:
         lock.release()
 
 
 @contextmanager
 def hold_host(entry: HostEntry, *, job: str, ssh_config: Path | None,
-              accept_new_host_keys: bool = False) -> Iterator[None]:
-    """One job at a time on ``entry``: the controller's per-host lock, then the host's."""
+              accept_new_host_keys: bool = False) -> Iterator[RemoteLock | None]:
+    """One job at a time on ``entry``: the controller's per-host lock, then the host's
+    (yielded, see :func:`hold_on_host`)."""
     with job_lock(host_lock(entry), job=job), \
             hold_on_host(entry, job=job, ssh_config=ssh_config,
-                         accept_new_host_keys=accept_new_host_keys):
-        yield
+                         accept_new_host_keys=accept_new_host_keys) as held:
+        yield held

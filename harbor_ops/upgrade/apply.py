@@ -225,8 +225,8 @@ def apply(site: Site, *, to: str | None, host: str | None, opts: Options, dry_ru
         try:
             with joblock.hold_host(entry, job=f"upgrade {entry.name}",
                                    ssh_config=opts.ssh_config,
-                                   accept_new_host_keys=opts.accept_new_host_keys):
-                HostRun(site, entry, outcome, opts, progress, stopped).run()
+                                   accept_new_host_keys=opts.accept_new_host_keys) as held:
+                HostRun(site, entry, outcome, opts, progress, stopped, held).run()
         except HarborctlError as exc:
             outcome.outcome, outcome.message, outcome.error = "failed", exc.message, exc
             progress(f"{entry.name}: {exc.message}")
@@ -270,9 +270,10 @@ class HostRun:
     """One host's hops, one playbook run each, judged from the journal afterwards."""
 
     def __init__(self, site: Site, entry: HostEntry, outcome: HostOutcome, opts: Options,
-                 progress: Progress, stopped: Callable[[], bool] = lambda: False) -> None:
+                 progress: Progress, stopped: Callable[[], bool] = lambda: False,
+                 held: joblock.RemoteLock | None = None) -> None:
         self.site, self.entry, self.o, self.opts, self.say = site, entry, outcome, opts, progress
-        self.stopped = stopped
+        self.stopped, self.held = stopped, held
 
     def run(self) -> None:
         """The host's hops; after a drop of the host mid-hop, what a re-run does, bounded."""
@@ -431,12 +432,28 @@ class HostRun:
                                     f"s ({gone.last})")
             return None
         record["seconds"] = round(time.monotonic() - began, 1)
+        self._hold_again()
         state = plan.state
         if plan.decision.action != "fresh" or state.run != drop.run:
             return plan  # an unfinished hop (resumed or rolled back), or one never begun
         got = self._judge(state.hop, hv.release(str(state.source)),
                           hv.release(str(state.target)), state, drop.why)
         return plan if got == journal.DONE else None  # its hop had ended before the drop
+
+    def _hold_again(self) -> None:
+        """The host's job lock after a drop: its ssh session may have ended with the link,
+        freeing it; then it is taken again. When that fails (our own orphaned holder the
+        host has not noticed yet, or another job took it), the run still finishes the hop:
+        the window lock guards the window's steps, and Harbor must not stay down."""
+        if self.held is None:
+            return
+        try:
+            if self.held.renew():
+                self.say(f"{self.entry.name}: the host's job lock was lost with the "
+                         "connection; taken again")
+        except HarborctlError as exc:
+            self.say(f"{self.entry.name}: the host's job lock could not be taken again "
+                     f"({exc.message}); finishing the hop under the window lock")
 
     def _unreachable(self, drop: reconnect.HostDropped, why: str) -> None:
         """The host stays away: the exact state known, and the command that finishes it."""

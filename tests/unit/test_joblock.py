@@ -98,3 +98,49 @@ def test_the_lock_session_reads_the_same_ssh_config_as_paramiko(
     assert ssh_argv(entry, tmp_path / "given")[argv.index("-F") + 1] == str(tmp_path / "given")
     monkeypatch.delenv(SSH_CONFIG_ENV)
     assert "-F" not in ssh_argv(entry, None)  # OpenSSH's own default then
+
+
+def _session_ends(lock: RemoteLock) -> None:
+    """What a dropped link does on the host: sshd ends the session, the holder's stdin
+    ends, the holder goes (and with it the lock)."""
+    assert lock.proc is not None and lock.proc.stdin is not None
+    lock.proc.stdin.close()
+    lock.proc.wait(timeout=20)
+
+
+def test_a_lock_whose_session_ended_is_taken_again(tmp_path: Path) -> None:
+    """After a dropped connection: a live holder is kept (renew says False); a holder whose
+    session ended is replaced by a new one, and the lock is held again."""
+    path = tmp_path / "harborctl.lock"
+    lock = _lock(path)
+    lock.acquire()
+    try:
+        assert lock.renew() is False  # the session still holds it
+        _session_ends(lock)
+        with job_lock(path, job="backup create"):  # freed, as on the host
+            pass
+        assert lock.renew() is True
+        assert "job=upgrade h1" in path.read_text()
+        with pytest.raises(LockHeld), job_lock(path, job="backup create"):
+            pass
+    finally:
+        lock.release()
+
+
+def test_a_lock_taken_by_another_job_meanwhile_is_not_renewed(tmp_path: Path) -> None:
+    path = tmp_path / "harborctl.lock"
+    lock = _lock(path)
+    lock.acquire()
+    _session_ends(lock)
+    try:
+        with job_lock(path, job="backup create"), pytest.raises(
+                LockHeld, match="job=backup create"):
+            lock.renew()
+    finally:
+        lock.release()
+
+
+def test_the_lock_session_notices_a_dead_link() -> None:
+    """Keepalives on the lock's own ssh login, as on Ansible's."""
+    argv = ssh_argv(HostEntry(name="h1", address="10.0.0.5"), None)
+    assert "ServerAliveInterval=15" in argv and "ServerAliveCountMax=4" in argv
