@@ -3,7 +3,8 @@
 The fault here is real: the data disk fills up during the hop. The host's /data is a small
 filesystem made for the test (tmpfs); Harbor 2.14.4 is installed on it with rows; `upgrade
 apply` to 2.15.2 passes its refusals (the space is there), and when the host's journal says
-the window began (`stop`), the test fills /data, so the snapshot's copy fails with ENOSPC.
+the window began (`stop`), the test fills /data up to half the database, so the snapshot's
+copy fails with ENOSPC.
 The playbook must then start 2.14.4 again on its untouched data and gate it.
 """
 
@@ -39,12 +40,23 @@ def small_disk_host(testbed: TestBed, bundles: Path,
     return host, site_dir, up.install_with_rows(testbed, host, site_dir, bundles, OLD)
 
 
+# What the fill leaves free: half the database. The snapshot's copy of it cannot fit, and
+# whatever the copy wrote before ENOSPC comes back when the rollback drops the partial
+# snapshot, so the old release starts with room to write (as on a real disk that filled
+# up: nothing keeps writing there once Harbor is stopped). The fill is one fallocate, done
+# at once: a fill still writing when the rollback frees that room (a slow `head -c` on a
+# busy machine, while the window's stop now takes about a second) took it away again, and
+# the old database could not start.
+_FILL = ('db=$(du -sb /data/database | cut -f1); '
+         'avail=$(df --output=avail -B1 /data | tail -1); '
+         'fallocate -l $(( avail - db / 2 - 4096 )) /data/filler')
+
+
 def _fill_when_the_window_opens(host: Host, done: threading.Event) -> None:
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline and not done.is_set():
         if any(e["step"] == "stop" and e["event"] == "begin" for e in up.journal(host)):
-            host.exec("head -c $(( $(df --output=avail -B1 /data | tail -1) - 4096 )) "
-                      "/dev/zero > /data/filler || true")
+            host.exec(_FILL)
             return
         time.sleep(0.05)  # the window must not have reached the snapshot when the disk fills
 
