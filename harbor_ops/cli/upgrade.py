@@ -24,6 +24,7 @@ from harbor_ops.cli.options import (
 from harbor_ops.core.errors import UsageError
 from harbor_ops.releases import planner
 from harbor_ops.releases.versions import LAYOUTS
+from harbor_ops.upgrade.reconnect import Bounds
 from harbor_ops.upgrade.steps import HOP_STEPS
 
 if TYPE_CHECKING:
@@ -89,14 +90,15 @@ def _site_version(config: Path) -> str:
 
 def _options(bundle_dir: Path | None, ssh_config: Path | None, log_dir: Path | None,
              backup_dir: Path | None, health_retries: int = 60,
-             accept_new_host_keys: bool = False) -> Options:
+             accept_new_host_keys: bool = False, reconnect: Bounds | None = None) -> Options:
     from harbor_ops.install.run import default_log_dir
     from harbor_ops.upgrade.apply import Options
 
     logs = log_dir or default_log_dir()
     return Options(bundle_dir=bundle_dir, ssh_config=ssh_config, log_dir=logs,
                    backup_dir=backup_dir or logs.parent / "upgrade-backups",
-                   health_retries=health_retries, accept_new_host_keys=accept_new_host_keys)
+                   health_retries=health_retries, accept_new_host_keys=accept_new_host_keys,
+                   reconnect=reconnect or Bounds())
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -140,10 +142,11 @@ def apply_cmd(to: str | None, config: Path, host: str | None, ssh_config: Path |
     """
     from harbor_ops.upgrade.apply import apply
     from harbor_ops.upgrade.learning import load_site_learning
+    from harbor_ops.upgrade.reconnect import bounds_from_env
 
-    site, learned = load_site_learning(config, bundle_dir)
     opts = _options(bundle_dir, ssh_config, log_dir, backup_dir, health_retries,
-                    accept_new_host_keys)
+                    accept_new_host_keys, reconnect=bounds_from_env())
+    site, learned = load_site_learning(config, bundle_dir)
     if not dry_run and not yes:
         plan = apply(site, to=to, host=host, opts=opts, dry_run=True, learned=learned)
         if plan.error is not None:

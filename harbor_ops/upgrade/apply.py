@@ -456,8 +456,9 @@ class HostRun:
                      f"({exc.message}); finishing the hop under the window lock")
 
     def _unreachable(self, drop: reconnect.HostDropped, why: str) -> None:
-        """The host stays away: the exact state known, and the command that finishes it."""
-        self.o.outcome = "rollback_failed"
+        """The host stays away: the exact state known, and the command that finishes it.
+        Its release is not known (the window may have switched it): ``on_release`` None."""
+        self.o.outcome, self.o.on_release = "rollback_failed", None
         self.o.message = (
             f"hop {drop.number} ({drop.source} -> {drop.target}): the connection to "
             f"{self.entry.name} dropped ({drop.why}) and {why}; the hop is unfinished: on the "

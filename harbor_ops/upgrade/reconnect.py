@@ -11,17 +11,22 @@ holds only the bounded wait, so it is tested without a host.
 
 from __future__ import annotations
 
+import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from harbor_ops.core.errors import RemoteError
+from harbor_ops.core.errors import RemoteError, UsageError
 
 _T = TypeVar("_T")
 # Drops of one host in one run before harborctl stops trying: a link that keeps failing
 # is a person's problem, not a retry loop's.
 MAX_DROPS = 3
+# "pause,window" in seconds, e.g. "1,20": the pause between tries and the time after the
+# drop when no new try begins (tests; a site whose links are known to be down longer).
+BOUNDS_ENV = "HARBORCTL_RECONNECT_SECONDS"
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,23 @@ class Bounds:
     tries: int = 30
     seconds: float = 300.0
     pause: float = 5.0
+
+
+def bounds_from_env(environ: Mapping[str, str] = os.environ) -> Bounds:
+    """The bounds, with ``$HARBORCTL_RECONNECT_SECONDS`` (``pause,window``) when set; the
+    number of tries stays bounded by :attr:`Bounds.tries` whatever the window."""
+    raw = environ.get(BOUNDS_ENV, "").strip()
+    if not raw:
+        return Bounds()
+    try:
+        pause, seconds = (float(x) for x in raw.split(","))
+    except ValueError:
+        pause = seconds = math.nan
+    if not (0 <= pause <= 3600 and 0 < seconds <= 86400):  # also false for nan
+        raise UsageError(f"{BOUNDS_ENV}={raw!r}: must be 'pause,window' in seconds, the pause "
+                         "0 to 3600 and the window above 0 up to 86400 (default "
+                         f"'{Bounds.pause:g},{Bounds.seconds:g}')")
+    return Bounds(seconds=seconds, pause=pause)
 
 
 class HostDropped(Exception):

@@ -21,23 +21,18 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.bed.hosts import Host, TestBed
+from tests.bed.hosts import TestBed
 from tests.integration import upgradefixture as up
-from tests.integration.harborwait import health_url, wait_healthy
 
 pytestmark = pytest.mark.integration
 
 OLD, NEW = "2.14.4", "2.15.2"
 LABEL = "kill-steps-2.14.4-with-rows"
 ROLLED_BACK = 11  # UpgradeRolledBack's exit code
-LEFTOVERS = ("find /data /opt/harbor -maxdepth 3 \\( -name '*.partial' -o -name 'pgNEW*' "
-             "-o -name '*.tmp-*' \\) -print")
 
 
 @pytest.fixture(scope="module")
@@ -52,21 +47,10 @@ def snapshot(testbed: TestBed, bundles: Path,
     return up.snapshot_with_rows(testbed, tmp_path_factory, bundles, OLD, LABEL)
 
 
-def _began(name: str) -> Callable[[list[up.Entry]], bool]:
-    return lambda j: any(e["step"] == name and e["event"] == "begin" for e in j)
-
-
 def _apply(argv: list[str], err: Path) -> int:
     with open(err, "ab") as out:
         return subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=out,
                               timeout=1800, check=False).returncode
-
-
-def _healthy_with_every_row(host: Host, release: str, counts: str) -> None:
-    up.on_release_with_every_row(host, release, counts)
-    wait_healthy(health_url(host))
-    assert host.exec(LEFTOVERS).stdout.strip() == ""
-    assert host.exec("pgrep -f '[u]pgrade-window'", check=False).returncode != 0
 
 
 @pytest.mark.parametrize("step", ["stop", "switch", "gate", "finish"])
@@ -77,21 +61,16 @@ def test_kill_at_a_step_then_apply_again_ends_healthy(
     site = up.site_at(site_dir, host, testbed.client_key, NEW)
     argv = up.apply_argv(site, testbed, site_dir, bundles, "--health-retries", "12")
     err = site_dir / f"kill-{step}.err"
-    code = up.kill_when(argv, host, _began(step), err)
+    code = up.kill_when(argv, host, up.began(step), err)
     assert code == -signal.SIGKILL, err.read_text()[-2000:]
     again = _apply(argv, err)
     assert again in (0, ROLLED_BACK), err.read_text()[-3000:]
     print(f"kill at {step}: the next apply exited {again}")  # shown with -s
     if again == ROLLED_BACK:  # its retry failed: see the next test, which makes it fail
-        _healthy_with_every_row(host, OLD, counts)
+        up.healthy_with_every_row(host, OLD, counts)
         again = _apply(argv, err)
     assert again == 0, err.read_text()[-3000:]
-    _on_the_target(host, counts)
-
-
-def _on_the_target(host: Host, counts: str) -> None:
-    _healthy_with_every_row(host, NEW, counts)
-    assert host.exec("ls -A /data/.harborctl-upgrade").stdout.strip() == ""  # dropped
+    up.healthy_with_every_row(host, NEW, counts, snapshot_dropped=True)
 
 
 def test_kills_before_the_window_then_a_retry_that_fails_is_rolled_back(
@@ -117,7 +96,7 @@ def test_kills_before_the_window_then_a_retry_that_fails_is_rolled_back(
     assert up.journal(host) == []
     cut = None  # the step the last kill cut: where the next run must pick up
     for step in ("unpack", "load_images", "configure", "count_rows", "gate"):
-        assert up.kill_when(argv, host, _began(step), err) == -signal.SIGKILL, (
+        assert up.kill_when(argv, host, up.began(step), err) == -signal.SIGKILL, (
             err.read_text()[-2000:])  # (kill_when starts err afresh for each run)
         last = up.journal(host)[-1]
         assert (last["step"], last["event"]) == (step, "begin"), last
@@ -135,27 +114,9 @@ def test_kills_before_the_window_then_a_retry_that_fails_is_rolled_back(
     assert "rolled back after the interruption; trying hop 2.15.2 again" in text, text[-3000:]
     ends = {e["run"] for e in up.journal(host) if (e["step"], e["event"]) == ("rb_gate", "end")}
     assert len(ends) == 2, ends  # the kill's rollback, then the failed retry's
-    _healthy_with_every_row(host, OLD, counts)
+    up.healthy_with_every_row(host, OLD, counts)
     assert host.exec("ls -A /data/.harborctl-upgrade").stdout.strip() == ""
     assert not list((site_dir / "backups" / "h1").glob("*.partial"))
-
-
-# The helper's ancestors that are sshd session processes ("sshd: root@notty"; never the
-# listener, whose title is its command line or "sshd: ... [listener] ..."): killing them cuts
-# exactly the session that started the window helper, as a dropped connection does. Prints
-# the pids it killed.
-DROP_SESSION = r"""
-p=$(pgrep -o -f '[u]pgrade-window') || exit 3
-killed=
-while [ "$p" -gt 1 ]; do
-  p=$(sed 's/.*) //' /proc/$p/stat | cut -d' ' -f2)
-  case "$(tr '\0' ' ' < /proc/$p/cmdline)" in
-    *"[listener]"*) ;;
-    "sshd: "*) killed="$killed $p";;
-  esac
-done
-[ -n "$killed" ] && kill -9 $killed && echo $killed
-"""
 
 
 def test_an_ssh_drop_in_the_window_is_recovered_by_the_same_run(
@@ -176,7 +137,7 @@ def test_an_ssh_drop_in_the_window_is_recovered_by_the_same_run(
     with open(err, "wb") as out:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=out)
         try:
-            dropped = _drop_the_window_session_at(host, "stop", proc)
+            dropped = up.at_step(host, "stop", proc, up.drop_window_session)
             code = proc.wait(timeout=1800)
         finally:
             if proc.poll() is None:
@@ -190,17 +151,4 @@ def test_an_ssh_drop_in_the_window_is_recovered_by_the_same_run(
     events = [(e["step"], e["event"]) for e in up.journal(host)]
     assert events.count(("stop", "end")) == 1 and events[-1] == ("finish", "end"), events
     assert events.index(("stop", "end")) < events.index(("snapshot", "begin")), events
-    _on_the_target(host, counts)
-
-
-def _drop_the_window_session_at(host: Host, step: str, proc: subprocess.Popen[bytes]) -> str:
-    """Poll the journal (every 50 ms, at most 900 s, while harborctl runs) until ``step``
-    began, then cut the helper's session; the pids killed ("" when it never came)."""
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline and proc.poll() is None:
-        if _began(step)(up.journal(host)):
-            got = host.exec(DROP_SESSION, check=False)
-            assert got.returncode == 0, (got.stdout, got.stderr)
-            return got.stdout.strip()
-        time.sleep(0.05)
-    return ""
+    up.healthy_with_every_row(host, NEW, counts, snapshot_dropped=True)

@@ -78,6 +78,23 @@ def install_with_rows(testbed: TestBed, host: Host, site_dir: Path, bundle_dir: 
     return psql(host, COUNT_SQL)
 
 
+LEFTOVERS = ("find /data /opt/harbor -maxdepth 3 \\( -name '*.partial' -o -name 'pgNEW*' "
+             "-o -name '*.tmp-*' \\) -print")
+
+
+def healthy_with_every_row(host: Host, release: str, counts: str,
+                           snapshot_dropped: bool = False) -> None:
+    """:func:`on_release_with_every_row`, Harbor healthy, no partial snapshot, pg_upgrade
+    folder or staging file left, no window helper running; ``snapshot_dropped``: the hop's
+    snapshot is gone too (a hop that reached its target)."""
+    on_release_with_every_row(host, release, counts)
+    wait_healthy(health_url(host))
+    assert host.exec(LEFTOVERS).stdout.strip() == ""
+    assert host.exec("pgrep -f '[u]pgrade-window'", check=False).returncode != 0
+    if snapshot_dropped:
+        assert host.exec("ls -A /data/.harborctl-upgrade").stdout.strip() == ""
+
+
 def journal(host: Host) -> list[Entry]:
     """The host's upgrade journal, one entry a line (none before the first apply)."""
     text = host.exec(f"cat {JOURNAL}", check=False).stdout
@@ -162,3 +179,45 @@ def on_release_with_every_row(host: Host, release: str, counts: str) -> None:
     assert host.exec("ls -A /data/database").stdout.split() == [pg_dir]
     assert host.exec(f"stat -c '%u %a' /data/database/{pg_dir}").stdout.strip() == "999 700"
     assert host.exec("test -e /var/lib/harborctl/upgrade.window", check=False).returncode != 0
+
+
+# The helper's ancestors that are sshd session processes ("sshd: root@notty"; never the
+# listener, whose title is its command line or "sshd: ... [listener] ..."): killing them cuts
+# exactly the session that started the window helper, as a dropped connection does. Prints
+# the pids it killed.
+DROP_SESSION = r"""
+p=$(pgrep -o -f '[u]pgrade-window') || exit 3
+killed=
+while [ "$p" -gt 1 ]; do
+  p=$(sed 's/.*) //' /proc/$p/stat | cut -d' ' -f2)
+  case "$(tr '\0' ' ' < /proc/$p/cmdline)" in
+    *"[listener]"*) ;;
+    "sshd: "*) killed="$killed $p";;
+  esac
+done
+[ -n "$killed" ] && kill -9 $killed && echo $killed
+"""
+
+
+def drop_window_session(host: Host) -> str:
+    """Cut the SSH session that runs the window helper on ``host``; the pids killed."""
+    got = host.exec(DROP_SESSION, check=False)
+    assert got.returncode == 0, (got.stdout, got.stderr)
+    return got.stdout.strip()
+
+
+def began(step: str) -> Callable[[list[Entry]], bool]:
+    """True of a journal in which ``step`` began."""
+    return lambda j: any(e["step"] == step and e["event"] == "begin" for e in j)
+
+
+def at_step(host: Host, step: str, proc: subprocess.Popen[bytes],
+            act: Callable[[Host], str]) -> str:
+    """Poll the journal (every 50 ms, at most 900 s, while ``proc`` runs) until ``step``
+    began, then ``act(host)``; what it returned ("" when the step never came)."""
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and proc.poll() is None:
+        if began(step)(journal(host)):
+            return act(host)
+        time.sleep(0.05)
+    return ""

@@ -189,6 +189,14 @@ def test_apply_to_must_equal_the_site_target(tmp_path: Path) -> None:
     assert "harbor.version" in r.err and "Traceback" not in r.err
 
 
+def test_apply_refuses_a_bad_reconnect_window_before_reading_any_host(tmp_path: Path) -> None:
+    r = harborctl("upgrade", "apply", "-c", str(_local_site(tmp_path)), "--dry-run",
+                  env={"HARBORCTL_RECONNECT_SECONDS": "300"})
+    assert r.code == 2, r.err
+    assert "HARBORCTL_RECONNECT_SECONDS='300': must be 'pause,window' in seconds" in r.err
+    assert "Traceback" not in r.err
+
+
 def test_apply_dry_run_refuses_a_host_without_harbor_in_json(tmp_path: Path) -> None:
     """The probe really runs on this machine: no Harbor under the site's install dir."""
     r = harborctl("upgrade", "apply", "-c", str(_local_site(tmp_path)), "--dry-run",

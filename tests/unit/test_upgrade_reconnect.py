@@ -1,5 +1,6 @@
-"""The bounded wait for a host that dropped out mid-hop (the loop only; the bed test
-tests/integration/test_upgrade_ssh_drop.py drops a real session)."""
+"""The bounded wait for a host that dropped out mid-hop (the loop only; the bed tests
+drop a real session: test_upgrade_kill_steps.py, and test_upgrade_unreachable.py, where the
+host then stays away)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from harbor_ops.core.errors import RemoteError
+from harbor_ops.core.errors import RemoteError, UsageError
 from harbor_ops.site.model import HostEntry
-from harbor_ops.upgrade.reconnect import Bounds, StillUnreachable, until_back
+from harbor_ops.upgrade.reconnect import (
+    BOUNDS_ENV,
+    Bounds,
+    StillUnreachable,
+    bounds_from_env,
+    until_back,
+)
 
 
 class Clock:
@@ -99,7 +106,7 @@ def test_a_host_that_stays_away_ends_the_run_with_exit_12_naming_state_and_next_
     drop = HostDropped("0123456789abcdef", 1, "2.14.4", "2.15.2", "h1: window: unreachable")
     assert run._recover(drop, 1) is None
     assert any(line.startswith("h1: not reachable yet (try 1 of at most 2") for line in lines)
-    assert outcome.outcome == "rollback_failed"
+    assert (outcome.outcome, outcome.on_release) == ("rollback_failed", None)
     assert "hop 1 (2.14.4 -> 2.15.2): the connection to h1 dropped" in outcome.message
     assert "no answer in 2 tries" in outcome.message
     assert "/var/lib/harborctl/upgrade.journal" in outcome.message
@@ -112,3 +119,25 @@ def test_a_host_that_stays_away_ends_the_run_with_exit_12_naming_state_and_next_
                     lines.append)
     assert again._recover(drop, 4) is None
     assert "dropped 4 times in this run" in again.o.message
+
+
+@pytest.mark.parametrize(("raw", "bounds"), [
+    ("", Bounds()),
+    ("  ", Bounds()),
+    ("1,20", Bounds(tries=30, seconds=20, pause=1)),
+    ("0, 0.5", Bounds(tries=30, seconds=0.5, pause=0)),
+])
+def test_the_env_var_sets_pause_and_window_and_keeps_the_tries_bound(raw: str,
+                                                                      bounds: Bounds) -> None:
+    assert bounds_from_env({BOUNDS_ENV: raw}) == bounds
+    assert bounds_from_env({}) == Bounds()
+
+
+@pytest.mark.parametrize("raw", ["20", "1,2,3", "a,b", "-1,20", "1,0", "1,-5", "nan,20",
+                                 "1,inf", "5000,20", "1,100000"])
+def test_a_bad_env_value_is_refused_naming_the_variable_and_the_form(raw: str) -> None:
+    with pytest.raises(UsageError) as got:
+        bounds_from_env({BOUNDS_ENV: raw})
+    assert got.value.exit_code == 2
+    assert f"{BOUNDS_ENV}={raw!r}: must be 'pause,window' in seconds" in got.value.message
+    assert "(default '5,300')" in got.value.message
