@@ -66,6 +66,7 @@ class VerifyResult:
     row_counts: dict[str, int] = field(default_factory=dict)
     duration_seconds: float = 0.0
     error: str | None = None
+    drilled_in: str | None = None  # where the scratch restore ran
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -98,11 +99,12 @@ def verify_backup(*, path: Path, lock_path: Path | None = None,
             result.checksums_ok = True
             if restore_drill and remote_drill is not None:
                 say(f"restoring into a scratch PostgreSQL {manifest.pg_major} on the host")
+                result.drilled_in = "a throw-away container of the host's harbor-db image"
                 result.row_counts = check_counts(*remote_drill(path, manifest), manifest)
                 result.restore_ok = True
             elif restore_drill:
                 say(f"starting a scratch PostgreSQL {manifest.pg_major}")
-                result.row_counts = drill(path, manifest, scratch_root, say)
+                result.row_counts = drill(path, manifest, scratch_root, say, result)
                 result.restore_ok = True
             result.ok = True
         except NoIdentity:
@@ -154,10 +156,12 @@ def restore_database(*, path: Path, target: DbSource) -> None:
 
 
 def drill(path: Path, manifest: Manifest, scratch_root: Path | None,
-          say: Progress) -> dict[str, int]:
-    """Restore the dump into a scratch cluster; the row counts it holds afterwards."""
+          say: Progress, result: VerifyResult) -> dict[str, int]:
+    """Restore the dump into a scratch cluster (where: ``result.drilled_in``); the row
+    counts it holds afterwards."""
     with scratch_cluster(manifest.pg_major, root=scratch_root,
                          harbor_version=manifest.harbor_version) as scratch:
+        result.drilled_in = scratch.where
         with scratch.source("postgres", user="postgres").session(autocommit=True) as s:
             s.query(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER").format(
                 sql.Identifier(DRILL_ROLE)))

@@ -115,10 +115,13 @@ class BackupResult:
     manifest: Manifest
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
+    # How pg_dump and psql reached the database (an SSH host's harbor-db: nsenter, or
+    # docker exec and why); empty where there is one way.
+    db_access: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         return {"name": self.name, "path": str(self.path), "size": self.size,
-                "dry_run": self.dry_run, "notes": self.notes,
+                "dry_run": self.dry_run, "notes": self.notes, "db_access": self.db_access,
                 "manifest": self.manifest.to_dict()}
 
 
@@ -204,7 +207,8 @@ def write_backup(*, backup_dir: Path, source: DbSource, files: FileSource,
             raise _write_error(exc, partial) from None
         raise
     progress(f"backup {final} written")
-    return BackupResult(name, final, final.stat().st_size, manifest)
+    return BackupResult(name, final, final.stat().st_size, manifest,
+                        db_access=source.reached())
 
 
 def reserve_name(backup_dir: Path, host: str, *, sealed: bool = False) -> Path:

@@ -75,6 +75,7 @@ class RestoreResult:
     row_counts: dict[str, int]
     dry_run: bool = False
     warnings: list[str] = field(default_factory=list)
+    db_access: dict[str, str] = field(default_factory=dict)  # as BackupResult's
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -138,7 +139,7 @@ def restore_backup(*, path: Path, target: DbSource, data_volume: Path | None = N
         if safety is not None:
             warnings.append(f"the data replaced is kept in the safety backup {safety.name}")
         return RestoreResult(path.name, target.describe(), staged.written, counts,
-                             warnings=warnings)
+                             warnings=warnings, db_access=target.reached())
 
 
 def _present(data_volume: Path | None, harbor_yml: Path | None,

@@ -42,8 +42,9 @@ START_SECONDS = 120
 class Scratch:
     """Where the drill connects: a source on the scratch server, as any role and database."""
 
-    def __init__(self, admin: ExternalSource | DockerExecSource) -> None:
+    def __init__(self, admin: ExternalSource | DockerExecSource, where: str) -> None:
         self.admin = admin
+        self.where = where  # said in the drill's result
 
     def source(self, dbname: str, *, user: str) -> DbSource:
         return replace(self.admin, dbname=dbname, user=user)
@@ -77,7 +78,8 @@ def _local_cluster(bindir: Path, root: Path | None) -> Iterator[Scratch]:
         _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"),
                       "-o", opts, "-w", "-t", "60", "start"], "pg_ctl start")
         yield Scratch(ExternalSource(host=str(folder), port=5432, user="postgres",
-                                     dbname="postgres", bindir=bindir))
+                                     dbname="postgres", bindir=bindir),
+                      f"this machine's PostgreSQL binaries in {bindir}")
     finally:  # also after a signal that came while the server was starting
         if (data / "postmaster.pid").exists():
             _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w",
@@ -111,7 +113,9 @@ def _container_cluster(major: str, harbor_version: str | None) -> Iterator[Scrat
             got = _start(docker, image, name)
             if got == major:
                 yield Scratch(DockerExecSource(container=name, user="postgres",
-                                               dbname="postgres", docker=docker))
+                                               dbname="postgres", docker=docker),
+                              f"a throw-away container of {image} on this machine's "
+                              "Docker engine")
                 return
             tried.append(f"{image} (PostgreSQL {got})")
         finally:

@@ -62,6 +62,11 @@ class DbSource(ABC):
     def describe(self) -> str:
         """Where the database is, without any secret."""
 
+    def reached(self) -> dict[str, str]:
+        """How each client tool reached the database so far (tool -> way), for a source
+        that has more than one way (an SSH host); empty for the others."""
+        return {}
+
     def session(self, *, dbname: str | None = None, snapshot: bool = False,
                 autocommit: bool = False) -> SqlSession:
         """An open SQL session on ``dbname`` (default: the source DB).

@@ -22,7 +22,7 @@ import stat
 import subprocess
 import tarfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -55,16 +55,29 @@ _PIPE = ('exec 4>&1; s=$( {{ {{ {dump}; echo $? >&3; }} | zstd -q -{level} -T0 >
 # the server's neighbour (same build, same major), looked up through the container's own
 # root. When anything of that is missing (no nsenter, the container not running, its
 # server run as root or not named `postgres`), the tool runs through `docker exec` as
-# before. Its words: harborctl's checked arguments and the container's name; what the host
-# answers only ever fills quoted variables.
+# before. The first line on stderr says which way it ran, and why not the direct one
+# (:data:`_VIA`; one of harborctl's fixed reasons). Its words: harborctl's checked
+# arguments and the container's name; what the host answers only ever fills quoted
+# variables.
 _DIRECT = (
     'p=$(docker inspect -f "{{{{.State.Pid}}}}" {container} 2>/dev/null); '
-    'n=$(command -v nsenter); '
-    'if [ "${{p:-0}}" -gt 0 ] 2>/dev/null && [ -n "$n" ] && u=$(stat -c %u "/proc/$p") '
-    '&& g=$(stat -c %g "/proc/$p") && [ "$u" -gt 0 ] && b=$(readlink "/proc/$p/exe") '
-    '&& [ "${{b##*/}}" = postgres ] && [ -x "/proc/$p/root${{b%/*}}/{tool}" ]; then '
+    'n=$(command -v nsenter); w=; '
+    'if [ -z "$n" ]; then w="nsenter is not on the PATH"; '
+    'elif ! [ "${{p:-0}}" -gt 0 ] 2>/dev/null; then w="the container is not running"; '
+    'elif ! u=$(stat -c %u "/proc/$p") || ! g=$(stat -c %g "/proc/$p"); then '
+    'w="its server process cannot be read"; '
+    'elif [ "$u" -eq 0 ]; then w="its server runs as root"; '
+    'elif ! b=$(readlink "/proc/$p/exe") || [ "${{b##*/}}" != postgres ]; then '
+    'w="its server is not postgres"; '
+    'elif ! [ -x "/proc/$p/root${{b%/*}}/{tool}" ]; then w="no {tool} beside its server"; fi; '
+    'if [ -z "$w" ]; then echo "harborctl-via: nsenter" >&2; '
     'env -i "$n" -t "$p" -m -u -i -n -p -r -w -S "$u" -G "$g" -- "${{b%/*}}/{tool}" {args}; '
-    'else {fallback}; fi')
+    'else echo "harborctl-via: docker exec ($w)" >&2; {fallback}; fi')
+# The line above as harborctl reads it back: only its own words are taken from the host.
+_VIA = re.compile(r"harborctl-via: (nsenter|docker exec \((?:nsenter is not on the PATH|"
+                  r"the container is not running|its server process cannot be read|"
+                  r"its server runs as root|its server is not postgres|"
+                  r"no [a-z_]+ beside its server)\))")
 
 
 def connect(entry: HostEntry, ssh_config: Path | None, *,
@@ -97,7 +110,10 @@ class ChannelProcess:
     """
 
     def __init__(self, client: paramiko.SSHClient, command: str, *, stdin: Any,
-                 stdout: Any, stderr: Any, text: bool) -> None:
+                 stdout: Any, stderr: Any, text: bool,
+                 on_via: Callable[[str], None] | None = None) -> None:
+        # on_via: told the way a tool of :data:`_DIRECT` ran (that line is not kept)
+        self._on_via, self._head = on_via, bytearray()
         transport = client.get_transport()
         if transport is None or not transport.is_active():
             raise OSError("the SSH connection is closed")
@@ -127,8 +143,7 @@ class ChannelProcess:
                 if ch.recv_stderr_ready() or ch.exit_status_ready():
                     data = ch.recv_stderr(1 << 16)
                     if data:
-                        self._err += data
-                        del self._err[:-_STDERR_KEEP]
+                        self._keep_err(data)
                         got = True
                 if stdout != subprocess.PIPE and ch.recv_ready():
                     got = bool(ch.recv(1 << 16)) or got
@@ -139,6 +154,27 @@ class ChannelProcess:
                     ch.status_event.wait(0.05)
         except (OSError, EOFError):
             return
+
+    def _keep_err(self, data: bytes) -> None:
+        """stderr's tail; its first line first goes to ``on_via`` when it is that line."""
+        if self._on_via is not None:
+            self._head += data
+            line, newline, rest = bytes(self._head).partition(b"\n")
+            if not newline and len(self._head) < 256:
+                return  # the first line is not complete yet
+            data, self._head = bytes(self._head), bytearray()
+            found = _VIA.fullmatch(line.decode(errors="replace"))
+            if found:
+                self._on_via(found.group(1))
+                data = rest
+            self._on_via = None
+        self._err += data
+        del self._err[:-_STDERR_KEEP]
+
+    def _flush_head(self) -> None:
+        """A first stderr line that never ended (short, no newline) is the tool's own."""
+        self._err[:0], self._head = self._head, bytearray()
+        self._on_via = None
 
     def poll(self) -> int | None:
         if self.returncode is None and self.channel.exit_status_ready():
@@ -155,6 +191,7 @@ class ChannelProcess:
 
     def _finish(self) -> None:
         self._drain.join(timeout=5)
+        self._flush_head()
         # -1: the channel closed without an exit status (the connection dropped).
         self.returncode = self.channel.recv_exit_status()
         if self.returncode == -1:
@@ -179,6 +216,11 @@ class SshDockerSource(DbSource):
     sudo: bool = False
     zstd_on_host: bool = False  # compress pg_dump's output on the host (it has zstd)
     kind: str = "docker"
+    # How each tool reached the database in this run: "nsenter" or "docker exec (why)".
+    ways: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def reached(self) -> dict[str, str]:
+        return dict(self.ways)
 
     def argv(self, tool: str, args: Sequence[str], *, dbname: str | None = None) -> list[str]:
         prefix = ["sudo", "-n"] if self.sudo else []
@@ -194,7 +236,7 @@ class SshDockerSource(DbSource):
               stderr: int | IO[bytes] | None = None,
               text: bool = False) -> Any:
         return self._run(tool, self._command(tool, args, dbname=dbname), stdin=stdin,
-                         stdout=stdout, stderr=stderr, text=text)
+                         stdout=stdout, stderr=stderr, text=text, on_via=self._seen(tool))
 
     def popen_dump(self, args: Sequence[str], *, zstd_level: int,
                    stderr: IO[bytes]) -> tuple[Any, bool]:
@@ -203,7 +245,11 @@ class SshDockerSource(DbSource):
         pipe = _PIPE.format(dump="{script}", level=int(zstd_level)) if self.zstd_on_host else ""
         command = self._command("pg_dump", args, pipe=pipe)
         return self._run("pg_dump", command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=stderr, text=False), self.zstd_on_host
+                         stderr=stderr, text=False, on_via=self._seen("pg_dump")), \
+            self.zstd_on_host
+
+    def _seen(self, tool: str) -> Callable[[str], None]:
+        return lambda way: self.ways.__setitem__(tool, way)
 
     def _command(self, tool: str, args: Sequence[str], *, dbname: str | None = None,
                  pipe: str = "") -> str:

@@ -70,7 +70,16 @@ def create_cmd(config: Path, host: str | None, all_hosts: bool, ssh_config: Path
     _emit(result, output, lambda r: (
         f"would write {r.path} ({r.notes[0]})" if r.dry_run else
         f"{r.path}  {r.size} bytes  schema {r.manifest.schema_version}  "
-        f"rows {sum(r.manifest.row_counts.values())}"))
+        f"rows {sum(r.manifest.row_counts.values())}" + _ways(r.db_access)))
+
+
+def _ways(db_access: dict[str, str]) -> str:
+    """How the tools reached an SSH host's harbor-db, one line per way ("" for none)."""
+    by_way: dict[str, list[str]] = {}
+    for tool, way in sorted(db_access.items()):
+        by_way.setdefault(way, []).append(tool)
+    return "".join(f"\n  {', '.join(tools)} ran in harbor-db through {way}"
+                   for way, tools in by_way.items())
 
 
 @backup_group.command("list")
@@ -122,7 +131,8 @@ def verify_cmd(name: str | None, no_drill: bool, config: Path, host: str | None,
         accept_new_host_keys=accept_new_host_keys, progress=_progress(output)),
         host=host, all_hosts=all_hosts, name=name, parallel=site.backup.parallel)
     _emit(result, output, lambda r: f"{r.name}: verified ({r.duration_seconds} s, "
-         f"rows {sum(r.row_counts.values())})")
+         f"rows {sum(r.row_counts.values())})"
+         + (f"\n  restore drill in {r.drilled_in}" if r.drilled_in else ""))
 
 
 @backup_group.command("restore")
@@ -161,7 +171,8 @@ def restore_cmd(name: str | None, latest: bool, yes: bool, force: bool, force_ve
                              progress=_progress(output))
     emit(result, output, lambda r: "\n".join(
         [f"{'would restore' if r.dry_run else 'restored'} {r.name} into {r.target}",
-         *[f"  {f}" for f in r.files], *[f"  warning: {w}" for w in r.warnings]]))
+         *[f"  {f}" for f in r.files], *[f"  warning: {w}" for w in r.warnings]])
+        + _ways(r.db_access))
 
 
 @backup_group.command("prune")
