@@ -22,6 +22,7 @@ GROUP = grp.getgrgid(os.getgid()).gr_name
 def run_module(tmp_path: Path, files: list[dict[str, Any]], check: bool = False,
                diff: bool = False) -> dict[str, Any]:
     env = {**os.environ, "ANSIBLE_LIBRARY": str(playbook_dir() / "roles/harbor/library"),
+           "ANSIBLE_MODULE_UTILS": str(playbook_dir() / "roles/harbor/module_utils"),
            "ANSIBLE_LOAD_CALLBACK_PLUGINS": "true", "ANSIBLE_STDOUT_CALLBACK": "json",
            "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"), "ANSIBLE_NOCOLOR": "true"}
     argv = [str(Path(sys.executable).with_name("ansible")), "localhost", "-c", "local",

@@ -7,32 +7,18 @@ from __future__ import annotations
 
 import grp
 import hashlib
-import http.server
-import importlib.util
-import json
 import os
 import pwd
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-from harbor_ops.hosts.playbook import playbook_dir
+from tests.unit.healthserver import HealthServer, doc, health_server
+from tests.unit.scriptload import load_role_module
 
-
-def _module() -> ModuleType:
-    path = playbook_dir() / "roles" / "harbor" / "library" / "harbor_host_state.py"
-    spec = importlib.util.spec_from_file_location("harbor_host_state", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-state = _module()
+state = load_role_module("harbor_host_state")
 OWNER = pwd.getpwuid(os.getuid()).pw_name
 GROUP = grp.getgrgid(os.getgid()).gr_name
 
@@ -99,73 +85,35 @@ def test_health_without_an_answer_is_empty() -> None:
 COMPONENTS = ["core", "database", "registry"]
 
 
-def _doc(status: str, **components: str) -> dict[str, Any]:
-    return {"status": status,
-            "components": [{"name": n, "status": s} for n, s in components.items()]}
-
-
-@pytest.mark.parametrize(("answer", "problem"), [
-    (_doc("healthy", core="healthy", database="healthy", registry="healthy"), ""),
-    ({}, "no answer"),
-    (_doc("unhealthy", core="unhealthy", database="healthy", registry="healthy"),
-     "status unhealthy; unhealthy: core; missing: none"),
-    (_doc("healthy", core="healthy", database="healthy"),  # an older release lists fewer
-     "status healthy; unhealthy: none; missing: registry"),
-])
-def test_the_health_problem_names_what_is_wrong(answer: dict[str, Any], problem: str) -> None:
-    assert state.health_problem(answer, COMPONENTS) == problem
-
-
-class _Harbor(http.server.BaseHTTPRequestHandler):
-    """Harbor's health endpoint: unhealthy for the first ``starting`` requests."""
-
-    starting = 3
-    asked = 0
-
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-        type(self).asked += 1
-        up = "healthy" if type(self).asked > type(self).starting else "unhealthy"
-        body = json.dumps(_doc(up, core=up, database="healthy", registry="healthy")).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        return None
+STARTING = 3  # unhealthy answers before the healthy one
 
 
 @pytest.fixture
-def harbor() -> Iterator[str]:
-    _Harbor.asked = 0
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Harbor)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/api/v2.0/health"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+def harbor() -> Iterator[HealthServer]:
+    with health_server() as server:
+        server.answer(*[doc("unhealthy", core="unhealthy", database="healthy",
+                            registry="healthy")] * STARTING,
+                      doc("healthy", core="healthy", database="healthy", registry="healthy"))
+        yield server
 
 
-def test_the_wait_asks_on_the_host_until_harbor_is_healthy(harbor: str) -> None:
-    answer, problem, _ = state.wait_healthy(harbor, False, COMPONENTS, wait=30, interval=0.01)
+def test_the_wait_asks_on_the_host_until_harbor_is_healthy(harbor: HealthServer) -> None:
+    answer, problem, _ = state.wait_healthy(harbor.url, False, COMPONENTS, wait=30,
+                                            interval=0.01)
     assert problem == "" and answer["status"] == "healthy"
-    assert _Harbor.asked == _Harbor.starting + 1  # it stopped at the first healthy answer
+    assert harbor.asked == STARTING + 1  # it stopped at the first healthy answer
 
 
 def test_the_wait_is_bounded_in_tries_and_names_the_last_problem(
-        harbor: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_Harbor, "starting", 100)  # never healthy here
-    answer, problem, _ = state.wait_healthy(harbor, False, COMPONENTS, wait=0.02,
+        harbor: HealthServer) -> None:
+    harbor.answer(doc("unhealthy", core="unhealthy", database="healthy", registry="healthy"))
+    answer, problem, _ = state.wait_healthy(harbor.url, False, COMPONENTS, wait=0.02,
                                             interval=0.01)
     assert problem == "status unhealthy; unhealthy: core; missing: none"
-    assert answer["status"] == "unhealthy" and _Harbor.asked <= 3
-    _, once, _ = state.wait_healthy(harbor, False, COMPONENTS, wait=0, interval=0.01)
-    assert once and _Harbor.asked <= 4  # wait 0: one request
-    assert _Harbor.asked >= 2
+    assert answer["status"] == "unhealthy" and harbor.asked <= 3
+    _, once, _ = state.wait_healthy(harbor.url, False, COMPONENTS, wait=0, interval=0.01)
+    assert once and harbor.asked <= 4  # wait 0: one request
+    assert harbor.asked >= 2
 
 
 def test_no_health_url_is_never_healthy() -> None:

@@ -27,6 +27,13 @@ from typing import Any
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_bytes, to_text
 
+try:  # the role inside the collection harborctl.harbor
+    from ansible_collections.harborctl.harbor.plugins.module_utils.harbor_host_common import (
+        swap_link,
+    )
+except ImportError:  # the role from playbooks/ (the role's module_utils/)
+    from ansible.module_utils.harbor_host_common import swap_link
+
 DOCUMENTATION = r"""
 module: harbor_host_files
 short_description: Install folders, small host files, an account and services in one round trip
@@ -90,18 +97,6 @@ def link_diff(item: dict[str, Any]) -> dict[str, str]:
               else "exists, not a symlink\n" if os.path.lexists(path) else "absent\n")
     return {"before_header": path, "after_header": path, "before": before,
             "after": f"-> {item['target']}\n"}
-
-
-def make_link(item: dict[str, Any]) -> None:
-    """A new symlink beside the old one, renamed over it: the path always names a release."""
-    path = item["path"]
-    if os.path.lexists(path) and not os.path.islink(path):
-        raise OSError("exists and is not a symlink")
-    tmp = os.path.join(os.path.dirname(path), f".harborctl-link-{os.getpid()}")
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    os.symlink(item["target"], tmp)
-    os.rename(tmp, path)
 
 
 def ids_of(item: dict[str, Any]) -> tuple[int, int]:
@@ -235,7 +230,7 @@ def apply(module: AnsibleModule, item: dict[str, Any], diffs: list[dict[str, str
             return False
         diffs.extend([link_diff(item)] if module._diff else [])
         if not module.check_mode:
-            make_link(item)
+            swap_link(item["target"], item["path"])
         return True
     ids = ids_of(item)
     st, data = current(item)

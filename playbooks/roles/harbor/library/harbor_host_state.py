@@ -18,18 +18,26 @@ from __future__ import annotations
 
 import grp
 import hashlib
-import json
 import os
 import pwd
-import ssl
 import stat
 import time
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+
+try:  # the role inside the collection harborctl.harbor
+    from ansible_collections.harborctl.harbor.plugins.module_utils.harbor_host_common import (
+        ask_health,
+        health_problem,
+    )
+except ImportError:  # the role from playbooks/ (the role's module_utils/)
+    from ansible.module_utils.harbor_host_common import (
+        ask_health,
+        health_problem,
+    )
 
 DOCUMENTATION = r"""
 module: harbor_host_state
@@ -264,29 +272,8 @@ def service_off(module: AnsibleModule, item: dict[str, Any], systemd: bool) -> b
 
 def health(url: str, validate_certs: bool) -> dict[str, Any]:
     """One GET of the health endpoint; {} when it does not answer with JSON (no retry here)."""
-    if not url:
-        return {}
-    context = None if validate_certs else ssl._create_unverified_context()
-    try:
-        with urllib.request.urlopen(url, timeout=5, context=context) as resp:  # noqa: S310
-            answer = json.loads(resp.read(1 << 20))
-    except (OSError, ValueError):
-        return {}
-    return answer if isinstance(answer, dict) else {}
-
-
-def health_problem(answer: dict[str, Any], components: list[str]) -> str:
-    """'' when Harbor says healthy and lists every wanted component as healthy."""
-    if not answer:
-        return "no answer"
-    listed = [c for c in answer.get("components") or [] if isinstance(c, dict)]
-    unhealthy = [str(c.get("name")) for c in listed if c.get("status") != "healthy"]
-    healthy = {c.get("name") for c in listed if c.get("status") == "healthy"}
-    missing = [n for n in components if n not in healthy and n not in unhealthy]
-    if answer.get("status") == "healthy" and not unhealthy and not missing:
-        return ""
-    return (f"status {answer.get('status')!s}; unhealthy: {', '.join(unhealthy) or 'none'}; "
-            f"missing: {', '.join(missing) or 'none'}")
+    answer: dict[str, Any] = ask_health(url, validate_certs)[0] if url else {}
+    return answer
 
 
 def wait_healthy(url: str, validate_certs: bool, components: list[str], wait: float,
