@@ -13,7 +13,7 @@ import contextlib
 import os
 import shutil
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO
@@ -106,23 +106,40 @@ class Staged:
         self.discard()
 
 
+def planned_members(path: Path, manifest: Manifest, plan: dict[str, Path]
+                    ) -> Iterator[tuple[tarfile.TarInfo, IO[bytes] | None, Path, str]]:
+    """The saved files' members a restore writes, each with its destination in ``plan``
+    and its path under it: only plain files and folders the manifest names (else
+    :class:`BackupError`), a single file never a folder nor under one; a member of a file
+    the site does not restore (e.g. no certificate there) is left out. Where they are
+    written (here, over SFTP) is the caller's."""
+    listed = [e.arcname for e in manifest.files]
+    for info, data in archive.file_members(path):
+        problem = archive.member_problem(info, listed)
+        if problem:
+            raise BackupError(f"refusing {path.name}: {problem}")
+        name = info.name.rstrip("/")
+        prefix = next((p for p in plan if name == p or name.startswith(p + "/")), None)
+        if prefix is None:
+            continue
+        rel = name[len(prefix):].lstrip("/")
+        folder = prefix.startswith("data_volume/")  # secret, redis; the rest single files
+        if not folder and (rel or not info.isreg()):
+            raise BackupError(f"refusing member {info.name!r}: {prefix} is a single file")
+        if folder and not rel and not info.isdir():
+            raise BackupError(f"refusing member {info.name!r}: {prefix} is a folder")
+        yield info, data, plan[prefix], rel
+
+
 def stage_files(path: Path, manifest: Manifest, plan: dict[str, Path]) -> Staged:
     """Extract the saved files into the staging twins of ``plan``'s destinations."""
     staged = Staged(plan)
-    listed = [e.arcname for e in manifest.files]
     try:
         for dest in plan.values():
             _remove(staging_path(dest))
             dest.parent.mkdir(parents=True, exist_ok=True)
-        for info, data in archive.file_members(path):
-            problem = archive.member_problem(info, listed)
-            if problem:
-                raise BackupError(f"refusing {path.name}: {problem}")
-            name = info.name.rstrip("/")
-            prefix = next((p for p in plan if name == p or name.startswith(p + "/")), None)
-            if prefix is None:
-                continue  # a file the site does not restore (e.g. no certificate there)
-            _write_member(info, data, plan[prefix], prefix, name[len(prefix):].lstrip("/"))
+        for info, data, dest, rel in planned_members(path, manifest, plan):
+            _write_member(info, data, dest, rel)
         staged.written = [str(d) for d in plan.values() if staging_path(d).exists()]
     except BaseException:
         staged.discard()
@@ -130,15 +147,9 @@ def stage_files(path: Path, manifest: Manifest, plan: dict[str, Path]) -> Staged
     return staged
 
 
-def _write_member(info: tarfile.TarInfo, data: IO[bytes] | None, dest: Path, prefix: str,
-                  rel: str) -> None:
+def _write_member(info: tarfile.TarInfo, data: IO[bytes] | None, dest: Path, rel: str) -> None:
     """Write one member under the staging twin of ``dest``; nothing else, no link followed."""
     root = staging_path(dest)
-    folder = prefix.startswith("data_volume/")  # secret, redis; the rest are single files
-    if not folder and (rel or not info.isreg()):
-        raise BackupError(f"refusing member {info.name!r}: {prefix} is a single file")
-    if folder and not rel and not info.isdir():
-        raise BackupError(f"refusing member {info.name!r}: {prefix} is a folder")
     target = root / rel if rel else root
     if info.isdir():
         target.mkdir(mode=0o700, parents=True, exist_ok=True)

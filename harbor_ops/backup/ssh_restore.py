@@ -21,7 +21,7 @@ from typing import IO, Any
 import yaml
 
 from harbor_ops.backup import archive
-from harbor_ops.backup.hostfiles import previous_path, staging_path
+from harbor_ops.backup.hostfiles import planned_members, previous_path, staging_path
 from harbor_ops.backup.manifest import Manifest
 from harbor_ops.backup.ssh_host import reason, ssh_errors
 from harbor_ops.core.errors import BackupError, RemoteError
@@ -147,21 +147,13 @@ def stage_over_sftp(client: Any, sftp: Any, host: str, path: Path, manifest: Man
     only under the twin of a destination the site names, a single file never a folder.
     """
     staged = SftpStaged(client, sftp, host, plan)
-    listed = [e.arcname for e in manifest.files]
     try:
         with ssh_errors(host, "staging the restored files over SFTP"):
             for dest in plan.values():
                 staged._remove(staging_path(dest))
                 _mkdirs(sftp, str(dest.parent))
-            for info, data in archive.file_members(path):
-                problem = archive.member_problem(info, listed)
-                if problem:
-                    raise BackupError(f"refusing {path.name}: {problem}")
-                name = info.name.rstrip("/")
-                prefix = next((p for p in plan if name == p or name.startswith(p + "/")), None)
-                if prefix is not None:
-                    _put(sftp, info, data, plan[prefix], prefix,
-                         name[len(prefix):].lstrip("/"))
+            for info, data, dest, rel in planned_members(path, manifest, plan):
+                _put(sftp, info, data, dest, rel)
             staged.written = [str(d) for d in plan.values() if staged._exists(staging_path(d))]
     except BaseException:
         staged.discard()
@@ -169,13 +161,9 @@ def stage_over_sftp(client: Any, sftp: Any, host: str, path: Path, manifest: Man
     return staged
 
 
-def _put(sftp: Any, info: tarfile.TarInfo, data: IO[bytes] | None, dest: Path, prefix: str,
+def _put(sftp: Any, info: tarfile.TarInfo, data: IO[bytes] | None, dest: Path,
          rel: str) -> None:
-    folder = prefix.startswith("data_volume/")
-    if not folder and (rel or not info.isreg()):
-        raise BackupError(f"refusing member {info.name!r}: {prefix} is a single file")
-    if folder and not rel and not info.isdir():
-        raise BackupError(f"refusing member {info.name!r}: {prefix} is a folder")
+    """Write one member under the staging twin of ``dest`` on the host, over SFTP."""
     parts = PurePosixPath(rel).parts if rel else ()
     if ".." in parts:
         raise BackupError(f"refusing member {info.name!r}: it leaves {dest}")

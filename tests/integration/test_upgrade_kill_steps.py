@@ -34,17 +34,7 @@ OLD, NEW = "2.14.4", "2.15.2"
 LABEL = "kill-steps-2.14.4-with-rows"
 ROLLED_BACK = 11  # UpgradeRolledBack's exit code
 
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return up.bundles(tmp_path_factory, OLD, NEW)
-
-
-@pytest.fixture(scope="module")
-def snapshot(testbed: TestBed, bundles: Path,
-             tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """h1 on 2.14.4 with rows, kept as a bed snapshot; returns (site dir, row counts)."""
-    return up.snapshot_with_rows(testbed, tmp_path_factory, bundles, OLD, LABEL)
+bundles, snapshot = up.one_hop_fixtures(OLD, NEW, LABEL)
 
 
 def _apply(argv: list[str], err: Path) -> int:

@@ -32,17 +32,7 @@ DUPLICATE_SCHEDULES = """
     INSERT INTO schedule (vendor_type, vendor_id, cron)
       VALUES ('RETENTION', 1, '0 0 0 * * *'), ('RETENTION', 1, '0 0 1 * * *');"""
 
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return up.bundles(tmp_path_factory, OLD, NEW)
-
-
-@pytest.fixture(scope="module")
-def snapshot(testbed: TestBed, bundles: Path,
-             tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """h1 on 2.14.4 with rows, kept as a bed snapshot; returns (site dir, row counts)."""
-    return up.snapshot_with_rows(testbed, tmp_path_factory, bundles, OLD, LABEL)
+bundles, snapshot = up.one_hop_fixtures(OLD, NEW, LABEL)
 
 
 def _apply(testbed: TestBed, site_dir: Path, bundles: Path, host: Host) -> ApplyResult:

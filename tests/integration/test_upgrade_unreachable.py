@@ -33,17 +33,7 @@ ROLLBACK_FAILED = 12  # RollbackFailed's exit code: a person is needed
 RECONNECT = "1,15"
 DROP_SSH_SYN = "INPUT -p tcp --dport 22 --syn -j DROP"
 
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return up.bundles(tmp_path_factory, OLD, NEW)
-
-
-@pytest.fixture(scope="module")
-def snapshot(testbed: TestBed, bundles: Path,
-             tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """h1 on 2.14.4 with rows, kept as a bed snapshot; returns (site dir, row counts)."""
-    return up.snapshot_with_rows(testbed, tmp_path_factory, bundles, OLD, LABEL)
+bundles, snapshot = up.one_hop_fixtures(OLD, NEW, LABEL)
 
 
 def _iptables(host: Host, action: str) -> subprocess.CompletedProcess[str]:

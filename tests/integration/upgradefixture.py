@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -157,6 +158,24 @@ def snapshot_with_rows(testbed: TestBed, tmp_path_factory: pytest.TempPathFactor
     counts = install_with_rows(testbed, host, site_dir, bundle_dir, version)
     testbed.snapshot("h1", label)
     return site_dir, counts
+
+
+def one_hop_fixtures(old: str, new: str, label: str) -> tuple[Any, Any]:
+    """A module's two fixtures for one hop ``old`` -> ``new`` from a snapshot: ``bundles``
+    (both offline installers) and ``snapshot`` (h1 on ``old`` with rows, kept as bed
+    snapshot ``label``: (site dir, row counts)). In the module:
+    ``bundles, snapshot = up.one_hop_fixtures(OLD, NEW, LABEL)``."""
+
+    @pytest.fixture(scope="module", name="bundles")
+    def bundles_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        return bundles(tmp_path_factory, old, new)
+
+    @pytest.fixture(scope="module", name="snapshot")
+    def snapshot_fixture(testbed: TestBed, bundles: Path,
+                         tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+        return snapshot_with_rows(testbed, tmp_path_factory, bundles, old, label)
+
+    return bundles_fixture, snapshot_fixture
 
 
 def restored(testbed: TestBed, name: str, label: str) -> Host:
