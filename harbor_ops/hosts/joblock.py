@@ -42,6 +42,9 @@ from harbor_ops.site.model import HostEntry
 HOST_LOCK = DEFAULT_LOCK_PATH  # the role's harbor_job_lock: what backup and install.sh take
 BUSY_EXIT = 75
 LOCK_WAIT_SECONDS = 10  # a killed run's session may still be closing; never longer
+# A holder that does not answer a round trip through its session this fast is taken for
+# dead (its ssh client may take a minute of keepalives to notice a link that went down).
+PING_SECONDS = 10.0
 
 
 def is_local(entry: HostEntry) -> bool:
@@ -61,13 +64,14 @@ def remote_lock_command(job: str, path: Path = HOST_LOCK, *, sudo: bool = False,
     """The shell command that holds ``path`` on the host until its stdin ends.
 
     It writes the holder line as :func:`harbor_ops.core.lock.job_lock` does (so a refused
-    ``harborctl backup`` there names the job), prints ``locked``, waits for end-of-file
-    and empties the holder line. When the lock is busy it prints the holder and exits 75.
+    ``harborctl backup`` there names the job), prints ``locked``, answers each line it
+    reads with ``alive`` (:meth:`RemoteLock.renew`'s round trip) until end-of-file and
+    empties the holder line. When the lock is busy it prints the holder and exits 75.
     Every word is harborctl's own (the job names a host of the site file, quoted)."""
     lock = shlex.quote(str(path))
     holder = shlex.quote(f"job={job} controller={socket.gethostname()}")
     inner = ('printf "pid=%s %s since=%s\\n" "$$" "$1" "$(date +%s)" > "$2"; echo locked; '
-             'read -r _ || true; : > "$2"')
+             'while read -r _; do echo alive; done; : > "$2"')
     script = (f"flock --wait {wait} --conflict-exit-code {BUSY_EXIT} {lock} "
               f"sh -c {shlex.quote(inner)} sh {holder} {lock} || {{ rc=$?; "
               f"[ $rc -eq {BUSY_EXIT} ] && cat {lock}; exit $rc; }}")
@@ -79,8 +83,10 @@ def remote_lock_command(job: str, path: Path = HOST_LOCK, *, sudo: bool = False,
 class RemoteLock:
     """The host's job lock held by one ssh session (see the module docstring)."""
 
-    def __init__(self, argv: Sequence[str], host: str, *, timeout: float = 60) -> None:
+    def __init__(self, argv: Sequence[str], host: str, *, timeout: float = 60,
+                 ping_timeout: float = PING_SECONDS) -> None:
         self.argv, self.host, self.timeout = list(argv), host, timeout
+        self.ping_timeout = ping_timeout
         self.proc: subprocess.Popen[bytes] | None = None
 
     def acquire(self) -> None:
@@ -107,16 +113,32 @@ class RemoteLock:
     def renew(self) -> bool:
         """After the host dropped out: take the lock again if its session ended (True);
         False when that session still holds it (only another connection dropped).
+
+        A session counts as ended when its client has ended, and also when the holder on
+        the host does not answer a round trip through it within ``ping_timeout``: the
+        host may have ended it with the link while this side's ssh client has not noticed
+        yet (its keepalives take up to a minute); that client is then ended here.
         :class:`LockHeld` or :class:`RemoteError` when it cannot be taken again (an
         orphaned holder of ours the host has not noticed yet, or another job)."""
-        if self._alive():
+        if self._alive() and self._answers():
             return False
+        self._kill()
         self.release()
         self.acquire()
         return True
 
     def _alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def _answers(self) -> bool:
+        """One round trip through the session: ``ping`` in, ``alive`` out, in time."""
+        assert self.proc is not None and self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(b"ping\n")
+            self.proc.stdin.flush()
+        except OSError:
+            return False
+        return self._line(self.ping_timeout) == b"alive"
 
     def _start(self) -> None:
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -135,26 +157,35 @@ class RemoteLock:
             self.proc.kill()
 
     def _first_line(self) -> bytes:
-        """The session's first output line, within the timeout (never blocks longer)."""
+        """The session's first output line, within the timeout (never blocks longer); a
+        session that gave none is ended."""
+        assert self.proc is not None
+        line = self._line(self.timeout)
+        if line is None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        return line or b""
+
+    def _line(self, timeout: float) -> bytes | None:
+        """The session's next output line (what it printed before it ended, too), or None
+        when no line came within ``timeout``."""
         assert self.proc is not None and self.proc.stdout is not None
         sel = selectors.DefaultSelector()
         sel.register(self.proc.stdout, selectors.EVENT_READ)
-        buf, deadline = b"", time.monotonic() + self.timeout
+        buf, ended, deadline = b"", False, time.monotonic() + timeout
         fd = self.proc.stdout.fileno()
         try:
             while b"\n" not in buf and time.monotonic() < deadline:
                 if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
                     break
-                chunk = os.read(fd, 4096)
+                chunk = os.read(fd, 1)  # one byte at a time: the next line stays unread
                 if not chunk:
+                    ended = True
                     break
                 buf += chunk
         finally:
             sel.close()
-        if b"\n" not in buf and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        return buf.split(b"\n", 1)[0].strip()
+        return buf.strip() if b"\n" in buf or ended else None
 
     def release(self) -> None:
         if self.proc is None:
@@ -182,8 +213,9 @@ class ChannelLock(RemoteLock):
     (release, harborctl killed, the connection cut) ends the holder and frees the lock.
     """
 
-    def __init__(self, client: Any, command: str, host: str, *, timeout: float = 60) -> None:
-        super().__init__([], host, timeout=timeout)
+    def __init__(self, client: Any, command: str, host: str, *, timeout: float = 60,
+                 ping_timeout: float = PING_SECONDS) -> None:
+        super().__init__([], host, timeout=timeout, ping_timeout=ping_timeout)
         self.client, self.command = client, command
         self.channel: Any = None
 
@@ -229,12 +261,29 @@ class ChannelLock(RemoteLock):
         return bool(self.channel is not None and not self.channel.closed
                     and not self.channel.exit_status_ready())
 
+    def _answers(self) -> bool:
+        buf, deadline = b"", time.monotonic() + self.ping_timeout
+        try:
+            self.channel.settimeout(self.ping_timeout)
+            self.channel.sendall(b"ping\n")
+            while b"\n" not in buf and time.monotonic() < deadline:
+                chunk = self.channel.recv(1)
+                if not chunk:
+                    break
+                buf += chunk
+        except (OSError, EOFError):  # a timeout or the connection gone: no answer
+            return False
+        finally:
+            self.channel.settimeout(self.timeout)
+        return buf.strip() == b"alive"
+
     def release(self) -> None:
         if self.channel is None:
             return
         try:
-            self.channel.shutdown_write()  # the holder's `read` ends: the lock is freed
-            self.channel.status_event.wait(30)
+            if not self.channel.closed:  # the holder's `read` ends: the lock is freed
+                self.channel.shutdown_write()
+                self.channel.status_event.wait(30)
         except (OSError, EOFError):
             pass
         finally:

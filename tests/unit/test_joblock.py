@@ -6,7 +6,9 @@ machine, against a real flock (util-linux) on a private lock file.
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -125,6 +127,77 @@ def test_a_lock_whose_session_ended_is_taken_again(tmp_path: Path) -> None:
             pass
     finally:
         lock.release()
+
+
+# An ssh client that has not noticed its link died: it relays the session (the lock
+# command, run in a session of its own as sshd runs it) until SIGUSR1, which is the host
+# ending that session (its processes killed, the lock freed); from then on it reads on and
+# relays nothing, and lives until its stdin ends, as ssh does until its keepalives give up.
+DEAF_CLIENT = r"""
+import os, signal, subprocess, sys, threading
+session = subprocess.Popen(["sh", "-c", sys.argv[1]], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, start_new_session=True)
+cut = threading.Event()
+
+def link_down(*_):
+    cut.set()
+    os.killpg(session.pid, signal.SIGKILL)
+
+signal.signal(signal.SIGUSR1, link_down)
+
+def down():
+    for line in iter(session.stdout.readline, b""):
+        if not cut.is_set():
+            sys.stdout.buffer.write(line)
+            sys.stdout.flush()
+
+threading.Thread(target=down, daemon=True).start()
+for line in iter(sys.stdin.buffer.readline, b""):
+    if not cut.is_set():
+        session.stdin.write(line)
+        session.stdin.flush()
+if not cut.is_set():
+    session.stdin.close()
+    session.wait()
+"""
+
+
+def test_a_holder_whose_client_has_not_noticed_the_dead_link_is_replaced(
+        tmp_path: Path) -> None:
+    """The lock is free on the host, but this side's ssh client still runs: renew must not
+    keep it. The round trip through the session goes unanswered, so the client is ended and
+    the lock taken again by a new session (True); a live one answers and is kept."""
+    path = tmp_path / "harborctl.lock"
+    client = tmp_path / "client.py"
+    client.write_text(DEAF_CLIENT)
+    lock = RemoteLock([sys.executable, str(client), remote_lock_command("upgrade h1", path,
+                                                                        wait=1)],
+                      "h1", timeout=30, ping_timeout=1)
+    lock.acquire()
+    try:
+        first = lock.proc
+        assert first is not None
+        assert lock.renew() is False and lock.proc is first  # it answered: kept
+        first.send_signal(signal.SIGUSR1)  # the host ends the session with the link
+        deadline = time.monotonic() + 20
+        while True:  # freed on the host, as sshd does it
+            try:
+                with job_lock(path, job="backup create"):
+                    break
+            except LockHeld:
+                assert time.monotonic() < deadline, "the session's lock was not freed"
+                time.sleep(0.05)
+        assert first.poll() is None  # the client has not noticed
+        assert lock.renew() is True
+        assert first.poll() is not None and lock.proc is not first  # ended, replaced
+        assert "job=upgrade h1" in path.read_text()
+        with pytest.raises(LockHeld), job_lock(path, job="backup create"):
+            pass
+        assert lock.renew() is False  # the new session answers
+    finally:
+        lock.release()
+    with job_lock(path, job="backup create"):  # released for good
+        pass
 
 
 def test_a_lock_taken_by_another_job_meanwhile_is_not_renewed(tmp_path: Path) -> None:
