@@ -16,7 +16,7 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Protocol
 
 from harbor_ops.backup import archive
 from harbor_ops.backup.manifest import Manifest, certificate_index
@@ -58,6 +58,42 @@ def previous_path(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}{OLD_TAG}")
 
 
+class StagingFs(Protocol):
+    """The filesystem the destinations are on, as :class:`Staged` moves files on it: this
+    host's (:class:`LocalFs`), or an SSH host's over SFTP
+    (:class:`harbor_ops.backup.ssh_restore.SftpFs`)."""
+
+    errors: tuple[type[BaseException], ...]  # what a best-effort step may meet
+
+    def exists(self, path: Path) -> bool: ...  # a link counts, not followed
+    def remove(self, path: Path) -> None: ...  # a file, link or whole folder; absent: fine
+    def rename(self, src: Path, dst: Path) -> None: ...
+    def synced(self, folder: Path) -> None: ...  # the folder's renames made durable
+    def guard(self, what: str) -> contextlib.AbstractContextManager[None]: ...
+
+
+class LocalFs:
+    """This host's filesystem."""
+
+    errors: tuple[type[BaseException], ...] = (OSError,)
+
+    def exists(self, path: Path) -> bool:
+        return path.exists() or path.is_symlink()
+
+    def remove(self, path: Path) -> None:
+        _remove(path)
+
+    def rename(self, src: Path, dst: Path) -> None:
+        os.rename(src, dst)
+
+    def synced(self, folder: Path) -> None:
+        fsync_dir(folder)
+
+    def guard(self, what: str) -> contextlib.AbstractContextManager[None]:
+        del what  # errors here are this host's own OSErrors
+        return contextlib.nullcontext()
+
+
 @dataclass
 class Staged:
     """Files extracted beside their destinations, ready to be swapped in (or dropped)."""
@@ -65,44 +101,49 @@ class Staged:
     plan: dict[str, Path]
     written: list[str] = field(default_factory=list)
     swapped: list[tuple[Path, bool]] = field(default_factory=list)  # (dest, it existed)
+    fs: StagingFs = field(default_factory=LocalFs)
 
     def swap_in(self) -> None:
         """Each destination replaced by its staged twin; the old one kept aside."""
-        for dest in self.plan.values():
-            staged = staging_path(dest)
-            if not staged.exists():
-                continue  # the backup holds nothing for it: the site's file stays
-            if previous_path(dest).exists() or previous_path(dest).is_symlink():
-                _remove(previous_path(dest))
-            existed = dest.exists() or dest.is_symlink()
-            self.swapped.append((dest, existed))  # before the renames: undo sees both
-            if existed:
-                os.rename(dest, previous_path(dest))
-            os.rename(staged, dest)
-            fsync_dir(dest.parent)
+        fs = self.fs
+        with fs.guard("swapping the restored files in"):
+            for dest in self.plan.values():
+                staged = staging_path(dest)
+                if not fs.exists(staged):
+                    continue  # the backup holds nothing for it: the site's file stays
+                if fs.exists(previous_path(dest)):
+                    fs.remove(previous_path(dest))
+                existed = fs.exists(dest)
+                self.swapped.append((dest, existed))  # before the renames: undo sees both
+                if existed:
+                    fs.rename(dest, previous_path(dest))
+                fs.rename(staged, dest)
+                fs.synced(dest.parent)
 
     def undo(self) -> None:
         """Put every swapped destination back as it was (best effort, all of them)."""
+        fs = self.fs
         for dest, existed in reversed(self.swapped):
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(*fs.errors):
                 if not existed:
-                    _remove(dest)
-                elif previous_path(dest).exists() or previous_path(dest).is_symlink():
-                    _remove(dest)
-                    os.rename(previous_path(dest), dest)
-                fsync_dir(dest.parent)
+                    fs.remove(dest)
+                elif fs.exists(previous_path(dest)):
+                    fs.remove(dest)
+                    fs.rename(previous_path(dest), dest)
+                fs.synced(dest.parent)
         self.swapped.clear()
         self.discard()
 
     def discard(self) -> None:
-        """Drop what is staged and not swapped in."""
+        """Drop what is staged and not swapped in (best effort)."""
         for dest in self.plan.values():
-            _remove(staging_path(dest))
+            with contextlib.suppress(*self.fs.errors):
+                self.fs.remove(staging_path(dest))
 
     def finish(self) -> None:
         """The swap is final: the previous files go."""
         for dest, _existed in self.swapped:
-            _remove(previous_path(dest))
+            self.fs.remove(previous_path(dest))
         self.discard()
 
 

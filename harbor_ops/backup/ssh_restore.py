@@ -14,14 +14,14 @@ import posixpath
 import re
 import shlex
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 import yaml
 
 from harbor_ops.backup import archive
-from harbor_ops.backup.hostfiles import planned_members, previous_path, staging_path
+from harbor_ops.backup.hostfiles import Staged, planned_members, staging_path
 from harbor_ops.backup.manifest import Manifest
 from harbor_ops.backup.ssh_host import reason, ssh_errors
 from harbor_ops.core.errors import BackupError, RemoteError
@@ -86,75 +86,52 @@ def _service_of(sftp: Any, compose_file: str, container: str) -> str:
 
 
 @dataclass
-class SftpStaged:
-    """:class:`~harbor_ops.backup.hostfiles.Staged` on an SSH host: same twins, same swap."""
+class SftpFs:
+    """An SSH host's filesystem, for :class:`~harbor_ops.backup.hostfiles.Staged`: the same
+    twins and swap as on this host, over SFTP (a folder is removed with ``rm -rf``)."""
 
     client: Any
     sftp: Any
     host: str
-    plan: dict[str, Path]
-    written: list[str] = field(default_factory=list)
-    swapped: list[Path] = field(default_factory=list)
+    errors: tuple[type[BaseException], ...] = (Exception,)  # paramiko raises many kinds
 
-    def _exists(self, path: Path) -> bool:
+    def exists(self, path: Path) -> bool:
         try:
             self.sftp.lstat(str(path))
             return True
         except FileNotFoundError:
             return False
 
-    def _remove(self, path: Path) -> None:
+    def remove(self, path: Path) -> None:
         run(self.client, self.host, f"rm -rf -- {shlex.quote(str(path))}")
 
-    def swap_in(self) -> None:
-        with ssh_errors(self.host, "swapping the restored files in over SFTP"):
-            for dest in self.plan.values():
-                staged = staging_path(dest)
-                if not self._exists(staged):
-                    continue
-                if self._exists(previous_path(dest)):
-                    self._remove(previous_path(dest))
-                if self._exists(dest):
-                    self.sftp.posix_rename(str(dest), str(previous_path(dest)))
-                self.swapped.append(dest)
-                self.sftp.posix_rename(str(staged), str(dest))
+    def rename(self, src: Path, dst: Path) -> None:
+        self.sftp.posix_rename(str(src), str(dst))
 
-    def undo(self) -> None:
-        for dest in reversed(self.swapped):
-            with contextlib.suppress(Exception):
-                if self._exists(previous_path(dest)):
-                    self._remove(dest)
-                    self.sftp.posix_rename(str(previous_path(dest)), str(dest))
-        self.swapped.clear()
-        self.discard()
+    def synced(self, folder: Path) -> None:
+        del folder  # SFTP has no fsync of a folder; the renames are the host's own
 
-    def discard(self) -> None:
-        for dest in self.plan.values():
-            with contextlib.suppress(Exception):
-                self._remove(staging_path(dest))
-
-    def finish(self) -> None:
-        for dest in self.swapped:
-            self._remove(previous_path(dest))
-        self.discard()
+    def guard(self, what: str) -> contextlib.AbstractContextManager[None]:
+        return ssh_errors(self.host, f"{what} over SFTP")
 
 
 def stage_over_sftp(client: Any, sftp: Any, host: str, path: Path, manifest: Manifest,
-                    plan: dict[str, Path]) -> SftpStaged:
+                    plan: dict[str, Path]) -> Staged:
     """Write the saved files into the staging twins of ``plan``'s destinations on the host.
 
     The same rules as on this host: only plain files and folders named by the manifest,
     only under the twin of a destination the site names, a single file never a folder.
     """
-    staged = SftpStaged(client, sftp, host, plan)
+    fs = SftpFs(client, sftp, host)
+    staged = Staged(plan, fs=fs)
     try:
         with ssh_errors(host, "staging the restored files over SFTP"):
             for dest in plan.values():
-                staged._remove(staging_path(dest))
+                fs.remove(staging_path(dest))
                 _mkdirs(sftp, str(dest.parent))
             for info, data, dest, rel in planned_members(path, manifest, plan):
                 _put(sftp, info, data, dest, rel)
-            staged.written = [str(d) for d in plan.values() if staged._exists(staging_path(d))]
+            staged.written = [str(d) for d in plan.values() if fs.exists(staging_path(d))]
     except BaseException:
         staged.discard()
         raise
