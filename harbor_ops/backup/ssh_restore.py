@@ -32,12 +32,21 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def run(client: Any, host: str, command: str, *, timeout: float = 120.0) -> str:
-    """Run ``command`` on the host; its stdout, or a RemoteError naming the host."""
+    """Run ``command`` on the host; its stdout, or a RemoteError naming the host.
+
+    A signal here (the restore's SIGTERM) does not stop the command on the host: it is
+    waited for (at most ``timeout``) before the signal goes on, so what the restore does
+    next (its way back: ``compose down``, then up again) never races a ``compose up`` still
+    running there."""
     try:
         _in, out, err = client.exec_command(command, timeout=timeout)
-        stdout = str(out.read().decode(errors="replace"))
-        stderr = err.read().decode(errors="replace").strip()
-        rc = out.channel.recv_exit_status()
+        try:
+            stdout = str(out.read().decode(errors="replace"))
+            stderr = err.read().decode(errors="replace").strip()
+            rc = out.channel.recv_exit_status()
+        except KeyboardInterrupt:
+            out.channel.status_event.wait(timeout)
+            raise
     except Exception as exc:  # noqa: BLE001 - paramiko raises many kinds
         raise RemoteError(f"host {host}: `{command}` failed: {reason(exc)}") from None
     if rc != 0:

@@ -116,13 +116,16 @@ def _raw(host: Host, action: str) -> subprocess.CompletedProcess[str]:
                           check=False)
 
 
+@pytest.mark.parametrize("at", ["starting Harbor", "to report healthy"])
 def test_a_restore_stopped_after_the_swap_removes_on_the_host_what_was_not_there(
-        testbed: TestBed, installed: tuple[Host, Path, str], tmp_path: Path) -> None:
-    """SIGTERM while harborctl waits for Harbor on the restored files (the wait is held by
-    dropping the controller's packets to Harbor's port, released right after the signal):
-    exit 8, the database back from the safety backup, Harbor healthy, and /data/redis,
-    absent before the restore and swapped in by it, removed again (the undo over SFTP used
-    to leave it; Harbor's start then makes an empty one)."""
+        testbed: TestBed, installed: tuple[Host, Path, str], tmp_path: Path, at: str) -> None:
+    """SIGTERM after the files were swapped in: while `compose up` runs on the host (its
+    way back must wait for it: a `compose down` beside it failed, "a person is needed"),
+    or while harborctl waits for Harbor (held by dropping the controller's packets to
+    Harbor's port, released right after the signal). Exit 8, the database back from the
+    safety backup, Harbor healthy, and /data/redis, absent before the restore and swapped
+    in by it, removed again (the undo over SFTP used to leave it; Harbor's start then
+    makes an empty one)."""
     host, config, _counts = installed
     created = _harborctl(testbed, config, "backup", "create")
     assert "data_volume/redis" in {f["arcname"] for f in created["manifest"]["files"]}
@@ -140,7 +143,7 @@ def test_a_restore_stopped_after_the_swap_removes_on_the_host_what_was_not_there
             try:
                 deadline = time.monotonic() + 600
                 while proc.poll() is None and time.monotonic() < deadline:
-                    if "to report healthy" in err.read_text():
+                    if at in err.read_text():
                         proc.send_signal(signal.SIGTERM)
                         break
                     time.sleep(0.05)
