@@ -234,15 +234,22 @@ class ChannelLock(RemoteLock):
                               f"{type(exc).__name__}: {exc}") from None
 
     def _first_line(self) -> bytes:
-        buf, deadline = b"", time.monotonic() + self.timeout
+        return self._channel_line(self.timeout)
+
+    def _channel_line(self, timeout: float) -> bytes:
+        """The channel's next line (what came before a timeout or the end, too)."""
+        buf, deadline = b"", time.monotonic() + timeout
         try:
+            self.channel.settimeout(timeout)
             while b"\n" not in buf and time.monotonic() < deadline:
-                chunk = self.channel.recv(4096)
+                chunk = self.channel.recv(1)  # one byte at a time: the next line stays
                 if not chunk:
                     break
                 buf += chunk
-        except (OSError, EOFError):  # a timeout or the connection gone: no line
+        except (OSError, EOFError):  # a timeout or the connection gone: no more
             pass
+        finally:
+            self.channel.settimeout(self.timeout)
         return buf.split(b"\n", 1)[0].strip()
 
     def _status(self) -> tuple[int, str]:
@@ -262,20 +269,11 @@ class ChannelLock(RemoteLock):
                     and not self.channel.exit_status_ready())
 
     def _answers(self) -> bool:
-        buf, deadline = b"", time.monotonic() + self.ping_timeout
         try:
-            self.channel.settimeout(self.ping_timeout)
             self.channel.sendall(b"ping\n")
-            while b"\n" not in buf and time.monotonic() < deadline:
-                chunk = self.channel.recv(1)
-                if not chunk:
-                    break
-                buf += chunk
-        except (OSError, EOFError):  # a timeout or the connection gone: no answer
+        except (OSError, EOFError):  # the connection gone
             return False
-        finally:
-            self.channel.settimeout(self.timeout)
-        return buf.strip() == b"alive"
+        return self._channel_line(self.ping_timeout) == b"alive"
 
     def release(self) -> None:
         if self.channel is None:

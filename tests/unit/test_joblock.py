@@ -65,14 +65,19 @@ def test_the_lock_goes_when_its_holder_dies(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+    _until_free(path)
+
+
+def _until_free(path: Path) -> None:
+    """Wait (at most 20 s) until a job on the host can take the lock: its holder is gone."""
     deadline = time.monotonic() + 20
     while True:
         try:
             with job_lock(path, job="backup create"):
-                break
+                return
         except LockHeld:
             assert time.monotonic() < deadline, "the lock outlived its holder"
-            time.sleep(0.1)
+            time.sleep(0.05)
 
 
 def test_a_lock_that_cannot_be_taken_says_why(tmp_path: Path) -> None:
@@ -179,14 +184,7 @@ def test_a_holder_whose_client_has_not_noticed_the_dead_link_is_replaced(
         assert first is not None
         assert lock.renew() is False and lock.proc is first  # it answered: kept
         first.send_signal(signal.SIGUSR1)  # the host ends the session with the link
-        deadline = time.monotonic() + 20
-        while True:  # freed on the host, as sshd does it
-            try:
-                with job_lock(path, job="backup create"):
-                    break
-            except LockHeld:
-                assert time.monotonic() < deadline, "the session's lock was not freed"
-                time.sleep(0.05)
+        _until_free(path)  # as sshd does it
         assert first.poll() is None  # the client has not noticed
         assert lock.renew() is True
         assert first.poll() is not None and lock.proc is not first  # ended, replaced
