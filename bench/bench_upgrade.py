@@ -24,6 +24,8 @@ every 100 ms from the controller. The host is reinstalled between the two runs. 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -31,12 +33,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 from harbor_ops.install.run import install
 from harbor_ops.site.load import load_site
 from harbor_ops.site.model import Site
 from harbor_ops.upgrade.apply import Options, apply
+from tests.bed._run import BedError
 from tests.bed.bundle.builder import build_bundle
 from tests.bed.hosts import Host, TestBed
 
@@ -81,6 +85,7 @@ class Sampler:
 
     def __init__(self, url: str) -> None:
         self.url, self.samples = url, []  # type: ignore[var-annotated]
+        self.wall = time.time() - time.monotonic()  # a sample's wall-clock time: t + wall
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -104,6 +109,19 @@ class Sampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+    def outages(self) -> list[tuple[float, float]]:
+        """(wall time of the first unanswered sample, of the next answered one) per outage."""
+        out, began = [], None
+        for t, ok in self.samples:
+            if not ok and began is None:
+                began = t
+            elif ok and began is not None:
+                out.append((began + self.wall, t + self.wall))
+                began = None
+        if began is not None:
+            out.append((began + self.wall, self.samples[-1][0] + self.wall))
+        return out
 
     def downtime(self) -> float:
         down, prev = 0.0, None
@@ -154,7 +172,85 @@ def run_harborctl(bed: TestBed, site: Site, bundle_dir: Path, work: Path) -> flo
           f"{hop['downtime_seconds']} s); steps:")
     for step in hop["steps"]:
         print(f"    {step['step']:<12} {step['phase']:<9} {step['seconds']:>7.1f} s")
+    timeline(host, s)
     return s.downtime()
+
+
+TIMELINE_EVENTS = ("create", "start", "die", "destroy")
+# The log lines that mark the conversion (entrypoint, initdb, pg_upgrade) and core's start.
+LOG_LINES = {
+    "harbor-db": ("upgrade DB", "init DB", "Success.", "server started", "server stopped",
+                  "Performing", "Checking", "Creating dump", "Restoring", "Copying",
+                  "Upgrade Complete", "remove the", "ready to accept", "shutting down"),
+    "harbor-core": ("stand-in", "Is the server"),
+}
+
+
+def timeline(host: Host, s: Sampler) -> None:
+    """Where the downtime went: the window's journal lines, the host's container events and
+    the first log lines of harbor-db and harbor-core, against the sampler's outage, in
+    seconds from the window's ``stop begin``."""
+    journal = [json.loads(line) for line in host.exec(
+        "cat /var/lib/harborctl/upgrade.journal").stdout.splitlines() if line.startswith("{")]
+    stop = [r["t"] for r in journal if r["step"] == "stop" and r["event"] == "begin"]
+    outages = s.outages()
+    if not stop or not outages:
+        print("  timeline: no window or no outage seen")
+        return
+    t0 = stop[-1]
+    marks = [(r["t"], f"window {r['step']} {r['event']}") for r in journal if r["t"] >= t0]
+    marks += [(a, "/v2/ stops answering") for a, _ in outages]
+    marks += [(b, "/v2/ answers again") for _, b in outages]
+    since, until = int(t0) - 1, int(max(b for _, b in outages)) + 30
+    fmt = "{{.TimeNano}} {{.Action}} {{.Actor.Attributes.name}}"
+    events = host.exec(f"docker events --since {since} --until {until} --filter type=container "
+                       f"--format '{fmt}'", check=False).stdout
+    for line in events.splitlines():
+        nano, action, name = (line.split(" ", 2) + ["", ""])[:3]
+        if action in TIMELINE_EVENTS and nano.isdigit():
+            marks.append((int(nano) / 1e9, f"  {name} {action}"))
+    for container, keep in LOG_LINES.items():
+        logs = host.exec(f"docker logs -t --since {since} {container} 2>&1", check=False).stdout
+        for line in logs.splitlines():
+            stamp, _, text = line.partition(" ")
+            if not any(k in text for k in keep) or '"GET ' in text:
+                continue
+            with contextlib.suppress(ValueError):
+                when = datetime.fromisoformat(stamp[:26].rstrip("Z") + "+00:00").timestamp()
+                marks.append((when, f"    {container}: {text[:90]}"))
+    print("  timeline (s from the window's stop begin):")
+    for when, what in sorted(marks):
+        if when <= until:
+            print(f"    {when - t0:7.2f}  {what}")
+
+
+FLOOR = """set -e
+cd /opt/harbor/harbor
+compose=$(command -v docker-compose || echo docker compose)
+echo "DOWN $(date +%s.%N)"; $compose -p harbor down >/dev/null 2>&1
+echo "UP $(date +%s.%N)"; $compose -p harbor up -d >/dev/null 2>&1
+echo "UPPED $(date +%s.%N)"
+"""
+
+
+def floor(bed: TestBed) -> None:
+    """The double's own floor, no harborctl: the release now installed (2.15.2, database
+    converted), `compose down` then `up -d`, until `GET /v2/` answers (a reference line)."""
+    host = bed.hosts["h1"]
+    with Sampler(f"http://{host.address}/v2/") as s:
+        try:
+            out = host.exec(FLOOR, timeout=600).stdout
+        except BedError as exc:
+            print(f"  the double's floor: not measured ({exc})")
+            return
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not (s.samples and s.samples[-1][1]):
+            time.sleep(0.1)
+    marks = {p[0]: float(p[1]) for p in (ln.split() for ln in out.splitlines()) if len(p) == 2}
+    answered = s.outages()[-1][1] if s.outages() else float("nan")
+    print(f"  the double's floor ({load()}): compose down {marks['UP'] - marks['DOWN']:.1f} s, "
+          f"up -d {marks['UPPED'] - marks['UP']:.1f} s, /v2/ answers "
+          f"{answered - marks['UP']:.1f} s after up -d began; downtime {s.downtime():.1f} s")
 
 
 MANUAL = """set -e
@@ -208,6 +304,7 @@ def main() -> None:
               f"database >= {args.db_mb} MB")
         ours = run_harborctl(bed, prepared_host(bed, bundles, work, args.db_mb), bundle_dir,
                              work)
+        floor(bed)
         manual = run_manual(bed, prepared_host(bed, bundles, work, args.db_mb), bundles[NEW],
                             work)
         ratio = ours / manual if manual else float("inf")
