@@ -3,8 +3,11 @@
 The fault here is real: the data disk fills up during the hop. The host's /data is a small
 filesystem made for the test (tmpfs); Harbor 2.14.4 is installed on it with rows; `upgrade
 apply` to 2.15.2 passes its refusals (the space is there), and when the host's journal says
-the window began (`stop`), the test fills /data up to half the database, so the snapshot's
-copy fails with ENOSPC.
+the last step before the window began (`count_rows`), the test fills /data up to half the
+database, so the snapshot's copy fails with ENOSPC: the window helper pre-copies the
+snapshot as soon as it starts, before the stop, so a disk that fills only at `stop` would no
+longer fail the snapshot (its rest is small); filled before, the pre-copy fails, its copy
+goes, and the snapshot step copies the whole database, which does not fit.
 The playbook must then start 2.14.4 again on its untouched data and gate it.
 """
 
@@ -52,13 +55,13 @@ _FILL = ('db=$(du -sb /data/database | cut -f1); '
          'fallocate -l $(( avail - db / 2 - 4096 )) /data/filler')
 
 
-def _fill_when_the_window_opens(host: Host, done: threading.Event) -> None:
+def _fill_before_the_window_opens(host: Host, done: threading.Event) -> None:
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline and not done.is_set():
-        if any(e["step"] == "stop" and e["event"] == "begin" for e in up.journal(host)):
+        if any(e["step"] == "count_rows" and e["event"] == "begin" for e in up.journal(host)):
             host.exec(_FILL)
             return
-        time.sleep(0.05)  # the window must not have reached the snapshot when the disk fills
+        time.sleep(0.05)  # the window's pre-copy must not have begun when the disk fills
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +70,7 @@ def failed(testbed: TestBed, small_disk_host: tuple[Host, Path, str],
     host, site_dir, _ = small_disk_host
     site = up.site_at(site_dir, host, testbed.client_key, NEW)
     done = threading.Event()
-    filler = threading.Thread(target=_fill_when_the_window_opens, args=(host, done))
+    filler = threading.Thread(target=_fill_before_the_window_opens, args=(host, done))
     filler.start()
     try:
         return apply(site, to=NEW, host=None, opts=up.opts(testbed, site_dir, bundles))

@@ -109,6 +109,101 @@ def test_the_rollback_puts_back_the_snapshot_and_drops_what_was_not_there(
     assert (Path(cfg["snapshot"]) / "database").is_dir()  # kept until the old release passed
 
 
+def _harbor_data(data: Path) -> None:
+    """A data volume as Harbor's folders hold it: nested files, a symlink, modes, owners."""
+    (data / "database" / "pg15" / "base" / "16384").mkdir(parents=True)
+    (data / "database" / "pg15" / "PG_VERSION").write_text("15\n")
+    for i in range(20):
+        (data / "database" / "pg15" / "base" / "16384" / str(1000 + i)).write_bytes(
+            os.urandom(8192 * (i + 1)))
+    (data / "database" / "pg15" / "postmaster.pid").write_text("42\n")
+    (data / "database" / "pg15" / "pg_wal").symlink_to("base")
+    os.chmod(data / "database" / "pg15", 0o700)
+    os.chown(data / "database", 999, 999)
+    (data / "redis").mkdir()
+    (data / "redis" / "dump.rdb").write_bytes(b"REDIS0011" + os.urandom(4000))
+    (data / "secret" / "keys").mkdir(parents=True)
+    (data / "secret" / "keys" / "secretkey").write_text("0123456789abcdef")
+    os.chmod(data / "secret" / "keys" / "secretkey", 0o600)
+
+
+def _tree(root: Path) -> dict[str, tuple[Any, ...]]:
+    """Everything ``cp -a`` keeps, per path: type, mode, owner, mtime, bytes or link target."""
+    out = {}
+    for path in [root, *sorted(root.rglob("*"))]:
+        st = path.lstat()
+        body: Any = (os.readlink(path) if path.is_symlink() else
+                     path.read_bytes() if path.is_file() else None)
+        mtime = None if path.is_symlink() else st.st_mtime_ns
+        out[str(path.relative_to(root))] = (st.st_mode, st.st_uid, st.st_gid, mtime, body)
+    return out
+
+
+@pytest.mark.parametrize("racy_ns", [uw.RACY_NS, 0])
+def test_after_a_pre_copy_the_snapshot_is_the_data_as_the_stop_left_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, racy_ns: int) -> None:
+    """What changes between the pre-copy and the snapshot (a file rewritten in place with its
+    size and mtime put back, one removed, one added, a mode changed, a new folder) is in the
+    snapshot, which equals the data in every byte, mode, owner and time. With the racy margin
+    the files written just now are copied again; without it (``racy_ns`` 0, as files written
+    long before the pre-copy are), only what changed is."""
+    monkeypatch.setattr(uw, "RACY_NS", racy_ns)
+    cfg = _config(tmp_path)
+    data = tmp_path / "data"
+    _harbor_data(data)
+    window = uw.Window(cfg, Alive())
+    window.precopy()
+    assert window.tree is not None
+    time.sleep(0.05)  # past the coarse clock tick of the writes above: ctime moves on
+    base = data / "database" / "pg15" / "base" / "16384"
+    rewritten = base / "1003"
+    st = rewritten.stat()
+    with open(rewritten, "r+b") as f:
+        f.write(b"\0" * 100)
+    os.utime(rewritten, ns=(st.st_atime_ns, st.st_mtime_ns))  # only ctime says it changed
+    (base / "1004").unlink()
+    (data / "database" / "pg15" / "postmaster.pid").unlink()  # a clean shutdown removes it
+    (base / "2000").write_bytes(b"new")
+    os.chmod(base / "1005", 0o640)
+    (data / "redis" / "appendonlydir").mkdir()
+    copied: list[str] = []
+    copy_bytes = uw.copy_bytes
+    monkeypatch.setattr(uw, "copy_bytes", lambda src, dst: (copied.append(src),
+                                                             copy_bytes(src, dst)))
+    window.run_steps(["snapshot"])
+    snap = Path(cfg["snapshot"])
+    assert not Path(cfg["snapshot"] + ".partial").exists()
+    assert _tree(snap / "database") == _tree(data / "database")
+    assert _tree(snap / "redis") == _tree(data / "redis")
+    assert _tree(snap / "secret") == _tree(data / "secret")
+    if racy_ns:
+        assert str(base / "1000") in copied  # written within the margin: not trusted
+    else:
+        assert sorted(Path(c).name for c in copied) == ["1003", "1005", "2000"]
+
+
+def test_a_snapshot_without_its_pre_copy_copies_everything(tmp_path: Path) -> None:
+    """A failed pre-copy (here: no room for it) leaves no `.partial`; the snapshot then
+    copies the whole data, as a resumed window (a new helper, no pre-copy) does."""
+    cfg = _config(tmp_path)
+    data = tmp_path / "data"
+    _harbor_data(data)
+    window = uw.Window(cfg, Alive())
+
+    def full(*_args: Any, **_kw: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    window_tree = uw.TreeCopy.sync
+    uw.TreeCopy.sync = full  # type: ignore[method-assign]
+    try:
+        window.precopy()
+    finally:
+        uw.TreeCopy.sync = window_tree  # type: ignore[method-assign]
+    assert window.tree is None and not Path(cfg["snapshot"] + ".partial").exists()
+    window.run_steps(["snapshot"])
+    assert _tree(Path(cfg["snapshot"]) / "database") == _tree(data / "database")
+
+
 def test_the_gate_refuses_an_empty_dirty_or_wrong_layout_database() -> None:
     then = {"schema_version": 171, "schema_dirty": False,
             "counts": {"project": 26, "artifact": 200}}
