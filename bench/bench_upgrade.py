@@ -16,7 +16,12 @@ what Harbor's ~650 MB of layers cost), then one hop to 2.15.2 (a real pg_upgrade
 
 Downtime = the time `GET /v2/` through the host's front does not answer 200 or 401, sampled
 every 100 ms from the controller. The host is reinstalled between the two runs. Goal (issue
-11): harborctl's downtime under 0.35 of the manual one. Run as root from the repository:
+11): harborctl's downtime under 0.35 of the manual one. Printed too: where harborctl's
+downtime went (its window's journal lines, the host's container events, harbor-db's
+conversion and harbor-core's start, against the sampler's outage) and, as a reference, the
+double's own floor: `compose down` then `up -d` of the upgraded release until `/v2/`
+answers, no harborctl involved (a database already converted: no pg_upgrade in it).
+Run as root from the repository:
 
     .venv/bin/python -m bench.bench_upgrade [--pad-mb 650] [--db-mb 250]
 """
