@@ -152,6 +152,7 @@ def test_after_a_pre_copy_the_snapshot_is_the_data_as_the_stop_left_it(
     data = tmp_path / "data"
     _harbor_data(data)
     window = uw.Window(cfg, Alive())
+    monkeypatch.setattr(window, "checkpoint", lambda: None)  # no harbor-db here
     window.precopy()
     assert window.tree is not None
     time.sleep(0.05)  # past the coarse clock tick of the writes above: ctime moves on
@@ -182,23 +183,22 @@ def test_after_a_pre_copy_the_snapshot_is_the_data_as_the_stop_left_it(
         assert sorted(Path(c).name for c in copied) == ["1003", "1005", "2000"]
 
 
-def test_a_snapshot_without_its_pre_copy_copies_everything(tmp_path: Path) -> None:
+def test_a_snapshot_without_its_pre_copy_copies_everything(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A failed pre-copy (here: no room for it) leaves no `.partial`; the snapshot then
     copies the whole data, as a resumed window (a new helper, no pre-copy) does."""
     cfg = _config(tmp_path)
     data = tmp_path / "data"
     _harbor_data(data)
     window = uw.Window(cfg, Alive())
+    monkeypatch.setattr(window, "checkpoint", lambda: None)
 
     def full(*_args: Any, **_kw: Any) -> None:
         raise OSError(28, "No space left on device")
 
-    window_tree = uw.TreeCopy.sync
-    uw.TreeCopy.sync = full  # type: ignore[method-assign]
-    try:
+    with monkeypatch.context() as m:
+        m.setattr(uw.TreeCopy, "sync", full)
         window.precopy()
-    finally:
-        uw.TreeCopy.sync = window_tree  # type: ignore[method-assign]
     assert window.tree is None and not Path(cfg["snapshot"] + ".partial").exists()
     window.run_steps(["snapshot"])
     assert _tree(Path(cfg["snapshot"]) / "database") == _tree(data / "database")
