@@ -204,6 +204,36 @@ def test_a_snapshot_without_its_pre_copy_copies_everything(
     assert _tree(Path(cfg["snapshot"]) / "database") == _tree(data / "database")
 
 
+MOUNTINFO = """\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+30 22 0:40 / /data rw,relatime shared:9 - xfs /dev/sdb1 rw
+31 30 0:41 / /data/nfs\\040share rw,relatime shared:10 - nfs4 filer:/harbor rw
+"""
+
+
+def test_the_filesystem_of_a_path_is_that_of_its_longest_mount_point(tmp_path: Path) -> None:
+    info = tmp_path / "mountinfo"
+    info.write_text(MOUNTINFO)
+    assert uw.filesystem("/data", str(info)) == "xfs"
+    assert uw.filesystem("/data/database", str(info)) == "xfs"
+    assert uw.filesystem("/data/nfs share/database", str(info)) == "nfs4"
+    assert uw.filesystem("/datax", str(info)) == "ext4"
+    assert uw.filesystem("/data", str(tmp_path / "missing")) == ""
+
+
+def test_no_pre_copy_where_the_kernel_does_not_keep_ctime_itself(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a network filesystem a stat may come from a cache: nothing is pre-copied there and
+    the snapshot copies everything after the stop, as before."""
+    cfg = _config(tmp_path)
+    _harbor_data(tmp_path / "data")
+    window = uw.Window(cfg, Alive())
+    monkeypatch.setattr(window, "checkpoint", lambda: None)
+    monkeypatch.setattr(uw, "filesystem", lambda _path: "nfs4")
+    window.precopy()
+    assert window.tree is None and not Path(cfg["snapshot"] + ".partial").exists()
+
+
 def test_the_gate_refuses_an_empty_dirty_or_wrong_layout_database() -> None:
     then = {"schema_version": 171, "schema_dirty": False,
             "counts": {"project": 26, "artifact": 200}}
