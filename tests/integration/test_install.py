@@ -134,7 +134,8 @@ def test_first_install_changes_the_host_and_reports_progress(first: InstallResul
     assert tally.failed == 0 and tally.unreachable == 0
     assert tally.changed > 5
     assert any("h1: Run Harbor's install.sh ... changed" in line for line in runner.lines)
-    assert any("h1: Copy the bundle to the host ... changed" in line for line in runner.lines)
+    assert any("h1: Copy the bundle to the host and unpack it ... changed" in line
+               for line in runner.lines)
     assert all(line.startswith(("[", "preflight:", "render:")) for line in runner.lines)
     _no_secret_anywhere(runner)
 
