@@ -113,6 +113,26 @@ def test_environment(tmp_path: Path) -> None:
 
 
 
+def test_config_keeps_the_users_settings_and_polls_every_10_ms(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ansible.cfg is the one Ansible would have read, with the strategy loop's poll interval
+    raised from Ansible's 1 ms (a spin that took a CPU share from the hosts' install.sh)."""
+    mine = tmp_path / "mine.cfg"
+    mine.write_text("[defaults]\nforks = 3\ninternal_poll_interval = 0.001\n"
+                    "[ssh_connection]\nscp_if_ssh = True\n")
+    monkeypatch.setenv("ANSIBLE_CONFIG", str(mine))
+    _, env = _build(tmp_path)
+    cfg = Path(env["ANSIBLE_CONFIG"])
+    assert cfg.parent == tmp_path / "run" and stat.S_IMODE(cfg.stat().st_mode) == 0o600
+    text = cfg.read_text()
+    assert "forks = 3" in text and "scp_if_ssh = True" in text
+    assert "internal_poll_interval = 0.01\n" in text and "0.001" not in text
+    monkeypatch.setenv("ANSIBLE_CONFIG", str(tmp_path / "missing.cfg"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _, env = _build(tmp_path)
+    assert "internal_poll_interval = 0.01" in Path(env["ANSIBLE_CONFIG"]).read_text()
+
+
 @pytest.mark.parametrize("ssh_config", [None, "ssh_config"])
 @pytest.mark.parametrize("accept", [False, True])
 def test_host_keys_are_always_checked(tmp_path: Path, ssh_config: str | None,
