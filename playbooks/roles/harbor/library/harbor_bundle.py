@@ -14,11 +14,17 @@ again by the next run.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 
 from ansible.module_utils.basic import AnsibleModule
+
+try:  # the role inside the collection harborctl.harbor
+    from ansible_collections.harborctl.harbor.plugins.module_utils.harbor_host_common import (
+        sha256_of,
+    )
+except ImportError:  # the role from playbooks/ (the role's module_utils/)
+    from ansible.module_utils.harbor_host_common import sha256_of
 
 DOCUMENTATION = r"""
 module: harbor_bundle
@@ -67,14 +73,6 @@ sha256:
   type: str
   returned: success
 """
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_marker(path: str, text: str) -> None:

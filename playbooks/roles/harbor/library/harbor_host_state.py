@@ -17,7 +17,6 @@ differs the role skips all its other tasks: the nightly converge is this one rou
 from __future__ import annotations
 
 import grp
-import hashlib
 import os
 import pwd
 import stat
@@ -32,11 +31,13 @@ try:  # the role inside the collection harborctl.harbor
     from ansible_collections.harborctl.harbor.plugins.module_utils.harbor_host_common import (
         ask_health,
         health_problem,
+        sha256_of,
     )
 except ImportError:  # the role from playbooks/ (the role's module_utils/)
     from ansible.module_utils.harbor_host_common import (
         ask_health,
         health_problem,
+        sha256_of,
     )
 
 DOCUMENTATION = r"""
@@ -177,14 +178,6 @@ health_seconds:
   type: float
   returned: always
 """
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_stamp(path: str) -> str:

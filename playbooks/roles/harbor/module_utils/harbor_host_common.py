@@ -1,15 +1,17 @@
-"""What the harbor role's host-side code shares: Harbor's health answer judged, and the
-release symlink swapped.
+"""What the harbor role's host-side code shares: Harbor's health answer judged, the
+release symlink swapped, a file's SHA-256.
 
 One file, two ways onto the host: the role's modules (harbor_host_state,
-harbor_host_files) import it as module_utils, so Ansible ships it inside each module's
-payload; the role copies it beside the upgrade-window helper, which imports it from its
-own folder (the window runs as a plain script, outside Ansible's module runtime, so no
-module_utils reach it). Standard library only, for the Python Ansible runs on the host.
+harbor_host_files, harbor_bundle) import it as module_utils, so Ansible ships it inside
+each module's payload; the role copies it beside the upgrade-window helper, which imports
+it from its own folder (the window runs as a plain script, outside Ansible's module
+runtime, so no module_utils reach it). Standard library only, for the Python Ansible runs
+on the host.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import ssl
@@ -56,3 +58,12 @@ def swap_link(target: str, path: str) -> None:
         os.unlink(tmp)
     os.symlink(target, tmp)
     os.replace(tmp, path)
+
+
+def sha256_of(path: str) -> str:
+    """A file's SHA-256, read in 1 MiB pieces (a bundle is gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
