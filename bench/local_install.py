@@ -14,6 +14,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,8 @@ from tests.bed.hosts import Host
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST_DIR = "root/bench"  # under the host's /
+# The lock the agent's cron line takes with `flock -n` (templates/cron/harborctl.j2).
+AGENT_LOCK = "/run/lock/harborctl-agent.lock"
 
 
 def build_wheelhouse(out: Path) -> Path:
@@ -60,6 +64,26 @@ def timed_local_install(host: Host, bundle: Path, what: str) -> tuple[float, dic
     print(f"  {what:<34} {elapsed:7.1f} s  (local connection, {tally['changed']} change(s), "
           f"{tally['ok'] + tally['changed'] + tally['skipped']} task results)", flush=True)
     return elapsed, result
+
+
+@contextmanager
+def agent_held(host: Host) -> Iterator[None]:
+    """Hold the agent's lock in ``host`` while the local runs are timed.
+
+    The local install puts the agent's cron line on the host, and a fresh agent's first tick
+    catches up the nightly backup (and the drill) at once, under the host's job lock: a
+    re-run meeting it is refused as busy (exit 7), as designed. The bench times install,
+    not the agent, so the ticks of these minutes find the lock taken and skip.
+    """
+    # setsid: its own process group, ended as one (the sleep holds the lock too).
+    pid = _exec(host, f"mkdir -p /run/lock && (setsid flock {AGENT_LOCK} sleep 3600 "
+                      ">/dev/null 2>&1 </dev/null & echo $!)").strip()
+    if not pid.isdigit():
+        sys.exit(f"on {host.name}: no pid for the agent lock holder: {pid!r}")
+    try:
+        yield
+    finally:
+        host.exec(f"kill -- -{pid}", check=False, timeout=60)  # flock and its sleep
 
 
 def _exec(host: Host, command: str) -> str:
