@@ -9,7 +9,6 @@ The playbooks and the callback plugin ship in the wheel (core.assets finds them)
 
 from __future__ import annotations
 
-import configparser
 import contextlib
 import ctypes
 import json
@@ -109,22 +108,12 @@ def user_config() -> Path | None:
     return None
 
 
-def write_config(path: Path, base: Path | None) -> None:
-    """``base``'s settings (if any) with harborctl's poll interval, into ``path`` (0600)."""
-    config = configparser.ConfigParser(interpolation=None, strict=False)
-    if base is not None:
-        try:
-            config.read(base, encoding="utf-8")
-        except (configparser.Error, UnicodeDecodeError) as exc:
-            raise RemoteError(f"cannot read the Ansible configuration {base}: {exc}",
-                              hint="fix it, or point ANSIBLE_CONFIG at another file") from exc
-    if not config.has_section("defaults"):
-        config.add_section("defaults")
-    config.set("defaults", "internal_poll_interval", INTERNAL_POLL_INTERVAL)
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        config.write(fh)
+def write_config(path: Path) -> None:
+    """harborctl's own ansible.cfg (0600): only the poll interval.
+
+    Written only where the user has none (:func:`user_config`): a user's file is never
+    copied, since Ansible resolves its relative paths against where it lies."""
+    _write_private(path, f"[defaults]\ninternal_poll_interval = {INTERNAL_POLL_INTERVAL}\n")
 
 
 def build_command(*, playbook: Path, work_dir: Path, log_path: Path,
@@ -138,10 +127,10 @@ def build_command(*, playbook: Path, work_dir: Path, log_path: Path,
     Its only side effect is writing files into ``work_dir`` (which the caller keeps
     private): the extra vars as JSON, mode 0600, passed as ``-e @file`` so that no value
     ever appears in a process list; without ``inventory``, a YAML inventory built from
-    ``hosts``; and the ansible.cfg of the run: the one Ansible would have read, with
-    harborctl's poll interval. Host keys follow :mod:`harbor_ops.hosts.ssh`'s policy
-    (checking is forced on whatever an ansible.cfg says); ``ssh_config`` is passed to ssh
-    with ``-F``.
+    ``hosts``; and, where the user has no ansible.cfg of their own, one with harborctl's
+    poll interval (a user's file is read by Ansible as it is). Host keys follow
+    :mod:`harbor_ops.hosts.ssh`'s policy (checking is forced on whatever an ansible.cfg
+    says); ``ssh_config`` is passed to ssh with ``-F``.
     """
     if inventory is None and not hosts:
         raise ValueError("build_command needs hosts or an inventory")
@@ -161,10 +150,11 @@ def build_command(*, playbook: Path, work_dir: Path, log_path: Path,
         argv += ["--limit", limit]
     argv.append(str(playbook))
     plugins = playbook_dir() / "callback_plugins"
-    config = work_dir / CONFIG_FILE
-    write_config(config, user_config())
-    env = {
-        "ANSIBLE_CONFIG": str(config),
+    env: dict[str, str] = {}
+    if user_config() is None:  # a user's own ansible.cfg is read as it is, where it is
+        write_config(work_dir / CONFIG_FILE)
+        env["ANSIBLE_CONFIG"] = str(work_dir / CONFIG_FILE)
+    env |= {
         "ANSIBLE_CALLBACK_PLUGINS": str(plugins),
         "ANSIBLE_CALLBACKS_ENABLED": CALLBACK,
         "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default",

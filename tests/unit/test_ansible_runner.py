@@ -113,26 +113,6 @@ def test_environment(tmp_path: Path) -> None:
 
 
 
-def test_config_keeps_the_users_settings_and_polls_every_10_ms(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """ansible.cfg is the one Ansible would have read, with the strategy loop's poll interval
-    raised from Ansible's 1 ms (a spin that took a CPU share from the hosts' install.sh)."""
-    mine = tmp_path / "mine.cfg"
-    mine.write_text("[defaults]\nforks = 3\ninternal_poll_interval = 0.001\n"
-                    "[ssh_connection]\nscp_if_ssh = True\n")
-    monkeypatch.setenv("ANSIBLE_CONFIG", str(mine))
-    _, env = _build(tmp_path)
-    cfg = Path(env["ANSIBLE_CONFIG"])
-    assert cfg.parent == tmp_path / "run" and stat.S_IMODE(cfg.stat().st_mode) == 0o600
-    text = cfg.read_text()
-    assert "forks = 3" in text and "scp_if_ssh = True" in text
-    assert "internal_poll_interval = 0.01\n" in text and "0.001" not in text
-    monkeypatch.setenv("ANSIBLE_CONFIG", str(tmp_path / "missing.cfg"))
-    monkeypatch.setenv("HOME", str(tmp_path))
-    _, env = _build(tmp_path)
-    assert "internal_poll_interval = 0.01" in Path(env["ANSIBLE_CONFIG"]).read_text()
-
-
 @pytest.mark.parametrize("ssh_config", [None, "ssh_config"])
 @pytest.mark.parametrize("accept", [False, True])
 def test_host_keys_are_always_checked(tmp_path: Path, ssh_config: str | None,
@@ -313,3 +293,25 @@ def test_role_vars_fit_the_contract(tmp_path: Path) -> None:
     assert got["harbor_health_url"] == "http://127.0.0.1:8080/api/v2.0/health"
     assert got["harbor_nginx_cache_dir"] == "/var/cache/nginx/harbor"
     assert got["harbor_install_root"] == "/opt/harbor"
+
+
+def test_the_run_gets_harborctls_poll_interval_where_the_user_has_no_ansible_cfg(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner, "user_config", lambda: None)
+    _argv, env = _build(tmp_path)
+    config = Path(env["ANSIBLE_CONFIG"])
+    assert config.parent == tmp_path / "run"
+    assert config.stat().st_mode & 0o777 == 0o600
+    assert "internal_poll_interval = 0.01" in config.read_text()
+
+
+def test_a_users_ansible_cfg_is_read_as_it_is_where_it_is(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ansible resolves a config's relative paths against its folder: never copied."""
+    own = tmp_path / "own" / "ansible.cfg"
+    own.parent.mkdir()
+    own.write_text("[defaults]\nroles_path = ./roles\n")
+    monkeypatch.setenv("ANSIBLE_CONFIG", str(own))
+    _argv, env = _build(tmp_path)
+    assert "ANSIBLE_CONFIG" not in env  # the caller's environment keeps naming its file
+    assert not (tmp_path / "run" / runner.CONFIG_FILE).exists()
