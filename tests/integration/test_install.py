@@ -132,7 +132,7 @@ def test_first_install_changes_the_host_and_reports_progress(first: InstallResul
                                                             runner: Runner) -> None:
     tally = first.hosts["h1"]
     assert tally.failed == 0 and tally.unreachable == 0
-    assert tally.changed >= 5  # bundle, harbor.yml, install.sh, host files, stamp
+    assert tally.changed >= 5  # bundle, harbor.yml, install.sh, host files, gate (stamp)
     assert any("h1: Run Harbor's install.sh ... changed" in line for line in runner.lines)
     assert any("h1: Copy the bundle to the host and unpack it ... changed" in line
                for line in runner.lines)

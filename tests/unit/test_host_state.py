@@ -118,3 +118,13 @@ def test_the_wait_is_bounded_in_tries_and_names_the_last_problem(
 
 def test_no_health_url_is_never_healthy() -> None:
     assert state.wait_healthy("", False, COMPONENTS, wait=0, interval=0.25)[1] == "not asked"
+
+
+def test_the_gate_writes_the_stamp_whole_and_0644(tmp_path: Path) -> None:
+    stamp = tmp_path / ".harborctl-installed"
+    stamp.write_text("old\n")
+    stamp.chmod(0o600)
+    state.write_stamp(str(stamp), "  abc def 1 \n")
+    assert stamp.read_text() == "abc def 1\n"
+    assert stamp.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == [stamp.name]  # no temporary file left

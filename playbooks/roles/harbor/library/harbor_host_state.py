@@ -48,7 +48,8 @@ description:
     unpacked), whether the release is unpacked, the last install stamp, whether harbor-core
     runs, whether Harbor's uid has an account and group, where the active symlink points
     and which given paths exist.
-  - Never changes the host.
+  - Never changes the host, but for one file when asked: as the health gate, with
+    I(stamp_content), it writes the install stamp once Harbor is healthy.
 options:
   bundle:
     description: The bundle's path on the host.
@@ -115,6 +116,13 @@ options:
     description: The pause between two health requests while waiting.
     type: float
     default: 0.25
+  stamp_content:
+    description:
+      - The health gate's last step, in the same run: once Harbor answered healthy, write
+        this (and a newline) to I(install_stamp), atomically, 0644, where the stamp differs.
+        Nothing is written when Harbor is not healthy, in check mode, or when empty.
+    type: str
+    default: ""
 author: harborctl
 """
 
@@ -177,6 +185,10 @@ health_seconds:
   description: How long the health requests took, the waiting included.
   type: float
   returned: always
+stamp_written:
+  description: I(stamp_content) was written to I(install_stamp) (C(changed) says the same).
+  type: bool
+  returned: always
 """
 
 
@@ -186,6 +198,19 @@ def read_stamp(path: str) -> str:
             return fh.read().strip()
     except (OSError, UnicodeDecodeError):
         return ""
+
+
+def write_stamp(path: str, content: str) -> None:
+    """The stamp through a temporary file and a rename (0644, root): present means complete."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.fchmod(fd, 0o644)
+        os.write(fd, (content.strip() + "\n").encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 def known(lookup: Callable[[int], object], uid: int) -> bool:
@@ -300,6 +325,7 @@ def main() -> None:
             "health_components": {"type": "list", "elements": "str", "default": []},
             "health_wait": {"type": "float", "default": 0.0},
             "health_interval": {"type": "float", "default": 0.25},
+            "stamp_content": {"type": "str", "default": ""},
         },
         supports_check_mode=True,
     )
@@ -317,12 +343,26 @@ def main() -> None:
         bundle_sha256 = bundle_digest(module, p["bundle"], unpacked)
         drift = [f["path"] for f in p["files"] if wanted(f, systemd) and differs(f)]
         last, problem, seconds = answer.result()
+        stamp = read_stamp(p["install_stamp"])
+        # The gate's last step: the stamp records the completed install only once Harbor
+        # is healthy (a failed gate leaves the old stamp, and the next run installs again).
+        wanted_stamp = p["stamp_content"].strip()
+        written = bool(wanted_stamp) and not problem and not module.check_mode \
+            and stamp != wanted_stamp
+        if written:
+            try:
+                write_stamp(p["install_stamp"], wanted_stamp)
+            except OSError as exc:
+                module.fail_json(msg=f"cannot write the install stamp {p['install_stamp']}: "
+                                 f"{exc}")
+            stamp = wanted_stamp
         module.exit_json(
-            changed=False,
+            changed=written,
+            stamp_written=written,
             systemd=systemd,
             bundle_sha256=bundle_sha256,
             unpacked=unpacked,
-            stamp=read_stamp(p["install_stamp"]),
+            stamp=stamp,
             core_running=core.result(),
             uid_user=known(pwd.getpwuid, p["uid"]),
             uid_group=known(grp.getgrgid, p["uid"]),
