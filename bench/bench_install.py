@@ -140,7 +140,7 @@ def timed_install(site: Site, bundle: Path, bed: TestBed, log_dir: Path, what: s
 
     def progress(line: str) -> None:
         nonlocal rendered_at
-        if line.startswith("render:"):
+        if line.startswith("preflight: passed"):  # the verdict (probes beside the start)
             rendered_at = time.perf_counter()
         lines.append(line)
 
@@ -155,8 +155,10 @@ def timed_install(site: Site, bundle: Path, bed: TestBed, log_dir: Path, what: s
     tasks = sum(t.ok + t.changed + t.skipped for t in list(result.hosts.values())[:1])
     print(f"  {what:<34} {elapsed:7.1f} s  ({len(result.hosts)} host(s), "
           f"{changed} change(s), {tasks} task results per host)", flush=True)
-    print(f"      {rendered_at - t0:6.1f} s  preflight (controller + SSH probe per host)")
-    print(f"      {time.perf_counter() - rendered_at:6.1f} s  render + playbook, of which:")
+    print(f"      {rendered_at - t0:6.1f} s  until the preflight's verdict (controller + SSH "
+          "probe per host, beside the playbook's start)")
+    print(f"      {time.perf_counter() - rendered_at:6.1f} s  playbook after the verdict; its "
+          "steps:")
     for task, span in slowest_steps(lines, top=top):
         print(f"        {span:6.1f} s  {task}")
     extra = (rendered_at - t0) + sum(span for task, span in step_spans(lines)

@@ -9,10 +9,14 @@ happens. Ansible does the rest idempotently: a second run changes nothing.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +34,7 @@ from harbor_ops.core.lock import job_lock
 from harbor_ops.core.paths import log_dir
 from harbor_ops.hosts import health
 from harbor_ops.hosts import playbook as runner
+from harbor_ops.releases import bundle as bundle_mod
 from harbor_ops.site.model import Site
 
 if TYPE_CHECKING:
@@ -39,6 +44,7 @@ PLAYBOOK = "install.yml"
 HEALTH_TASK = "Fail naming the components that are not healthy"
 HOST_LOCK_TASK = "Fail because another harborctl job runs on this host"
 STAGING_PREFIX = "harborctl-install-"
+VERDICT_FILE = "preflight-verdict.json"
 
 
 @dataclass
@@ -135,80 +141,200 @@ def install(site: Site, *, bundle: Path, inventory: Path | None = None, check: b
             schedule_root: Path | None = None) -> InstallResult:
     """Install (or, with ``check``, dry-run) Harbor from ``bundle`` on the site's hosts.
 
+    The preflight's host probes and ansible-playbook's start-up run at the same time; the
+    role touches no host before the preflight's verdict (:class:`PreflightGate`), and a
+    refusal raises PreflightFailed with nothing changed, as before.
     With ``schedule_root`` (the CLI: ``/``) and SSH hosts in the site, the agent's
     schedule is installed on this controller, which backs every host up over SSH.
     """
-    from harbor_ops.preflight.run import run_preflight
+    from harbor_ops.preflight.run import validate_skip
 
     bundle = Path(bundle).resolve()
     if not bundle.is_file():
         raise UsageError(f"--bundle: {bundle} is not a file")
     started = time.monotonic()
+    skipped = validate_skip(skip_checks)
     progress("preflight: checking hosts and bundle before touching anything")
-    report = run_preflight(site, bundle=bundle, skip=list(skip_checks), inventory=inventory,
-                           ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys)
-    failed = failed_checks(report)
-    if failed:
-        raise PreflightFailed("nothing was changed; failed check(s):\n"
-                              + "\n".join(f"  - {f}" for f in failed),
-                              hint="fix them, or skip one with --skip-check NAME")
+    # The controller's read of the bundle first (cached by file identity): the playbook
+    # needs its digest to start, the preflight judges it.
+    info = None if "bundle" in skipped else bundle_mod.inspect_bundle_cached(bundle)
+    new_log_dir = not log_dir.exists()
     log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_path = log_dir / f"install-{stamp}.log"
     output_path = log_dir / f"install-{stamp}.out"
     for path in (log_path, output_path):
         path.touch(mode=0o600, exist_ok=True)
-    # One job at a time on this host: a nightly backup never dumps a database that
-    # install.sh is taking down (check mode changes nothing, so it needs no lock).
-    with nullcontext() if check else job_lock(job="install"):
-        # The preflight already hashed the bundle (or found it in its cache): no second read.
-        digest = (report.bundle.sha256 if report.bundle is not None and report.bundle.sha256
-                  else sha256_file(bundle))
-        outcome, schedule = _render_and_run(
-            site, bundle=bundle, digest=digest, inventory=inventory, check=check, forks=forks,
-            ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys,
-            compose=report.compose, log_path=log_path, output_path=output_path,
-            progress=progress, timeout=timeout,
-            schedule_root=None if check else schedule_root)
+    gate = PreflightGate(site, bundle=bundle, skip=sorted(skipped), inventory=inventory,
+                         ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys,
+                         bundle_info=info)
+    try:
+        # One job at a time on this host: a nightly backup never dumps a database that
+        # install.sh is taking down (check mode changes nothing, so it needs no lock).
+        with nullcontext() if check else job_lock(job="install"):
+            digest = info.sha256 if info is not None and info.sha256 else sha256_file(bundle)
+            outcome, schedule = _render_and_run(
+                site, bundle=bundle, digest=digest, inventory=inventory, check=check,
+                forks=forks, ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys,
+                gate=gate, log_path=log_path, output_path=output_path,
+                progress=progress, timeout=timeout,
+                schedule_root=None if check else schedule_root)
+    except BaseException:
+        if gate.refused:  # no host was touched: no log of a run that did not happen
+            for path in (log_path, output_path):
+                path.unlink(missing_ok=True)
+            if new_log_dir:
+                with contextlib.suppress(OSError):
+                    log_dir.rmdir()
+        raise
     _raise_for(outcome, log_path, output_path)
     return InstallResult(version=str(site.release.version), bundle=bundle, check=check,
                          elapsed=time.monotonic() - started, hosts=outcome.hosts,
                          log_path=log_path, controller_schedule=schedule)
 
 
+class PreflightGate:
+    """The preflight, run in a thread beside ansible-playbook, and its verdict file.
+
+    Why: the playbook's start-up (about 0.5 s of imports and parsing per run, more on a busy
+    controller) no longer waits for the probes. The role's first task
+    (harbor_preflight_wait) waits for the verdict on the controller before it reads or
+    changes a host; the verdict is written whole (a rename) in the private staging folder:
+    ``{"go": true, "compose": {host: command}}`` when every check passed, ``{"go": false}``
+    on a refusal or an error of the preflight itself.
+    """
+
+    def __init__(self, site: Site, **kw: Any) -> None:
+        self.site, self.kw = site, kw
+        self.report: PreflightReport | None = None
+        self.error: BaseException | None = None
+        self.decided = threading.Event()  # set once the verdict file is written
+        self._thread: threading.Thread | None = None
+
+    def start(self, verdict: Path) -> None:
+        self._thread = threading.Thread(target=self._run, args=(verdict,), daemon=True,
+                                        name="preflight")
+        self._thread.start()
+
+    def _run(self, verdict: Path) -> None:
+        from harbor_ops.preflight.run import run_preflight
+
+        go, compose = False, {}
+        try:
+            self.report = run_preflight(self.site, **self.kw)
+            go, compose = not failed_checks(self.report), self.report.compose
+        except BaseException as exc:  # re-raised by finish(), in the caller's thread
+            self.error = exc
+        finally:
+            try:
+                write_private_json(verdict, {"go": go, "compose": compose})
+            except OSError as exc:  # the role's wait then fails: no verdict, no go
+                self.error = self.error or exc
+            self.decided.set()
+
+    @property
+    def passed(self) -> bool:
+        """The verdict is written and says go."""
+        return (self.decided.is_set() and self.error is None and self.report is not None
+                and not failed_checks(self.report))
+
+    @property
+    def refused(self) -> bool:
+        """The verdict is written and says no (a failed check or an error of the preflight)."""
+        return self.decided.is_set() and not self.passed
+
+    def join(self) -> None:
+        """Wait for the preflight to end (bounded by its probes' own timeouts)."""
+        if self._thread is not None:
+            self._thread.join()
+
+    def finish(self) -> PreflightReport:
+        """The report once the preflight ended; its error, or PreflightFailed on a refusal."""
+        self.join()
+        if self.error is not None:
+            raise self.error
+        assert self.report is not None
+        failed = failed_checks(self.report)
+        if failed:
+            raise PreflightFailed("nothing was changed; failed check(s):\n"
+                                  + "\n".join(f"  - {f}" for f in failed),
+                                  hint="fix them, or skip one with --skip-check NAME")
+        return self.report
+
+
+def write_private_json(path: Path, data: dict[str, Any]) -> None:
+    """``data`` as JSON at ``path``, 0600, appearing whole (a rename): the role's wait reads
+    the file as soon as it exists."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(data, fh)
+    os.replace(tmp, path)
+
+
 def _render_and_run(site: Site, *, bundle: Path, digest: str, inventory: Path | None,
                     check: bool, forks: int | None, ssh_config: Path | None,
-                    compose: dict[str, str],
+                    gate: PreflightGate,
                     accept_new_host_keys: bool, log_path: Path,
                     output_path: Path, progress: Callable[[str], None], timeout: float,
                     schedule_root: Path | None) -> tuple[runner.PlaybookOutcome, list[str]]:
-    """Render into a private staging folder, run the playbook, delete the staging folder."""
+    """Render into a private staging folder, run the playbook beside the preflight, delete
+    the staging folder."""
     from harbor_ops.install.schedule import install_controller_schedule, needs_controller_schedule
     from harbor_ops.render.engine import render_site
 
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX))  # 0700: harbor.yml has secrets
     try:
-        progress(f"render: harbor.yml and host files for Harbor {site.release.version}")
-        render_site(site, output_dir=staging / "files")
-        argv, env = runner.build_command(
-            playbook=runner.playbook_path(PLAYBOOK), work_dir=staging / "run",
-            log_path=log_path, hosts=site.hosts, inventory=inventory, forks=forks,
-            check=check, ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys,
-            extra_vars={**role_vars(site, bundle=bundle, bundle_sha256=digest,
-                                    staging=staging / "files", compose=compose),
-                        # install() holds the job lock here, the lock of a local host.
-                        "harbor_job_lock_held_locally": not check})
+        gate.start(staging / VERDICT_FILE)
+        try:
+            progress(f"render: harbor.yml and host files for Harbor {site.release.version}")
+            render_site(site, output_dir=staging / "files")
+            argv, env = runner.build_command(
+                playbook=runner.playbook_path(PLAYBOOK), work_dir=staging / "run",
+                log_path=log_path, hosts=site.hosts, inventory=inventory, forks=forks,
+                check=check, ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys,
+                extra_vars={**role_vars(site, bundle=bundle, bundle_sha256=digest,
+                                        staging=staging / "files"),
+                            # The Compose commands come with the verdict.
+                            "harbor_preflight_verdict": str(staging / VERDICT_FILE),
+                            # install() holds the job lock here, the lock of a local host.
+                            "harbor_job_lock_held_locally": not check})
+        except Exception:
+            gate.finish()  # a refusal first: it names the cause (a missing certificate...)
+            raise
         run = runner.run_playbook(argv, env, output_path=output_path, cwd=staging / "run",
                                   timeout=timeout)
-        for line in run:
-            progress(line)
+        _relay(run, gate, progress)
+        gate.finish()  # a refusal (the playbook stopped at the wait) raises here
         schedule: list[str] = []
         if run.outcome.ok and schedule_root is not None and needs_controller_schedule(site):
             schedule = install_controller_schedule(staging / "files", schedule_root)
             progress(f"controller: agent schedule for the SSH hosts in {', '.join(schedule)}")
         return run.outcome, schedule
     finally:
+        gate.join()  # its verdict goes into the staging folder: removed only after
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _relay(lines: Iterable[str], gate: PreflightGate, progress: Callable[[str], None]) -> None:
+    """The playbook's progress lines, once the verdict says go: until then they are held
+    (its start, the argument check), and a refusal drops them, so a refused install shows
+    what it showed when the preflight ran before the playbook."""
+    held: list[str] = []
+    holding = True
+    for line in lines:
+        if not holding:
+            progress(line)
+            continue
+        held.append(line)
+        if gate.passed:
+            for one in ["preflight: passed", *held]:
+                progress(one)
+            holding = False
+    gate.join()
+    if holding and gate.passed:  # the playbook ended before the verdict (it failed to start)
+        for one in ["preflight: passed", *held]:
+            progress(one)
 
 
 def _raise_for(outcome: runner.PlaybookOutcome, log_path: Path, output_path: Path) -> None:

@@ -140,8 +140,11 @@ def host_results(ctx: Context, skip: frozenset[str],
 def run_preflight(site: Site, *, bundle: Path | None = None, skip: Iterable[str] = (),
                   hosts: Sequence[HostEntry] | None = None, inventory: Path | None = None,
                   ssh_config: Path | None = None,
-                  accept_new_host_keys: bool = False) -> PreflightReport:
-    """Run every check not in ``skip`` on each host (in parallel); never changes a host."""
+                  accept_new_host_keys: bool = False,
+                  bundle_info: bundle_mod.BundleInfo | None = None) -> PreflightReport:
+    """Run every check not in ``skip`` on each host (in parallel); never changes a host.
+
+    ``bundle_info``: ``bundle`` as the caller already inspected it (not read again)."""
     skipped = validate_skip(skip)
     targets = _targets(site, hosts, inventory, ssh_config)
     info, size = None, None
@@ -149,7 +152,7 @@ def run_preflight(site: Site, *, bundle: Path | None = None, skip: Iterable[str]
         if "bundle" in skipped:
             size = Path(bundle).stat().st_size if Path(bundle).is_file() else None
         else:
-            info = bundle_mod.inspect_bundle_cached(Path(bundle))
+            info = bundle_info or bundle_mod.inspect_bundle_cached(Path(bundle))
             size = info.size or None
     controller = {"certificate": check_certificates(site),
                   "bundle": [check_bundle(site, info)]}

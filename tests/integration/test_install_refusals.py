@@ -3,9 +3,10 @@
 Each case runs the real command line (a subprocess, as a user types it) against test-bed
 host h2 over real SSH, and asserts what the user sees (the exit code and a message naming
 the problem) and what the user would find on the host afterwards: nothing of Harbor's
-(no install dir, no bundle copy, no logrotate file, no Nginx front) and no Ansible log,
-because no playbook ran. A control case shows the same site with good input passes
-preflight, so each refusal is due to its one bad input.
+(no install dir, no bundle copy, no logrotate file, no Nginx front) and no Ansible log:
+ansible-playbook, started beside the preflight, waited for its verdict on the controller and
+touched no host, and a refusal leaves no log of it. A control case shows the same site with
+good input passes preflight, so each refusal is due to its one bad input.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def refuse(testbed: TestBed, case: Case, code: int, *fragments: str) -> str:
     assert ADMIN_PASSWORD not in out and DB_PASSWORD not in out
     for path in HARBOR_PATHS:
         assert not (case.host.root_path / path).exists(), f"/{path} was created"
-    assert not case.log_dir.exists(), "a playbook ran"
+    assert not case.log_dir.exists(), "a refusal left a log"
     return out
 
 
