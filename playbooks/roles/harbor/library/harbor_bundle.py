@@ -15,6 +15,7 @@ again by the next run.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 
 from ansible.module_utils.basic import AnsibleModule
@@ -85,18 +86,37 @@ def write_marker(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def verify(module: AnsibleModule, path: str, expected: str, sent: bool) -> None:
-    """Fail unless ``path`` has the controller's digest; a sent copy that does not is deleted."""
-    try:
-        found = sha256_of(path)
-    except OSError as exc:
-        module.fail_json(msg=f"cannot read the bundle {path}: {exc}", sent=sent)
+def check_digest(module: AnsibleModule, path: str, expected: str, found: str | None,
+                 error: str, sent: bool) -> None:
+    """Fail unless ``path`` had the controller's digest; a sent copy that had not is deleted."""
+    if found is None:
+        module.fail_json(msg=f"cannot read the bundle {path}: {error}", sent=sent)
     if found != expected.lower():
         if sent:
             os.unlink(path)
         module.fail_json(msg=f"the bundle on the host has SHA-256 {found}, the controller's has "
                          f"{expected}: {'the copy was deleted' if sent else 'not unpacked'}; "
                          "nothing was unpacked", sent=sent)
+
+
+def digest_of(path: str) -> tuple[str | None, str]:
+    try:
+        return sha256_of(path), ""
+    except OSError as exc:
+        return None, str(exc)
+
+
+def unpack_beside_hash(path: str, into: str) -> tuple[str | None, str, int, str]:
+    """Unpack ``path`` into the new folder ``into`` WHILE this process hashes it (tar reads
+    the file on its own): the digest, why it could not be read, tar's exit code and stderr.
+    The caller renames ``into`` into place only when the digest is the controller's."""
+    os.makedirs(into, mode=0o755)
+    # argv, no shell: the paths are never shell text.
+    proc = subprocess.Popen(["tar", "-xzf", path, "--strip-components=1", "-C", into],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    found, error = digest_of(path)
+    _, stderr = proc.communicate()
+    return found, error, proc.returncode, stderr
 
 
 def main() -> None:
@@ -118,23 +138,44 @@ def main() -> None:
     sent = p["src"] != p["dest"]
     if module.check_mode:
         module.exit_json(changed=True, sent=sent)
-    verify(module, p["src"], p["sha256"], sent)
-    if sent:
-        os.makedirs(os.path.dirname(p["dest"]), mode=0o755, exist_ok=True)
-        module.atomic_move(p["src"], p["dest"])
-    os.chown(p["dest"], 0, 0)
-    os.chmod(p["dest"], 0o644)
+    release = p["release_dir"].rstrip("/")
+    # A release folder that is not there yet is unpacked beside it while the bundle is
+    # hashed (one pass of the CPU-bound gunzip and one of the hash at the same time, not one
+    # after the other), then renamed into place only if the digest is the controller's: a
+    # corrupt bundle still leaves nothing unpacked. A folder left by an interrupted unpack is
+    # unpacked into after the check, as before.
+    partial = None if os.path.exists(release) else f"{release}.partial"
     old_umask = os.umask(0o022)
     try:
-        os.makedirs(p["release_dir"], mode=0o755, exist_ok=True)
-        # argv, no shell: the paths are never shell text.
-        proc = subprocess.run(["tar", "-xzf", p["dest"], "--strip-components=1", "-C",
-                               p["release_dir"]], capture_output=True, text=True, check=False)
+        if partial is not None:
+            if os.path.lexists(partial):  # an interrupted run's
+                shutil.rmtree(partial)
+            os.makedirs(os.path.dirname(release) or "/", mode=0o755, exist_ok=True)
+            found, error, rc, stderr = unpack_beside_hash(p["src"], partial)
+            if found != p["sha256"].lower():
+                shutil.rmtree(partial)
+            check_digest(module, p["src"], p["sha256"], found, error, sent)
+        else:
+            found, error = digest_of(p["src"])
+            check_digest(module, p["src"], p["sha256"], found, error, sent)
+        if sent:
+            os.makedirs(os.path.dirname(p["dest"]), mode=0o755, exist_ok=True)
+            module.atomic_move(p["src"], p["dest"])
+        os.chown(p["dest"], 0, 0)
+        os.chmod(p["dest"], 0o644)
+        if partial is None:
+            proc = subprocess.run(["tar", "-xzf", p["dest"], "--strip-components=1", "-C",
+                                   release], capture_output=True, text=True, check=False)
+            rc, stderr = proc.returncode, proc.stderr
     finally:
         os.umask(old_umask)
-    if proc.returncode != 0:
-        module.fail_json(msg=f"tar could not unpack {p['dest']} (rc {proc.returncode}): "
-                         f"{proc.stderr.strip()[-800:]}", sent=sent)
+    if rc != 0:
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+        module.fail_json(msg=f"tar could not unpack {p['dest']} (rc {rc}): "
+                         f"{stderr.strip()[-800:]}", sent=sent)
+    if partial is not None:
+        os.rename(partial, release)
     write_marker(p["marker"], p["sha256"])
     module.exit_json(changed=True, sent=sent, sha256=p["sha256"])
 
