@@ -76,7 +76,7 @@ class SshStack:
     def compose(self, *args: str) -> None:
         words = [*(["-p", self.project] if self.project else []), *args]
         tail = shlex.join(words)
-        run(self.client, self.host, f"cd {shlex.quote(self.harbor_dir)} && if command -v "
+        run(self.client, self.host, f"cd -P {shlex.quote(self.harbor_dir)} && if command -v "
             f"docker-compose >/dev/null 2>&1; then docker-compose {tail}; "
             f"else docker compose {tail}; fi", timeout=COMPOSE_TIMEOUT)
 

@@ -58,9 +58,12 @@ class HarborStack:
 
     def compose(self, *args: str) -> None:
         argv = [*self.command, *(["-p", self.project] if self.project else []), *args]
+        # In the release folder itself, as install.sh runs: Compose v2 takes its folder from
+        # $PWD, and from the symlink's path it would see other bind mounts and recreate.
+        folder = os.path.realpath(self.harbor_dir)
         try:
-            proc = subprocess.run(argv, cwd=self.harbor_dir, capture_output=True, text=True,
-                                  timeout=600, check=False, env=self.env)
+            proc = subprocess.run(argv, cwd=folder, capture_output=True, text=True,
+                                  timeout=600, check=False, env={**self.env, "PWD": folder})
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise BackupError(f"`{' '.join(argv)}` in {self.harbor_dir} failed: {exc}") from None
         if proc.returncode != 0:

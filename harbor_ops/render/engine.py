@@ -45,6 +45,8 @@ HARBOR_UID = 10000  # owner of Harbor's log files (harbor-log runs as uid/gid 10
 UPSTREAM_NAME = "harborctl_harbor"
 # Per host, the Compose command of the boot unit (HARBOR_COMPOSE=...), written by the role.
 COMPOSE_ENV_FILE = "/etc/default/harbor"
+# The compose project install.sh runs Harbor under (the role's harbor_compose_project).
+COMPOSE_PROJECT = "harbor"
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,7 @@ def contexts(site: Site, doc: dict[str, Any], rel: Release,
         "nginx/harbor.conf": {**common, **front} if front else None,
         "systemd/harbor.service": {
             **common, "project_dir": _plain(site.install.dir / "harbor", "install.dir"),
+            "project_name": COMPOSE_PROJECT,
             "compose_command": options.compose_command, "restart_sec": "30s",
             "compose_env_file": COMPOSE_ENV_FILE,
             "start_limit_interval": "900s", "start_limit_burst": 10},
@@ -172,9 +175,9 @@ def contexts(site: Site, doc: dict[str, Any], rel: Release,
 def _plain(value: str | Path, what: str) -> str:
     """Paths go unquoted into unit files and a crontab line: refuse what would split them."""
     text = str(value)
-    if not text or any(ch.isspace() or ch in "%;'\"\\" for ch in text):
+    if not text or any(ch.isspace() or ch in "%;'\"\\$`" for ch in text):
         raise RenderError(f"{what}: {text!r} cannot go into a unit file or crontab unquoted",
-                          hint="use a path without spaces, quotes, % or ;")
+                          hint="use a path without spaces, quotes, $, %, ` or ;")
     return text
 
 

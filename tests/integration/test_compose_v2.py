@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harbor_ops.core.errors import LockHeld
+from harbor_ops.core.errors import HarborctlError, LockHeld
 from harbor_ops.core.lock import LOCK_ENV
 from harbor_ops.install.run import install
 from tests.bed._run import wait_for
@@ -48,13 +48,6 @@ def v2_only(testbed: TestBed) -> Host:
     return host
 
 
-# Quarantined, not hidden: it runs every time and its result is reported (XPASS / XFAIL).
-# On 2026-12-02 the second install's health gate got no answer from h4 for 300 s in two of
-# three full CI runs and in one of two runs alone (the other alone: passed in 28 s). Not yet
-# diagnosed; a suspect: starting cron during the install runs its @reboot line (compose up)
-# beside install.sh's own. Remove this mark with the fix.
-@pytest.mark.xfail(strict=False, reason="flaky in the full parallel suite: the second "
-                   "install's health gate got no answer from h4 for 300 s (not diagnosed)")
 def test_harbor_comes_back_after_a_reboot_with_compose_v2_only(
         v2_only: Host, testbed: TestBed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(LOCK_ENV, str(tmp_path / "controller.lock"))  # not this machine's jobs
@@ -76,14 +69,25 @@ def test_harbor_comes_back_after_a_reboot_with_compose_v2_only(
     finally:
         v2_only.exec("kill $(cat /run/holder)", check=False)
 
-    install(site, bundle=bundle, log_dir=tmp_path / "logs", ssh_config=testbed.ssh_config_path,
-            timeout=900)
+    try:
+        install(site, bundle=bundle, log_dir=tmp_path / "logs",
+                ssh_config=testbed.ssh_config_path, timeout=900)
+    except HarborctlError as exc:  # say what the host shows
+        raise AssertionError(f"{exc}\n{_why(v2_only)}") from exc
     cron = (v2_only.root_path / "etc/cron.d/harbor").read_text()
     line = re.search(r"^@reboot root (.+)$", cron, re.M)
     assert line is not None, cron
     assert "/usr/bin/docker compose -p harbor up -d" in line.group(1), line.group(1)
-    # The role's first start of cron runs this @reboot line once already: let it settle.
-    assert _wait_healthy(v2_only), _why(v2_only)
+    # Starting cron during the install is no boot: its @reboot line did not run beside
+    # install.sh's start (it used to, and recreated a harbor-core that was migrating).
+    assert not (v2_only.root_path / "var/log/harbor-boot.log").exists()
+    started = _containers(v2_only)
+
+    # A boot where dockerd has already restarted the containers (restart: always): the line
+    # finds the project as install.sh started it and recreates nothing.
+    v2_only.exec(f"env -i PATH=/usr/bin:/bin /bin/sh -c {shlex.quote(line.group(1))}", timeout=300)
+    assert _containers(v2_only) == started, (v2_only.root_path / "var/log/harbor-boot.log"
+                                             ).read_text()
 
     # What a reboot leaves: no Harbor container running.
     v2_only.exec("cd /opt/harbor/harbor && docker compose -p harbor down", timeout=300)
@@ -94,6 +98,12 @@ def test_harbor_comes_back_after_a_reboot_with_compose_v2_only(
     assert _wait_healthy(v2_only), _why(v2_only)
     boot_log = (v2_only.root_path / "var/log/harbor-boot.log").read_text()
     assert "docker-compose: not found" not in boot_log, boot_log
+
+
+def _containers(host: Host) -> dict[str, str]:
+    """Each container's name -> its id (a recreated container has a new id)."""
+    out = host.exec("docker ps -a --format '{{.Names}} {{.ID}}'").stdout
+    return dict(line.split() for line in out.splitlines() if line.strip())
 
 
 def _healthy(host: Host) -> bool:
@@ -107,8 +117,9 @@ def _healthy(host: Host) -> bool:
 
 def _why(host: Host) -> str:
     return host.exec("docker ps -a --format '{{.Names}} {{.Status}}'; "
-                     "docker logs --tail 20 registry 2>&1; cat /var/log/harbor-boot.log; "
-                     "ls -la /var/run/crond.reboot /run/crond.reboot", check=False).stdout
+                     "docker logs --tail 20 registry 2>&1; docker logs --tail 20 nginx 2>&1; "
+                     "docker logs --tail 20 harbor-core 2>&1; cat /var/log/harbor-boot.log; "
+                     "ls -la /var/run/crond.reboot /run/crond.reboot; ps -ef", check=False).stdout
 
 
 def _wait_healthy(host: Host, timeout: float = 180) -> bool:

@@ -7,6 +7,7 @@ not from our own schema, so that a schema mistake shows up here.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import resource
@@ -312,8 +313,9 @@ def test_site_values_reach_logrotate_cron_and_units() -> None:
     # The Compose preflight found on the host (install writes it there) wins over the default.
     assert 'Environment="HARBOR_COMPOSE=/usr/bin/docker compose"\n' in unit
     assert "EnvironmentFile=-/etc/default/harbor\n" in unit
-    assert ("ExecStart=/usr/bin/env $HARBOR_COMPOSE -f /opt/harbor/harbor/docker-compose.yml "
-            "up -d\n") in unit
+    # From the release folder itself (cd -P), as install.sh runs it: no recreation at boot.
+    assert ("ExecStart=/bin/sh -c \"cd -P '/opt/harbor/harbor' && exec $$HARBOR_COMPOSE "
+            "-p harbor up -d\"\n") in unit
 
 
 # ---------------------------------------------------------------- render_site: writes
@@ -356,6 +358,17 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
                                 harbor_values=site.harbor)
     assert result.dry_run and all(c.status == "created" for c in result.changes)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("folder", ["/opt/har bor", "/opt/$HOME", "/opt/`id`", "/opt/a;b",
+                                    "/opt/it's", "/opt/50%"])
+def test_an_install_folder_a_shell_or_unit_file_would_split_is_refused(
+        tmp_path: Path, folder: str) -> None:
+    site = dataclasses.replace(make_site(), install=Install(dir=Path(folder)))
+    with pytest.raises(RenderError, match="install.dir") as refused:
+        render.render_site(site, output_dir=tmp_path, harbor_values=site.harbor)
+    assert "without spaces, quotes, $" in (refused.value.hint or "")
+    assert not any(tmp_path.iterdir())  # nothing half-written
 
 
 def test_failed_validator_replaces_nothing(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

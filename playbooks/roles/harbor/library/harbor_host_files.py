@@ -16,6 +16,7 @@ with ``no_log``. With ``--diff`` each change is reported as Ansible's ``diff``.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
@@ -213,9 +214,33 @@ def ensure_account(module: AnsibleModule, account: dict[str, Any] | None) -> lis
     return [what for what, _ in steps]
 
 
+# Where cron records that its @reboot jobs have run since boot (/run is emptied at boot):
+# Debian's cron, cronie.
+CRON_BOOT_MARKERS = ("/run/crond.reboot", "/run/cron.reboot")
+
+
+def mark_boot_jobs_run() -> None:
+    """Starting cron here is not a boot: its @reboot jobs must not run now.
+
+    A cron that starts for the first time since boot runs every @reboot line, the role's
+    own among them (`compose up -d` in the active release), while the Harbor install.sh just
+    started is still coming up, outside the host's job lock. Compose then meets containers
+    whose harbor-core is migrating the schema; a recreated core dies mid-migration and leaves
+    schema_migrations dirty. Marking the boot's jobs as run keeps them for the next boot.
+    """
+    for marker in CRON_BOOT_MARKERS:
+        if not os.path.isdir(os.path.dirname(marker)):
+            continue
+        with contextlib.suppress(FileExistsError):  # this boot's jobs have run already
+            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                             0o644))
+
+
 def start(module: AnsibleModule, names: list[str]) -> list[str]:
     systemd = os.path.isdir("/run/systemd/system")
     for name in names if not module.check_mode else []:
+        if name == "cron" and not systemd:
+            mark_boot_jobs_run()
         argv = ["systemctl", "start", name] if systemd else ["service", name, "start"]
         rc, out, err = module.run_command(argv)
         if rc != 0:
