@@ -262,8 +262,10 @@ class PlaybookRun:
     """One ansible-playbook process; iterate it for progress lines, then read ``outcome``."""
 
     def __init__(self, argv: list[str], env: dict[str, str], *, output_path: Path,
-                 cwd: Path | None = None, timeout: float = 3600) -> None:
+                 cwd: Path | None = None, timeout: float = 3600,
+                 hold_fds: tuple[int, ...] = ()) -> None:
         self.argv, self.env, self.cwd, self.timeout = argv, env, cwd, timeout
+        self.hold_fds = hold_fds
         self.outcome = PlaybookOutcome(output_path=output_path)
 
     def __iter__(self) -> Iterator[str]:
@@ -278,7 +280,8 @@ class PlaybookRun:
             try:
                 proc = subprocess.Popen(  # noqa: S603 - argv built by build_command
                     self.argv, env=env, cwd=self.cwd, stdin=subprocess.DEVNULL,
-                    stdout=out, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
+                    stdout=out, stderr=subprocess.STDOUT,
+                    pass_fds=(write_fd, *self.hold_fds),
                     start_new_session=True, preexec_fn=_die_with(os.getpid()))
             finally:
                 os.close(write_fd)
@@ -331,6 +334,11 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def run_playbook(argv: list[str], env: dict[str, str], *, output_path: Path,
-                 cwd: Path | None = None, timeout: float = 3600) -> PlaybookRun:
-    """Start-on-iteration handle: ``for line in run: ...`` then ``run.outcome``."""
-    return PlaybookRun(argv, env, output_path=output_path, cwd=cwd, timeout=timeout)
+                 cwd: Path | None = None, timeout: float = 3600,
+                 hold_fds: tuple[int, ...] = ()) -> PlaybookRun:
+    """Start-on-iteration handle: ``for line in run: ...`` then ``run.outcome``.
+
+    ``hold_fds`` are inherited by ansible-playbook (a work folder's owner lock: the folder
+    counts as in use until the playbook too has ended)."""
+    return PlaybookRun(argv, env, output_path=output_path, cwd=cwd, timeout=timeout,
+                       hold_fds=hold_fds)

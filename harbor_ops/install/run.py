@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -32,6 +30,7 @@ from harbor_ops.core.errors import (
 from harbor_ops.core.hashing import sha256_file
 from harbor_ops.core.lock import job_lock
 from harbor_ops.core.paths import log_dir
+from harbor_ops.core.workdir import private_workdir
 from harbor_ops.hosts import health
 from harbor_ops.hosts import playbook as runner
 from harbor_ops.releases import bundle as bundle_mod
@@ -43,7 +42,7 @@ if TYPE_CHECKING:
 PLAYBOOK = "install.yml"
 HEALTH_TASK = "Fail naming the components that are not healthy"
 HOST_LOCK_TASK = "Fail because another harborctl job runs on this host"
-STAGING_PREFIX = "harborctl-install-"
+STAGING_KIND = "install"  # the staging folder: harborctl-install-XXXX in the temp dir
 VERDICT_FILE = "preflight-verdict.json"
 
 
@@ -283,37 +282,40 @@ def _render_and_run(site: Site, *, bundle: Path, digest: str, inventory: Path | 
     from harbor_ops.install.schedule import install_controller_schedule, needs_controller_schedule
     from harbor_ops.render.engine import render_site
 
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX))  # 0700: harbor.yml has secrets
-    try:
-        gate.start(staging / VERDICT_FILE)
+    with private_workdir(STAGING_KIND) as work:  # 0700: harbor.yml has secrets
+        staging = work.path
         try:
-            progress(f"render: harbor.yml and host files for Harbor {site.release.version}")
-            render_site(site, output_dir=staging / "files")
-            argv, env = runner.build_command(
-                playbook=runner.playbook_path(PLAYBOOK), work_dir=staging / "run",
-                log_path=log_path, hosts=site.hosts, inventory=inventory, forks=forks,
-                check=check, ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys,
-                extra_vars={**role_vars(site, bundle=bundle, bundle_sha256=digest,
-                                        staging=staging / "files"),
-                            # The Compose commands come with the verdict.
-                            "harbor_preflight_verdict": str(staging / VERDICT_FILE),
-                            # install() holds the job lock here, the lock of a local host.
-                            "harbor_job_lock_held_locally": not check})
-        except Exception:
-            gate.finish()  # a refusal first: it names the cause (a missing certificate...)
-            raise
-        run = runner.run_playbook(argv, env, output_path=output_path, cwd=staging / "run",
-                                  timeout=timeout)
-        _relay(run, gate, progress)
-        gate.finish()  # a refusal (the playbook stopped at the wait) raises here
-        schedule: list[str] = []
-        if run.outcome.ok and schedule_root is not None and needs_controller_schedule(site):
-            schedule = install_controller_schedule(staging / "files", schedule_root)
-            progress(f"controller: agent schedule for the SSH hosts in {', '.join(schedule)}")
-        return run.outcome, schedule
-    finally:
-        gate.join()  # its verdict goes into the staging folder: removed only after
-        shutil.rmtree(staging, ignore_errors=True)
+            gate.start(staging / VERDICT_FILE)
+            try:
+                progress(f"render: harbor.yml and host files for Harbor {site.release.version}")
+                render_site(site, output_dir=staging / "files")
+                argv, env = runner.build_command(
+                    playbook=runner.playbook_path(PLAYBOOK), work_dir=staging / "run",
+                    log_path=log_path, hosts=site.hosts, inventory=inventory, forks=forks,
+                    check=check, ssh_config=ssh_config,
+                    accept_new_host_keys=accept_new_host_keys,
+                    extra_vars={**role_vars(site, bundle=bundle, bundle_sha256=digest,
+                                            staging=staging / "files"),
+                                # The Compose commands come with the verdict.
+                                "harbor_preflight_verdict": str(staging / VERDICT_FILE),
+                                # install() holds the job lock here, the lock of a local host.
+                                "harbor_job_lock_held_locally": not check})
+            except Exception:
+                gate.finish()  # a refusal first: it names the cause (a missing certificate...)
+                raise
+            run = runner.run_playbook(argv, env, output_path=output_path, cwd=staging / "run",
+                                      timeout=timeout, hold_fds=(work.lock_fd,))
+            _relay(run, gate, progress)
+            gate.finish()  # a refusal (the playbook stopped at the wait) raises here
+            schedule: list[str] = []
+            if (run.outcome.ok and schedule_root is not None
+                    and needs_controller_schedule(site)):
+                schedule = install_controller_schedule(staging / "files", schedule_root)
+                progress("controller: agent schedule for the SSH hosts in "
+                         f"{', '.join(schedule)}")
+            return run.outcome, schedule
+        finally:
+            gate.join()  # its verdict goes into the staging folder: removed only after
 
 
 def _relay(lines: Iterable[str], gate: PreflightGate, progress: Callable[[str], None]) -> None:

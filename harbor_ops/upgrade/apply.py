@@ -17,8 +17,6 @@ stays on a healthy release.
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +34,7 @@ from harbor_ops.core.errors import (
     UpgradeRolledBack,
     UsageError,
 )
+from harbor_ops.core.workdir import private_workdir, sweep_stale
 from harbor_ops.hosts import facts as host_facts
 from harbor_ops.hosts import joblock
 from harbor_ops.hosts import playbook as runner
@@ -217,6 +216,9 @@ def apply(site: Site, *, to: str | None, host: str | None, opts: Options, dry_ru
         return result
     if dry_run:
         return result
+    # A killed run's staging folder (its rendered harbor.yml) goes even when no hop is left
+    # to run here (a kill in ``finish``): private_workdir sweeps only when it makes one.
+    sweep_stale()
     todo = [(e, o) for e, o in zip(entries, result.hosts, strict=True)
             if o.outcome != "up_to_date"]
 
@@ -515,8 +517,8 @@ def run_hop_playbook(site: Site, entry: HostEntry, opts: Options, *, number: int
     out_path = opts.log_dir / f"upgrade-{entry.name}-{stamp}.out"
     for path in (log_path, out_path):
         path.touch(mode=0o600, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix="harborctl-upgrade-"))  # 0700: harbor.yml
-    try:
+    with private_workdir("upgrade") as work:  # 0700: harbor.yml
+        staging = work.path
         render_site(dataclasses.replace(site, release=tgt), output_dir=staging / "files",
                     validate=False)
         extra = hop_vars(site, number=number, src=src, tgt=tgt, steps=steps, run_id=run_id,
@@ -528,12 +530,10 @@ def run_hop_playbook(site: Site, entry: HostEntry, opts: Options, *, number: int
             log_path=log_path, hosts=[entry], extra_vars=extra, ssh_config=opts.ssh_config,
             accept_new_host_keys=opts.accept_new_host_keys)
         run = runner.run_playbook(argv, env, output_path=out_path, cwd=staging / "run",
-                                  timeout=opts.timeout)
+                                  timeout=opts.timeout, hold_fds=(work.lock_fd,))
         for line in run:
             progress(line)
         return run.outcome
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _bundle_for(bundle_dir: Path | None, rel: hv.Release) -> Path:

@@ -35,6 +35,7 @@ LABEL = "kill-steps-2.14.4-with-rows"
 ROLLED_BACK = 11  # UpgradeRolledBack's exit code
 
 bundles, snapshot = up.one_hop_fixtures(OLD, NEW, LABEL)
+run_tmpdir = up.run_tmpdir
 
 
 def _apply(argv: list[str], err: Path) -> int:
@@ -45,26 +46,38 @@ def _apply(argv: list[str], err: Path) -> int:
 
 @pytest.mark.parametrize("step", ["stop", "switch", "gate", "finish"])
 def test_kill_at_a_step_then_apply_again_ends_healthy(
-        testbed: TestBed, snapshot: tuple[Path, str], bundles: Path, step: str) -> None:
+        testbed: TestBed, snapshot: tuple[Path, str], bundles: Path, step: str,
+        run_tmpdir: Path) -> None:
+    """... and the killed run's staging folder (0700, the rendered harbor.yml in it) is
+    swept by the next run, which leaves none of its own."""
     site_dir, counts = snapshot
     host = up.restored(testbed, "h1", LABEL)
     site = up.site_at(site_dir, host, testbed.client_key, NEW)
-    argv = up.apply_argv(site, testbed, site_dir, bundles, "--health-retries", "12")
+    argv = up.apply_argv(site, testbed, site_dir, bundles, "--health-retries", "12",
+                         tmpdir=run_tmpdir)
     err = site_dir / f"kill-{step}.err"
     code = up.kill_when(argv, host, up.began(step), err)
     assert code == -signal.SIGKILL, err.read_text()[-2000:]
+    left = up.staging_left(run_tmpdir)
+    # (a kill meant for ``finish``, the last step, may land after the playbook ended and
+    # its folder went)
+    assert len(left) == 1 or (step == "finish" and not left), left
+    assert all((run_tmpdir / name / "files" / "harbor.yml").exists() for name in left)
     again = _apply(argv, err)
     assert again in (0, ROLLED_BACK), err.read_text()[-3000:]
+    assert up.staging_left(run_tmpdir) == []
     print(f"kill at {step}: the next apply exited {again}")  # shown with -s
     if again == ROLLED_BACK:  # its retry failed: see the next test, which makes it fail
         up.healthy_with_every_row(host, OLD, counts)
         again = _apply(argv, err)
     assert again == 0, err.read_text()[-3000:]
     up.healthy_with_every_row(host, NEW, counts, snapshot_dropped=True)
+    assert up.staging_left(run_tmpdir) == []
 
 
 def test_kills_before_the_window_then_a_retry_that_fails_is_rolled_back(
-        testbed: TestBed, snapshot: tuple[Path, str], bundles: Path) -> None:
+        testbed: TestBed, snapshot: tuple[Path, str], bundles: Path, run_tmpdir: Path
+) -> None:
     """One chain (one restore, one hop's work; one case for the five steps before the window,
     to keep CI short): killed during the controller's backup, then each next `apply` killed
     when ``unpack`` (a half-unpacked release folder), ``load_images``, ``configure`` and
@@ -78,7 +91,8 @@ def test_kills_before_the_window_then_a_retry_that_fails_is_rolled_back(
     host = up.restored(testbed, "h1", LABEL)
     site = up.site_at(site_dir, host, testbed.client_key, NEW)
     # 6 x 5 s: the failing gate's wait; the old release comes back well inside it
-    argv = up.apply_argv(site, testbed, site_dir, bundles, "--health-retries", "6")
+    argv = up.apply_argv(site, testbed, site_dir, bundles, "--health-retries", "6",
+                         tmpdir=run_tmpdir)
     err = site_dir / "kill-before-the-window.err"
     err.touch()
     code = up.kill_when(argv, host, lambda _: f"-> {NEW}: backup ...\n" in err.read_text(), err)
@@ -107,10 +121,12 @@ def test_kills_before_the_window_then_a_retry_that_fails_is_rolled_back(
     up.healthy_with_every_row(host, OLD, counts)
     assert host.exec("ls -A /data/.harborctl-upgrade").stdout.strip() == ""
     assert not list((site_dir / "backups" / "h1").glob("*.partial"))
+    assert up.staging_left(run_tmpdir) == []  # each killed run's, swept by the next
 
 
 def test_an_ssh_drop_in_the_window_is_recovered_by_the_same_run(
-        testbed: TestBed, snapshot: tuple[Path, str], bundles: Path) -> None:
+        testbed: TestBed, snapshot: tuple[Path, str], bundles: Path, run_tmpdir: Path
+) -> None:
     """While harborctl lives, the SSH session running the window helper is cut at ``stop``
     (Harbor is down from there on; its sshd processes are killed on the host, the host's
     sshd keeps listening). Ansible ends the play without its rescue; harborctl reconnects,
@@ -122,7 +138,8 @@ def test_an_ssh_drop_in_the_window_is_recovered_by_the_same_run(
     site_dir, counts = snapshot
     host = up.restored(testbed, "h1", LABEL)
     site = up.site_at(site_dir, host, testbed.client_key, NEW)
-    argv = up.apply_argv(site, testbed, site_dir, bundles, "--health-retries", "12")
+    argv = up.apply_argv(site, testbed, site_dir, bundles, "--health-retries", "12",
+                         tmpdir=run_tmpdir)
     err = site_dir / "ssh-drop.err"
     with open(err, "wb") as out:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=out)
@@ -142,3 +159,4 @@ def test_an_ssh_drop_in_the_window_is_recovered_by_the_same_run(
     assert events.count(("stop", "end")) == 1 and events[-1] == ("finish", "end"), events
     assert events.index(("stop", "end")) < events.index(("snapshot", "begin")), events
     up.healthy_with_every_row(host, NEW, counts, snapshot_dropped=True)
+    assert up.staging_left(run_tmpdir) == []

@@ -9,11 +9,13 @@ folder are already private to each pytest process (tests/conftest.py).
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,27 @@ def healthy_with_every_row(host: Host, release: str, counts: str,
         assert host.exec("ls -A /data/.harborctl-upgrade").stdout.strip() == ""
 
 
+@pytest.fixture
+def run_tmpdir() -> Iterator[Path]:
+    """The TMPDIR of the harborctl runs of one test (pass it to :func:`apply_argv`): the
+    staging folder a killed run leaves (the rendered harbor.yml in it) lands there, and the
+    folder is removed after the test. A folder of its own under the system's temp dir, mode
+    0711, not pytest's tmp_path: the per-hop backup's restore drill runs its scratch
+    PostgreSQL as ``postgres`` in TMPDIR, and tmp_path's parents are 0700."""
+    folder = Path(tempfile.mkdtemp(prefix="hctl-test-run-"))
+    folder.chmod(0o711)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def staging_left(tmp: Path) -> list[str]:
+    """The staging folders of install and upgrade runs in ``tmp`` (a run's TMPDIR)."""
+    return sorted(p.name for pattern in ("harborctl-upgrade-*", "harborctl-install-*")
+                  for p in tmp.glob(pattern))
+
+
 def journal(host: Host) -> list[Entry]:
     """The host's upgrade journal, one entry a line (none before the first apply)."""
     text = host.exec(f"cat {JOURNAL}", check=False).stdout
@@ -110,10 +133,15 @@ def opts(testbed: TestBed, site_dir: Path, bundle_dir: Path, health_retries: int
 
 
 def apply_argv(site: Site, testbed: TestBed, site_dir: Path, bundle_dir: Path,
-               *extra: str) -> list[str]:
-    """`harborctl upgrade apply` for ``site`` as a user types it (the venv's harborctl)."""
+               *extra: str, tmpdir: Path | None = None) -> list[str]:
+    """`harborctl upgrade apply` for ``site`` as a user types it (the venv's harborctl).
+
+    ``tmpdir``: its TMPDIR (:func:`run_tmpdir`). Set for harborctl alone
+    (``env`` execs it, same pid): the bed hosts' daemons, started by the test process, must
+    keep theirs."""
     assert site.path is not None
-    return [str(Path(sys.executable).with_name("harborctl")), "upgrade", "apply", "--yes",
+    env = ["env", f"TMPDIR={tmpdir}"] if tmpdir is not None else []
+    return [*env, str(Path(sys.executable).with_name("harborctl")), "upgrade", "apply", "--yes",
             "-c", str(site.path), "--bundle-dir", str(bundle_dir),
             "--ssh-config", str(testbed.ssh_config_path), "--log-dir", str(site_dir / "logs"),
             "--backup-dir", str(site_dir / "backups"), *extra]
