@@ -138,7 +138,8 @@ def apply_cmd(to: str | None, config: Path, host: str | None, ssh_config: Path |
     Refuses before anything changes; per hop: verified backup, images loaded while the
     old release serves, a short downtime window, a health gate, and an automatic rollback
     of version AND data on failure. Exit 11: a hop failed and the host was rolled back;
-    exit 12: the rollback failed (a person is needed). Safe to run again after a crash.
+    exit 12: the rollback failed (a person is needed); exit 15: a host stayed unreachable
+    mid-hop (run again once it answers). Safe to run again after a crash.
     """
     from harbor_ops.upgrade.apply import apply
     from harbor_ops.upgrade.learning import load_site_learning

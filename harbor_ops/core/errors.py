@@ -110,12 +110,19 @@ class UpgradeRolledBack(HarborctlError):
 
 
 class RollbackFailed(HarborctlError):
-    """An upgrade rollback failed: a person is needed (the state and next command are named).
-
-    Also when the host became unreachable mid-hop and stayed so past the reconnect bounds."""
+    """An upgrade rollback failed: a person is needed (the state and next command are named)."""
 
     exit_code = 12
     label = "rollback failed"
+
+
+class HostUnreachable(HarborctlError):
+    """A host stayed unreachable mid-hop: its state is unknown here, Harbor may be down."""
+
+    # No rollback ran, so this is not 12; a re-run once the host answers over SSH finishes
+    # or rolls back the hop from the host's journal (the message names it).
+    exit_code = 15
+    label = "host unreachable mid-upgrade"
 
 
 class DoctorProblems(HarborctlError):
@@ -151,6 +158,7 @@ EXIT_CODES: dict[int, str] = {
             RollbackFailed,
             DoctorProblems,
             EnvironmentMissing,
+            HostUnreachable,
         )
     },
 }

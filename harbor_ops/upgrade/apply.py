@@ -28,6 +28,7 @@ from packaging.version import Version
 
 from harbor_ops.core.errors import (
     HarborctlError,
+    HostUnreachable,
     RemoteError,
     RollbackFailed,
     UpgradePathError,
@@ -63,7 +64,8 @@ class HostOutcome:
     """What happened on one host: its plan, each hop's recorded steps, where it ended."""
 
     plan: HostPlan
-    # planned|refused|up_to_date|done|rolled_back|rollback_failed, and in a rollout that
+    # planned|refused|up_to_date|done|rolled_back|rollback_failed|unreachable (the host
+    # stayed away mid-hop: no rollback ran, its release is unknown), and in a rollout that
     # stopped: failed (an error, nothing of its hop changed), stopped (ended its hop on a
     # healthy release, started no new one), not_started
     outcome: str = "planned"
@@ -242,9 +244,10 @@ def apply(site: Site, *, to: str | None, host: str | None, opts: Options, dry_ru
 
 
 def rollout_error(hosts: list[HostOutcome]) -> HarborctlError | None:
-    """The rollout's error, the gravest first: a failed rollback (12), a rolled-back hop
-    (11), then a host's own error (its code); None when every host ended well."""
-    for kind in ("rollback_failed", "rolled_back"):
+    """The rollout's error, the gravest first: a failed rollback (12), a host that stayed
+    unreachable mid-hop (15: Harbor may be down there), a rolled-back hop (11), then a
+    host's own error (its code); None when every host ended well."""
+    for kind in ("rollback_failed", "unreachable", "rolled_back"):
         bad = [o for o in hosts if o.outcome == kind]
         if bad:
             return _error_for(bad[0], also=[o.plan.host for o in bad[1:]])
@@ -265,6 +268,9 @@ def _error_for(o: HostOutcome, also: list[str] | None = None) -> HarborctlError:
         return UpgradeRolledBack(o.message, hint="the host is healthy on "
                                  f"{o.on_release} with every row; fix the cause, then run "
                                  "upgrade apply again")
+    if o.outcome == "unreachable":
+        return HostUnreachable(o.message, hint="no rollback ran; once the host answers over "
+                               "SSH, run `harborctl upgrade apply` again")
     return RollbackFailed(o.message, hint="a person is needed: see `harborctl upgrade status`")
 
 
@@ -460,7 +466,7 @@ class HostRun:
     def _unreachable(self, drop: reconnect.HostDropped, why: str) -> None:
         """The host stays away: the exact state known, and the command that finishes it.
         Its release is not known (the window may have switched it): ``on_release`` None."""
-        self.o.outcome, self.o.on_release = "rollback_failed", None
+        self.o.outcome, self.o.on_release = "unreachable", None
         self.o.message = (
             f"hop {drop.number} ({drop.source} -> {drop.target}): the connection to "
             f"{self.entry.name} dropped ({drop.why}) and {why}; the hop is unfinished: on the "

@@ -1,5 +1,6 @@
-"""The host stays unreachable mid-hop: `upgrade apply` ends with exit 12, naming the state
-and the next command; once the host answers again, the next `apply` finishes from the
+"""The host stays unreachable mid-hop: `upgrade apply` ends with exit 15 (outcome
+``unreachable``: no rollback ran, not ``rollback_failed``), naming the state and the next
+command; once the host answers again, the next `apply` finishes from the
 journal.
 
 Harbor 2.14.4 is installed once with rows and kept as a bed snapshot. `upgrade apply` to
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.integration
 
 OLD, NEW = "2.14.4", "2.15.2"
 LABEL = "unreachable-2.14.4-with-rows"
-ROLLBACK_FAILED = 12  # RollbackFailed's exit code: a person is needed
+UNREACHABLE = 15  # HostUnreachable's exit code: run again once the host answers
 # Tries 1 s apart, none begun 15 s after the drop: with the bed's ConnectTimeout of 10 s,
 # two tries that each time out.
 RECONNECT = "1,15"
@@ -51,12 +52,12 @@ def _cut_off(host: Host) -> str:
     return up.drop_window_session(host)
 
 
-def test_a_host_that_stays_unreachable_ends_with_exit_12_and_the_next_apply_finishes(
+def test_a_host_that_stays_unreachable_ends_with_exit_15_and_the_next_apply_finishes(
         testbed: TestBed, snapshot: tuple[Path, str], bundles: Path) -> None:
-    """exit 12 after the bounded tries; the output names the hop, what was lost, the
-    journal and the next command, and says the release is not known; on the host the
-    helper finished ``stop`` and began nothing more (Harbor down, the journal's last line
-    ``stop end``). Once SSH answers again, the same command continues at ``snapshot`` and
+    """exit 15 after the bounded tries, outcome ``unreachable``; the output names the hop,
+    what was lost, the journal and the next command, and says the release is not known; on
+    the host the helper finished ``stop`` and began nothing more (Harbor down, the journal's
+    last line ``stop end``). Once SSH answers again, the same command continues at ``snapshot`` and
     ends on 2.15.2 with every row (exit 0)."""
     site_dir, counts = snapshot
     host = up.restored(testbed, "h1", LABEL)
@@ -77,13 +78,13 @@ def test_a_host_that_stays_unreachable_ends_with_exit_12_and_the_next_apply_fini
                     proc.wait()
         text = err.read_text()
         assert cut, text[-3000:]
-        assert proc.returncode == ROLLBACK_FAILED, text[-3000:]
+        assert proc.returncode == UNREACHABLE, text[-3000:]
         assert "h1: not reachable yet (try 1 of at most 30" in text, text[-3000:]
         assert "reachable again" not in text
         result = json.loads(stdout)
-        assert result["exit_code"] == ROLLBACK_FAILED
+        assert result["exit_code"] == UNREACHABLE
         (out_host,) = result["hosts"]
-        assert (out_host["outcome"], out_host["on_release"]) == ("rollback_failed", None)
+        assert (out_host["outcome"], out_host["on_release"]) == ("unreachable", None)
         message = out_host["message"]
         for words in (f"hop 1 ({OLD} -> {NEW}): the connection to h1 dropped",
                       "no answer in 2 tries", f"may be down on {OLD} or {NEW}",

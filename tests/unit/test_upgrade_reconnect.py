@@ -82,10 +82,11 @@ def test_the_time_bounds_the_wait_and_no_sleep_goes_past_it() -> None:
     assert got.value.seconds == 52
 
 
-def test_a_host_that_stays_away_ends_the_run_with_exit_12_naming_state_and_next_command(
+def test_a_host_that_stays_away_ends_the_run_with_exit_15_naming_state_and_next_command(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """HostRun's recovery against a real refused connection (a closed port on this machine):
-    the tries are printed, then rollback_failed with the hop, the journal and the command."""
+    the tries are printed, then the outcome ``unreachable`` (no rollback ran: not
+    ``rollback_failed``) with the hop, the journal and the command."""
     from harbor_ops.upgrade.apply import HostOutcome, HostRun, Options, rollout_error
     from harbor_ops.upgrade.plan import HostPlan
     from harbor_ops.upgrade.reconnect import HostDropped
@@ -106,13 +107,19 @@ def test_a_host_that_stays_away_ends_the_run_with_exit_12_naming_state_and_next_
     drop = HostDropped("0123456789abcdef", 1, "2.14.4", "2.15.2", "h1: window: unreachable")
     assert run._recover(drop, 1) is None
     assert any(line.startswith("h1: not reachable yet (try 1 of at most 2") for line in lines)
-    assert (outcome.outcome, outcome.on_release) == ("rollback_failed", None)
+    assert (outcome.outcome, outcome.on_release) == ("unreachable", None)
     assert "hop 1 (2.14.4 -> 2.15.2): the connection to h1 dropped" in outcome.message
     assert "no answer in 2 tries" in outcome.message
     assert "/var/lib/harborctl/upgrade.journal" in outcome.message
     assert "run `harborctl upgrade apply` again" in outcome.message
     error = rollout_error([outcome])
-    assert error is not None and error.exit_code == 12
+    assert error is not None and error.exit_code == 15
+    assert "no rollback ran" in (error.hint or "")
+    # Beside a host whose rollback failed the graver code wins; beside a rolled-back one, 15.
+    failed = HostOutcome(HostPlan(host="h2"), outcome="rollback_failed")
+    rolled = HostOutcome(HostPlan(host="h3"), outcome="rolled_back", on_release="2.14.4")
+    graver = [rollout_error(hs) for hs in ([outcome, failed], [rolled, outcome])]
+    assert [e.exit_code if e else None for e in graver] == [12, 15]
     assert outcome.reconnects[0]["hop"] == 1 and "seconds" in outcome.reconnects[0]
     # A host that keeps dropping: no further try after the third drop.
     again = HostRun(make_site("2.15.2"), entry, HostOutcome(HostPlan(host="h1")), opts,
