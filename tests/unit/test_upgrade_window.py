@@ -200,8 +200,64 @@ def test_a_snapshot_without_its_pre_copy_copies_everything(
         m.setattr(uw.TreeCopy, "sync", full)
         window.precopy()
     assert window.tree is None and not Path(cfg["snapshot"] + ".partial").exists()
+    ran = _commands(monkeypatch)
     window.run_steps(["snapshot"])
     assert _tree(Path(cfg["snapshot"]) / "database") == _tree(data / "database")
+    assert ran == []  # copied by TreeCopy, as after a pre-copy: no `cp -a` beside it
+
+
+def _commands(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The commands the helper starts from now on (none may run here: no docker, no cp)."""
+    ran: list[list[str]] = []
+
+    def background(argv: list[str], cwd: str | None = None) -> None:
+        ran.append(argv)
+        raise AssertionError(f"a command was started: {argv}")
+
+    monkeypatch.setattr(uw, "Background", background)
+    return ran
+
+
+def _fsynced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths fsynced from now on, in order (journal lines included)."""
+    done: list[str] = []
+    fsync = os.fsync
+
+    def record(fd: int) -> None:
+        fsync(fd)
+        done.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+    monkeypatch.setattr(uw.os, "fsync", record)
+    return done
+
+
+def test_the_rollback_copies_the_snapshot_back_whole_and_on_disk_before_it_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rb_restore puts back every byte, mode, owner (uid 999 keeps the database) and time of
+    the snapshot with the snapshot's own copier (no `cp -a`), and every file and folder it
+    put back, and the data folder holding them, is fsynced before its ``end`` line is
+    journaled: a power loss after the host is declared rolled back finds the old data,
+    not pages that were only in memory."""
+    cfg = _config(tmp_path)
+    data = tmp_path / "data"
+    _harbor_data(data)
+    window = uw.Window(cfg, Alive())
+    window.run_steps(["snapshot"])
+    snap = Path(cfg["snapshot"])
+    before = {d: _tree(data / d) for d in ("database", "redis", "secret")}
+    (data / "database" / "pg15" / "PG_VERSION").write_text("18\n")  # the new release's
+    (data / "database" / "pg18").mkdir()
+    (data / "redis" / "dump.rdb").write_bytes(b"REDIS0012")
+    ran, synced = _commands(monkeypatch), _fsynced(monkeypatch)
+    window.run_steps(["rb_restore"])
+    assert ran == []
+    for d in ("database", "redis", "secret"):
+        assert _tree(data / d) == before[d] == _tree(snap / d)
+    assert (data / "database").stat().st_uid == 999
+    end = max(i for i, p in enumerate(synced) if p == cfg["journal"])  # the end line
+    restored = {str(p) for d in ("database", "redis", "secret")
+                for p in [data / d, *(data / d).rglob("*")] if not p.is_symlink()}
+    assert restored | {str(data)} <= set(synced[:end]), sorted(restored - set(synced[:end]))
 
 
 MOUNTINFO = """\
