@@ -33,6 +33,7 @@ DUPLICATE_SCHEDULES = """
       VALUES ('RETENTION', 1, '0 0 0 * * *'), ('RETENTION', 1, '0 0 1 * * *');"""
 
 bundles, snapshot = up.one_hop_fixtures(OLD, NEW, LABEL)
+run_tmpdir = up.run_tmpdir
 
 
 def _apply(testbed: TestBed, site_dir: Path, bundles: Path, host: Host) -> ApplyResult:
@@ -66,8 +67,17 @@ def test_a_failing_new_release_is_rolled_back(testbed: TestBed, snapshot: tuple[
     up.on_release_with_every_row(host, OLD, counts)
 
 
+def _whole_error(result: ApplyResult, host: Host) -> str:
+    """All a failed run says: its error, each host's message, and the window's ``fail``
+    lines in the host's journal (the step's whole error and the containers' last lines)."""
+    fails = [f"journal: {e['step']} failed: {e.get('msg')}" for e in up.journal(host)
+             if e["event"] == "fail"]
+    return "\n".join([str(result.error), *(o.message for o in result.hosts), *fails])
+
+
 def test_a_reboot_in_the_window_then_apply_again_reaches_the_target(
-        testbed: TestBed, snapshot: tuple[Path, str], bundles: Path) -> None:
+        testbed: TestBed, snapshot: tuple[Path, str], bundles: Path, run_tmpdir: Path
+) -> None:
     """harborctl dies with the host: SIGKILL when the window's snapshot begins, then the host
     reboots (dockerd stopped and started, containers back by their restart policy, the
     @reboot line run). The boot path must start nothing while the window is open; the
@@ -75,7 +85,8 @@ def test_a_reboot_in_the_window_then_apply_again_reaches_the_target(
     site_dir, counts = snapshot
     host = up.restored(testbed, "h1", LABEL)
     site = up.site_at(site_dir, host, testbed.client_key, NEW)
-    code = up.kill_when(up.apply_argv(site, testbed, site_dir, bundles), host, lambda j: any(
+    argv = up.apply_argv(site, testbed, site_dir, bundles, tmpdir=run_tmpdir)
+    code = up.kill_when(argv, host, lambda j: any(
         e["step"] == "snapshot" and e["event"] == "begin" for e in j), site_dir / "killed.err")
     assert code == -signal.SIGKILL, (site_dir / "killed.err").read_text()[-2000:]
     testbed.snapshot("h1", "rebooted-in-the-window")  # halt (dockerd stopped), then boot
@@ -87,7 +98,7 @@ def test_a_reboot_in_the_window_then_apply_again_reaches_the_target(
     states = host.exec("docker ps -a --format '{{.Names}} {{.State}}'").stdout.split("\n")
     assert {line.split()[1] for line in states if line.strip()} <= {"created"}, states
     result = _apply(testbed, site_dir, bundles, host)
-    assert result.error is None, result.error
+    assert result.error is None, _whole_error(result, host)
     assert (result.hosts[0].outcome, result.hosts[0].on_release) == ("done", NEW)
     assert up.psql(host, up.COUNT_SQL) == counts
     assert host.exec("ls /data/database").stdout.split() == ["pg18"]

@@ -456,3 +456,51 @@ def test_a_signal_stops_the_helper_at_the_next_step_boundary() -> None:
         assert dog.gone()
     finally:
         uw.STOPPING.clear()
+
+
+FAKE_DOCKER = """#!/bin/sh
+n=$(($(cat "$0.calls" 2>/dev/null || echo 0) + 1))
+echo $n > "$0.calls"
+[ "$n" -gt "$FAILS" ] || { echo "Cannot connect to the Docker daemon" >&2; exit 1; }
+echo 27.5.1
+"""
+
+
+def _fake_docker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: int) -> Path:
+    """A ``docker`` first on PATH that fails its first ``fails`` calls (dockerd starting)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    docker.write_text(FAKE_DOCKER)
+    docker.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAILS", str(fails))
+    return bin_dir / "docker.calls"
+
+
+def test_a_window_waits_for_dockerd_before_its_first_step(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a reboot dockerd may still be starting when the resumed window begins: the
+    helper asks until it answers (bounded), then runs its steps."""
+    calls = _fake_docker(tmp_path, monkeypatch, fails=3)
+    (tmp_path / "harbor-2.15.2").mkdir()
+    (tmp_path / "harbor").symlink_to("harbor-2.14.4")
+    cfg = {**_config(tmp_path), "docker_wait": 30}
+    uw.Window(cfg, Alive()).run_steps(["switch"])
+    assert calls.read_text().strip() == "4"
+    assert os.readlink(tmp_path / "harbor") == "harbor-2.15.2"
+
+
+def test_the_wait_for_dockerd_is_bounded(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dockerd that never answers: after ``docker_wait`` s the steps run (and fail with
+    their own error where they need docker); without ``docker_wait`` nothing is asked."""
+    calls = _fake_docker(tmp_path, monkeypatch, fails=10 ** 6)
+    (tmp_path / "harbor-2.15.2").mkdir()
+    (tmp_path / "harbor").symlink_to("harbor-2.14.4")
+    uw.Window(_config(tmp_path), Alive()).run_steps(["switch"])
+    assert not calls.exists()
+    began = time.monotonic()
+    uw.Window({**_config(tmp_path), "docker_wait": 1}, Alive()).run_steps(["switch"])
+    assert 1 <= time.monotonic() - began < 5
+    assert int(calls.read_text()) >= 2
