@@ -75,16 +75,15 @@ def test_a_lock_inherited_by_a_child_keeps_the_folder_after_the_run_died(
         tmp_path: Path) -> None:
     """The playbook a run started (it inherits the lock) still ends: its folder stays."""
     child = CHILD.replace(
-        "time.sleep(60)",
-        "import subprocess; subprocess.Popen(['sleep', '60'], pass_fds=(work.lock_fd,))\n"
-        "    time.sleep(60)")
+        "    print(work.path, flush=True)",
+        "    import subprocess\n"
+        "    sleeper = subprocess.Popen(['sleep', '60'], pass_fds=(work.lock_fd,))\n"
+        "    print(work.path, sleeper.pid, flush=True)")
     proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "TMPDIR": str(tmp_path)})
     assert proc.stdout is not None
-    folder = Path(proc.stdout.readline().strip())
-    time.sleep(0.2)
-    sleeper = subprocess.run(["pgrep", "-P", str(proc.pid), "sleep"], capture_output=True,
-                             text=True, check=True).stdout.split()
+    path, pid = proc.stdout.readline().split()
+    folder, sleeper = Path(path), [pid]
     _killed(proc)
     try:
         assert workdir.sweep_stale(tmp_path) == []
