@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from harbor_ops.backup.sources import (
     pg_major_of,
 )
 from harbor_ops.core.errors import BackupError, EnvironmentMissing
+from harbor_ops.core.workdir import private_workdir
 
 PG_ROOT_ENV = "HARBORCTL_PG_ROOT"  # where postgresql-NN lives (tests point it elsewhere)
 DB_IMAGE_SUFFIX = "harbor-db"
@@ -65,26 +65,42 @@ def scratch_cluster(major: str, *, root: Path | None = None,
 
 @contextmanager
 def _local_cluster(bindir: Path, root: Path | None) -> Iterator[Scratch]:
-    folder = Path(tempfile.mkdtemp(prefix="harborctl-drill-", dir=root))
-    data = folder / "data"
-    try:
-        if os.geteuid() == 0:
+    # The cluster holds a whole copy of Harbor's database: its folder is a private work
+    # folder, so a drill killed with -9 leaves it (and its still running server, ended with
+    # SIGQUIT, PostgreSQL's immediate shutdown) to the next run's sweep. As root the server
+    # runs as postgres in a subfolder of its own; the work folder only lets it through.
+    as_root = os.geteuid() == 0
+    with private_workdir("drill", root=root, shared=as_root) as work:
+        folder = work.path / "pg"
+        folder.mkdir(mode=0o700)
+        if as_root:
             shutil.chown(folder, "postgres", "postgres")
-        os.chmod(folder, 0o700)
-        _as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
-                      "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"], "initdb")
-        opts = (f"-p 5432 -k {folder} -c listen_addresses='' -c fsync=off "
-                "-c full_page_writes=off -c synchronous_commit=off")
-        _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"),
-                      "-o", opts, "-w", "-t", "60", "start"], "pg_ctl start")
-        yield Scratch(ExternalSource(host=str(folder), port=5432, user="postgres",
-                                     dbname="postgres", bindir=bindir),
-                      f"this machine's PostgreSQL binaries in {bindir}")
-    finally:  # also after a signal that came while the server was starting
-        if (data / "postmaster.pid").exists():
-            _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w",
-                          "stop"], "pg_ctl stop", check=False)
-        shutil.rmtree(folder, ignore_errors=True)
+        data = folder / "data"
+        try:
+            _as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
+                          "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"], "initdb")
+            opts = (f"-p 5432 -k {folder} -c listen_addresses='' -c fsync=off "
+                    "-c full_page_writes=off -c synchronous_commit=off")
+            _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"),
+                          "-o", opts, "-w", "-t", "60", "start"], "pg_ctl start")
+            work.adopt(_postmaster_pid(data), "SIGQUIT")
+            yield Scratch(ExternalSource(host=str(folder), port=5432, user="postgres",
+                                         dbname="postgres", bindir=bindir),
+                          f"this machine's PostgreSQL binaries in {bindir}")
+        finally:  # also after a signal that came while the server was starting
+            if (data / "postmaster.pid").exists():
+                _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
+                              "-w", "stop"], "pg_ctl stop", check=False)
+
+
+def _postmaster_pid(data: Path) -> int:
+    """The scratch server's pid (the first line of its postmaster.pid)."""
+    try:
+        first = (data / "postmaster.pid").read_text(encoding="ascii").split("\n", 1)[0]
+        return int(first.strip())
+    except (OSError, ValueError) as exc:
+        raise BackupError(f"scratch cluster: no server pid in {data}/postmaster.pid ({exc})"
+                          ) from None
 
 
 def _as_postgres(argv: list[str], what: str, *, check: bool = True) -> None:

@@ -9,12 +9,19 @@ playbook still ending keeps its folder too). Every new folder first sweeps the s
 a folder is removed only when all of this holds, anything else is left alone:
 
 - its name starts with ``harborctl-``, it is a real folder (never a link, never followed),
-  owned by this user, mode 0700;
+  owned by this user, mode 0700 (or 0711, a ``shared`` folder: see below);
 - it holds a regular owner file, owned by this user, whose flock is free (no live holder);
 - the file names a process that is gone (no such pid, another start time, another boot).
 
 A folder without a readable owner record (made by an older harborctl, or one whose maker
 was killed before it wrote the record) is never removed: nothing proves it is a dead run's.
+
+A run may also record the processes it started that live in the folder and would outlive it
+(:meth:`WorkDir.adopt`: the restore drill's scratch PostgreSQL, whose data is a whole copy of
+Harbor's database). Before a stale folder is removed, each of them that still runs (same pid,
+start time and boot) is sent its recorded signal and given up to ``CHILD_EXIT_SECONDS`` to end.
+A ``shared`` folder (0711) lets another user (``postgres``) reach a subfolder of its own by
+name; nobody else can list it.
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +44,10 @@ PREFIX = "harborctl-"
 OWNER_FILE = ".harborctl-owner"
 _MAX_RECORD = 4096
 _MAX_ENTRIES = 10_000  # the temp dir's entries looked at by one sweep
+_MAX_CHILDREN = 8
+CHILD_EXIT_SECONDS = 10.0
+# The signals a recorded process may be ended with (a record is data: never any other).
+CHILD_SIGNALS = {"SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT, "SIGQUIT": signal.SIGQUIT}
 
 
 @dataclass(frozen=True)
@@ -44,22 +57,38 @@ class WorkDir:
     path: Path
     lock_fd: int
 
+    def adopt(self, pid: int, end_with: str = "SIGTERM") -> None:
+        """Record ``pid`` (a process started by this run) to be ended with ``end_with`` if
+        this run dies and a later sweep removes the folder."""
+        if end_with not in CHILD_SIGNALS:
+            raise ValueError(f"end_with: {end_with!r} is not one of {sorted(CHILD_SIGNALS)}")
+        record = _parse(os.pread(self.lock_fd, _MAX_RECORD, 0)) or _me()
+        known = record.get("children")
+        children = [c for c in known if isinstance(c, dict)] if isinstance(known, list) else []
+        children.append({"pid": pid, "start": _start_time(pid), "signal": end_with})
+        _write_record(self.lock_fd, {**record, "children": children[-_MAX_CHILDREN:]})
+
 
 @contextmanager
-def private_workdir(kind: str) -> Iterator[WorkDir]:
-    """A new ``harborctl-<kind>-XXXX`` folder (0700) in the temp dir, deleted on exit.
+def private_workdir(kind: str, *, root: Path | None = None,
+                    shared: bool = False) -> Iterator[WorkDir]:
+    """A new ``harborctl-<kind>-XXXX`` folder (0700; 0711 when ``shared``) in ``root`` (the
+    temp dir by default), deleted on exit.
 
-    The stale folders of dead runs are swept first (see the module's docstring).
+    The stale folders of dead runs in the same place are swept first (see the module's
+    docstring).
     """
-    sweep_stale()
-    path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{kind}-"))
+    sweep_stale(root)
+    path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{kind}-", dir=root))
     fd = -1
     try:
+        if shared:
+            os.chmod(path, 0o711)
         # Lock before the record is written: a sweep that finds a record finds it locked.
         fd = os.open(path / OWNER_FILE, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                      | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, json.dumps(_me()).encode())
+        _write_record(fd, _me())
         yield WorkDir(path, fd)
     finally:
         shutil.rmtree(path, ignore_errors=True)
@@ -115,6 +144,7 @@ def _remove_if_stale(rfd: int, entry: os.DirEntry[str]) -> bool:
             record = _parse(os.read(mfd, _MAX_RECORD))
             if record is None or _alive(record):
                 return False
+            _end_children(record)
             # Removed while the lock is held, by name under the temp dir, never following
             # a link (rmtree's fd-based walk); another run's new folder has another name.
             shutil.rmtree(entry.name, dir_fd=rfd)
@@ -129,7 +159,40 @@ def _remove_if_stale(rfd: int, entry: os.DirEntry[str]) -> bool:
 
 def _private_dir(st: os.stat_result) -> bool:
     return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
-            and stat.S_IMODE(st.st_mode) == 0o700)
+            and stat.S_IMODE(st.st_mode) in (0o700, 0o711))
+
+
+def _write_record(fd: int, record: dict[str, object]) -> None:
+    data = json.dumps(record).encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, data, 0)
+
+
+def _end_children(record: dict[str, object]) -> None:
+    """Signal each recorded process of a dead run that still runs; wait (bounded) for them."""
+    if record.get("boot") != _boot_id():
+        return  # another boot: none of them runs
+    children = record.get("children")
+    ended: list[tuple[int, int]] = []
+    for child in children[:_MAX_CHILDREN] if isinstance(children, list) else []:
+        if not isinstance(child, dict):
+            continue
+        pid, start, name = child.get("pid"), child.get("start"), child.get("signal")
+        if not (isinstance(pid, int) and pid > 1 and isinstance(start, int)
+                and name in CHILD_SIGNALS):
+            continue
+        if not _running(pid, start):
+            continue  # gone, or the pid is another process's now
+        try:
+            os.kill(pid, CHILD_SIGNALS[str(name)])
+        except OSError:
+            continue
+        ended.append((pid, start))
+    deadline = time.monotonic() + CHILD_EXIT_SECONDS
+    while ended and time.monotonic() < deadline:
+        ended = [(pid, start) for pid, start in ended if _running(pid, start)]
+        if ended:
+            time.sleep(0.05)
 
 
 def _me() -> dict[str, object]:
@@ -155,6 +218,16 @@ def _alive(record: dict[str, object]) -> bool:
     assert isinstance(pid, int)
     start = _start_time(pid)
     return start is not None and start == record.get("start")
+
+
+def _running(pid: int, start: int) -> bool:
+    """The process ``pid`` that started at ``start`` still runs (not ended, not a zombie)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    fields = text.rsplit(")", 1)[-1].split()
+    return len(fields) > 19 and fields[0] != "Z" and fields[19] == str(start)
 
 
 def _start_time(pid: int) -> int | None:

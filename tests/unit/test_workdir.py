@@ -158,3 +158,60 @@ def test_another_users_folder_is_kept(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr(workdir.os, "geteuid", lambda: mine + 1)  # the sweep of another user
     assert workdir.sweep_stale(tmp_path) == []
     assert (folder / "harbor.yml").exists()
+
+
+def test_a_process_the_dead_run_adopted_is_ended_before_its_folder_goes(tmp_path: Path) -> None:
+    """The drill's scratch server outlives a killed harborctl: the sweep ends it first."""
+    child = CHILD.replace(
+        "    print(work.path, flush=True)",
+        "    import subprocess\n"
+        "    server = subprocess.Popen(['sleep', '60'], start_new_session=True)\n"
+        "    work.adopt(server.pid, 'SIGTERM')\n"
+        "    print(work.path, server.pid, flush=True)")
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert proc.stdout is not None
+    path, pid = proc.stdout.readline().split()
+    start = workdir._start_time(int(pid))
+    assert start is not None
+    try:
+        _killed(proc)
+        assert workdir._running(int(pid), start)  # the kill left it running
+        assert workdir.sweep_stale(tmp_path) == [Path(path).name]
+        assert not workdir._running(int(pid), start)
+    finally:
+        if workdir._running(int(pid), start):
+            os.kill(int(pid), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("child", [
+    {"signal": "SIGKILL"},                     # only the signals the module names
+    {"signal": "SIGTERM", "start": -1},        # the pid is another process's now
+])
+def test_a_recorded_process_is_signalled_only_when_the_record_proves_it(
+        tmp_path: Path, child: dict[str, object]) -> None:
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        start = workdir._start_time(sleeper.pid)
+        entry = {"pid": sleeper.pid, "start": start, **child}
+        dead = {"pid": _gone_pid(), "start": 1, "boot": workdir._boot_id(), "children": [entry]}
+        _dead_folder(tmp_path, "harborctl-drill-x", dead)
+        assert workdir.sweep_stale(tmp_path) == ["harborctl-drill-x"]
+        assert sleeper.poll() is None  # still running: not signalled
+    finally:
+        sleeper.kill()
+        sleeper.wait(timeout=10)
+
+
+def test_adopt_takes_only_the_named_signals(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(workdir.tempfile, "tempdir", str(tmp_path))
+    with workdir.private_workdir("drill", shared=True) as work:
+        assert work.path.stat().st_mode & 0o777 == 0o711
+        with pytest.raises(ValueError, match="SIGKILL"):
+            work.adopt(os.getpid(), "SIGKILL")
+        work.adopt(os.getpid(), "SIGQUIT")
+        record = json.loads((work.path / workdir.OWNER_FILE).read_text())
+        assert record["pid"] == os.getpid()
+        assert record["children"] == [{"pid": os.getpid(), "start": workdir._start_time(
+            os.getpid()), "signal": "SIGQUIT"}]
