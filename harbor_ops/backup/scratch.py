@@ -5,6 +5,8 @@ Two ways, tried in order: the server binaries of that major on this machine
 ``harbor-db`` image on the Docker engine harborctl talks to (``DOCKER_HOST``), which
 carries exactly the major its Harbor release uses: one container, no network, its data
 in an anonymous volume removed with it, reached by ``docker exec`` like harbor-db itself.
+Either way a drill killed with -9 leaves nothing for long: the next drill ends and removes
+what a dead run of this machine left (its work folder's server, its labelled container).
 Neither there is an environment problem (exit 14), never a bad backup.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -32,11 +35,15 @@ from harbor_ops.backup.sources import (
     pg_major_of,
 )
 from harbor_ops.core.errors import BackupError, EnvironmentMissing
-from harbor_ops.core.workdir import private_workdir
+from harbor_ops.core.workdir import owner_token, private_workdir, token_is_dead
 
 PG_ROOT_ENV = "HARBORCTL_PG_ROOT"  # where postgresql-NN lives (tests point it elsewhere)
 DB_IMAGE_SUFFIX = "harbor-db"
 START_SECONDS = 120
+DRILL_PREFIX = "harborctl-drill-"
+DRILL_CONTAINER = re.compile(re.escape(DRILL_PREFIX) + "[0-9a-f]{12}")
+# Which run made a drill container (core.workdir.owner_token): a killed run's is removed.
+OWNER_LABEL = "io.harborctl.drill-owner"
 
 
 class Scratch:
@@ -122,9 +129,10 @@ def _container_cluster(major: str, harbor_version: str | None) -> Iterator[Scrat
         "are loaded (DOCKER_HOST)")
     if docker is None:
         raise missing
+    _remove_dead_drills(docker)
     tried: list[str] = []
     for image in _db_images(docker, harbor_version):
-        name = f"harborctl-drill-{secrets.token_hex(6)}"
+        name = f"{DRILL_PREFIX}{secrets.token_hex(6)}"
         try:
             got = _start(docker, image, name)
             if got == major:
@@ -140,6 +148,23 @@ def _container_cluster(major: str, harbor_version: str | None) -> Iterator[Scrat
     if tried:
         missing.message += f" (tried {', '.join(tried)})"
     raise missing
+
+
+def _remove_dead_drills(docker: str) -> list[str]:
+    """Remove the drill containers (and their data volumes) of runs killed with -9 on this
+    machine; their names. What the engine lists is only read as data: a name must be a
+    drill container's, and its owner a run of this machine that is gone."""
+    proc = subprocess.run([docker, "ps", "-a", "--filter", f"label={OWNER_LABEL}",
+                           "--format", f'{{{{.Names}}}}\t{{{{.Label "{OWNER_LABEL}"}}}}'],
+                          capture_output=True, text=True, timeout=60, check=False)
+    removed = []
+    for line in proc.stdout.splitlines()[:100] if proc.returncode == 0 else []:
+        name, _, owner = line.partition("\t")
+        if DRILL_CONTAINER.fullmatch(name) and token_is_dead(owner):
+            subprocess.run([docker, "rm", "-f", "-v", name], capture_output=True,
+                           timeout=120, check=False)
+            removed.append(name)
+    return removed
 
 
 def _db_images(docker: str, harbor_version: str | None) -> list[str]:
@@ -163,6 +188,7 @@ def _db_images(docker: str, harbor_version: str | None) -> list[str]:
 def _start(docker: str, image: str, name: str) -> str:
     """Run ``image`` as Harbor does (its own entrypoint, a fresh data volume); its major."""
     run = subprocess.run([docker, "run", "-d", "--name", name, "--network", "none",
+                          "--label", f"{OWNER_LABEL}={owner_token()}",
                           "-v", "/var/lib/postgresql/data", image],
                          capture_output=True, text=True, timeout=120, check=False)
     if run.returncode != 0:

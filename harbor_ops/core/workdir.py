@@ -157,6 +157,32 @@ def _remove_if_stale(rfd: int, entry: os.DirEntry[str]) -> bool:
         os.close(dfd)
 
 
+def owner_token() -> str:
+    """This run as one word (machine, boot, pid, start time), for things that are not
+    folders, e.g. a container's label; :func:`token_is_dead` judges it later."""
+    me = _me()
+    return f"{_machine_id()}:{me['boot']}:{me['pid']}:{me['start']}"
+
+
+def token_is_dead(token: str) -> bool:
+    """Is the run ``token`` names provably gone? False for another machine's run (its
+    processes are not ours to judge) and for anything that is not such a token."""
+    parts = token.split(":")
+    if len(parts) != 4 or not parts[2].isdigit() or not parts[3].isdigit():
+        return False
+    machine, boot, pid, start = parts
+    if not machine or machine != _machine_id():
+        return False
+    return not _alive({"pid": int(pid), "start": int(start), "boot": boot})
+
+
+def _machine_id() -> str:
+    try:
+        return Path("/etc/machine-id").read_text(encoding="ascii").strip()
+    except OSError:
+        return ""
+
+
 def _private_dir(st: os.stat_result) -> bool:
     return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
             and stat.S_IMODE(st.st_mode) in (0o700, 0o711))

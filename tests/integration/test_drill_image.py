@@ -110,3 +110,50 @@ def test_a_killed_drill_leaves_no_container_or_volume(
                       progress=kill)
     assert _leftovers(engine) == before
     assert list_backups(site.backups)[0].verified is None
+
+
+# A drill's container, as the drill opens it; says its name and waits to be killed.
+CHILD = f"""
+import time
+from harbor_ops.backup.scratch import scratch_cluster
+with scratch_cluster("15", harbor_version="{VERSION}") as scratch:
+    print(scratch.admin.container, flush=True)
+    time.sleep(300)
+"""
+
+
+def test_a_drill_container_a_kill_9_left_is_removed_by_the_next_drill(
+        engine: DockerEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from harbor_ops.backup import scratch
+
+    (tmp_path / "no-postgresql").mkdir()
+    monkeypatch.setenv("HARBORCTL_PG_ROOT", str(tmp_path / "no-postgresql"))
+    monkeypatch.setenv("DOCKER_HOST", engine.env["DOCKER_HOST"])
+    # Another controller's drill on a shared engine is never this machine's to remove.
+    theirs = "harborctl-drill-" + "0" * 12
+    engine.run("create", "--name", theirs, "--label",
+               f"{scratch.OWNER_LABEL}=another-machine:boot:1:1", f"goharbor/harbor-db:v{VERSION}")
+    proc = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ})
+    name = ""
+    try:
+        assert proc.stdout is not None
+        name = proc.stdout.readline().strip()
+        assert scratch.DRILL_CONTAINER.fullmatch(name), name
+        assert scratch._remove_dead_drills("docker") == []  # its drill still runs
+        proc.kill()  # -9: no finally removes it
+        proc.wait(timeout=30)
+        assert name in _leftovers(engine)[0]
+        assert scratch._remove_dead_drills("docker") == [name]
+        assert _leftovers(engine)[0].count(name) == 0 and theirs in _leftovers(engine)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        for left in (theirs, name):
+            if left:
+                engine.run("rm", "-f", "-v", left, check=False)

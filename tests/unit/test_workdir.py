@@ -215,3 +215,13 @@ def test_adopt_takes_only_the_named_signals(tmp_path: Path,
         assert record["pid"] == os.getpid()
         assert record["children"] == [{"pid": os.getpid(), "start": workdir._start_time(
             os.getpid()), "signal": "SIGQUIT"}]
+
+
+def test_an_owner_token_is_dead_only_for_a_gone_run_of_this_machine() -> None:
+    mine = workdir.owner_token()
+    machine, boot, _pid, _start = mine.split(":")
+    assert not workdir.token_is_dead(mine)  # this run lives
+    assert workdir.token_is_dead(f"{machine}:{boot}:{_gone_pid()}:1")
+    assert workdir.token_is_dead(f"{machine}:another-boot:{os.getpid()}:{_start}")
+    for other in (f"another-machine:{boot}:{_gone_pid()}:1", "", "a:b:c:d", "x" * 50):
+        assert not workdir.token_is_dead(other)
