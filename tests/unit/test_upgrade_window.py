@@ -504,3 +504,118 @@ def test_the_wait_for_dockerd_is_bounded(tmp_path: Path,
     uw.Window({**_config(tmp_path), "docker_wait": 1}, Alive()).run_steps(["switch"])
     assert 1 <= time.monotonic() - began < 5
     assert int(calls.read_text()) >= 2
+
+
+# Harbor's make/photon/prepare/templates/docker_compose/docker-compose.yml.jinja, rendered
+# (abridged: every service's depends_on as Harbor writes it, other keys kept as samples).
+HARBOR_COMPOSE = """\
+version: '2.3'
+services:
+  log:
+    image: goharbor/harbor-log:v2.15.2
+    container_name: harbor-log
+    restart: always
+    ports:
+      - 127.0.0.1:1514:10514
+    networks:
+      - harbor
+  registry:
+    image: goharbor/registry-photon:v2.15.2
+    container_name: registry
+    volumes:
+      - /data/registry:/storage:z
+    depends_on:
+      - log
+    logging:
+      driver: "syslog"
+      options:
+        syslog-address: "tcp://localhost:1514"
+  registryctl:
+    image: goharbor/harbor-registryctl:v2.15.2
+    depends_on:
+      - log
+  postgresql:
+    image: goharbor/harbor-db:v2.15.2
+    container_name: harbor-db
+    depends_on:
+      - log
+  core:
+    image: goharbor/harbor-core:v2.15.2
+    container_name: harbor-core
+    depends_on:
+      - log
+      - registry
+      - redis
+      - postgresql
+  portal:
+    image: goharbor/harbor-portal:v2.15.2
+    depends_on:
+      - log
+  jobservice:
+    image: goharbor/harbor-jobservice:v2.15.2
+    depends_on:
+      - core
+  redis:
+    image: goharbor/redis-photon:v2.15.2
+    depends_on:
+      - log
+  proxy:
+    image: goharbor/nginx-photon:v2.15.2
+    container_name: nginx
+    depends_on:
+      - registry
+      - core
+      - portal
+      - log
+networks:
+  harbor:
+    external: false
+"""
+
+
+def test_the_start_order_is_read_from_harbors_compose_file() -> None:
+    graph = uw.compose_depends(HARBOR_COMPOSE)
+    assert graph is not None
+    assert graph["core"] == ["log", "registry", "redis", "postgresql"]
+    assert graph["log"] == [] and graph["proxy"] == ["registry", "core", "portal", "log"]
+    assert uw.needing(graph, "postgresql") == {"core", "jobservice", "proxy"}
+    assert uw.levels(graph, ["core", "jobservice", "proxy"]) == [["core"],
+                                                                 ["jobservice", "proxy"]]
+    order = uw.ordered(graph)
+    for svc, deps in graph.items():
+        assert all(order.index(d) < order.index(svc) for d in deps), (svc, order)
+
+
+def test_the_start_order_is_read_from_a_pyyaml_dump_and_the_mapping_form() -> None:
+    yaml = pytest.importorskip("yaml")
+    doc = {"services": {
+        "log": {"image": "l", "volumes": ["/var/log/harbor/:/var/log/docker/:z"]},
+        "postgresql": {"image": "d", "depends_on": ["log"], "shm_size": "1gb"},
+        "core": {"image": "c", "depends_on": {"postgresql": {"condition": "service_started"},
+                                              "log": {"condition": "service_started"}}},
+        "proxy": {"image": "n", "depends_on": ["core"], "ports": ["8080:8080"]}},
+        "networks": {"harbor": {"external": False}}}
+    for text in (yaml.safe_dump(doc, sort_keys=False, default_flow_style=False),
+                 yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, indent=4)):
+        graph = uw.compose_depends(text)
+        assert graph == {"log": [], "postgresql": ["log"], "core": ["postgresql", "log"],
+                         "proxy": ["core"]}, text
+
+
+@pytest.mark.parametrize("text", [
+    "",
+    "services: {log: {image: l}}\n",                     # flow style: not read
+    "services:\n  core:\n    depends_on: [log, db]\n  log:\n    image: l\n",  # db undefined
+    "services:\n  core:\n    depends_on: log\n  log:\n    image: l\n",
+])
+def test_a_compose_file_of_another_shape_leaves_the_order_to_compose(text: str) -> None:
+    assert uw.compose_depends(text) is None
+
+
+def test_a_database_nobody_listens_for_is_not_ready_yet() -> None:
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago, nobody listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert uw.db_answer("127.0.0.1", port) == "not yet"
