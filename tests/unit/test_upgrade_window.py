@@ -619,3 +619,41 @@ def test_a_database_nobody_listens_for_is_not_ready_yet() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     assert uw.db_answer("127.0.0.1", port) == "not yet"
+
+
+def _compose_v1() -> tuple[str, list[str]]:
+    import shutil
+
+    path = shutil.which("docker-compose") or ""
+    python = uw.compose_python(path) if path else None
+    if python is None:
+        pytest.skip("needs compose v1's Python script (docker-compose 1.x)")
+    return path, python
+
+
+def test_a_preloaded_compose_runs_only_on_go_and_never_from_its_folder(
+        tmp_path: Path) -> None:
+    path, python = _compose_v1()
+    (tmp_path / "docker-compose.yml").write_text("services:\n  core:\n    image: c\n")
+    (tmp_path / "compose.py").write_text("raise SystemExit('imported from the folder')\n")
+    argv = [path, "-f", str(tmp_path / "docker-compose.yml"), "config", "--services"]
+    unused = uw.Preloaded(python, argv, str(tmp_path))
+    ran = uw.Preloaded(python, argv, str(tmp_path))
+    unused.abandon()
+    assert unused.proc.returncode == 0
+    assert ran.go()
+    assert ran.wait(timeout=120) == "core\n"
+
+
+def test_compose_is_preloaded_only_where_it_is_v1s_python_script(tmp_path: Path) -> None:
+    frozen = tmp_path / "docker-compose"
+    frozen.write_bytes(b"\x7fELF\x02\x01\x01\x00")
+    other = tmp_path / "tool"
+    other.write_text("#!/usr/bin/python3\nprint('not compose')\n")
+    assert uw.compose_python(str(frozen)) is None
+    assert uw.compose_python(str(other)) is None
+    assert uw.compose_python(str(tmp_path / "missing")) is None
+    script = tmp_path / "compose-v1"
+    script.write_text("#!/usr/bin/python3 -s\nimport re\nimport sys\n"
+                      "from compose.cli.main import main\nsys.exit(main())\n")
+    assert uw.compose_python(str(script)) == ["/usr/bin/python3", "-s"]
