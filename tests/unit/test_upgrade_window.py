@@ -587,7 +587,8 @@ def test_the_start_order_is_read_from_harbors_compose_file() -> None:
 
 
 def test_the_start_order_is_read_from_a_pyyaml_dump_and_the_mapping_form() -> None:
-    yaml = pytest.importorskip("yaml")
+    import yaml
+
     doc = {"services": {
         "log": {"image": "l", "volumes": ["/var/log/harbor/:/var/log/docker/:z"]},
         "postgresql": {"image": "d", "depends_on": ["log"], "shm_size": "1gb"},
@@ -624,10 +625,12 @@ def test_a_database_nobody_listens_for_is_not_ready_yet() -> None:
 def _compose_v1() -> tuple[str, list[str]]:
     import shutil
 
+    from tests.bed.fixtures import unavailable
+
     path = shutil.which("docker-compose") or ""
     python = uw.compose_python(path) if path else None
     if python is None:
-        pytest.skip("needs compose v1's Python script (docker-compose 1.x)")
+        unavailable("needs compose v1's Python script (docker-compose 1.x)")
     return path, python
 
 
