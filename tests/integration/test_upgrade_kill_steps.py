@@ -84,9 +84,11 @@ def test_kills_before_the_window_then_a_retry_that_fails_is_rolled_back(
     ``count_rows`` began, each picking up at the step that was cut; the kill lands inside
     its step (the run's last journal line is that step's ``begin``; the backup journals
     nothing until it ended). The next `apply` goes on into the window and is killed at
-    ``gate``; then the double's ``core-unhealthy`` switch is set (only the retry's prepare
-    mounts it), so the `apply` after it rolls the hop back, tries it again, and that try
-    fails: exit 11, back on 2.14.4 with every row."""
+    ``gate``, which the double's ``health-unhealthy`` switch holds in its wait (a gate that
+    passes at its first question could end before the kill lands); then that switch goes and
+    ``core-unhealthy`` is set (core reads it only at its start: the retry's), so the `apply`
+    after it rolls the hop back, tries it again, and that try fails: exit 11, back on 2.14.4
+    with every row."""
     site_dir, counts = snapshot
     host = up.restored(testbed, "h1", LABEL)
     site = up.site_at(site_dir, host, testbed.client_key, NEW)
@@ -99,16 +101,19 @@ def test_kills_before_the_window_then_a_retry_that_fails_is_rolled_back(
     assert code == -signal.SIGKILL and "backup done" not in err.read_text(), err.read_text()
     assert up.journal(host) == []
     cut = None  # the step the last kill cut: where the next run must pick up
-    for step in ("unpack", "load_images", "configure", "count_rows", "gate"):
-        assert up.kill_when(argv, host, up.began(step), err) == -signal.SIGKILL, (
-            err.read_text()[-2000:])  # (kill_when starts err afresh for each run)
-        last = up.journal(host)[-1]
-        assert (last["step"], last["event"]) == (step, "begin"), last
-        assert cut is None or f"stopped at {cut} before the data could change: resume" in (
-            err.read_text()), err.read_text()[-2000:]
-        cut = step
-    host.exec(f"mkdir -p /data/bed-faults && echo v{NEW} > /data/bed-faults/core-unhealthy")
+    # The new release's prepare (configure) mounts the switches' folder into its core.
+    host.exec(f"mkdir -p /data/bed-faults && echo v{NEW} > /data/bed-faults/health-unhealthy")
     try:
+        for step in ("unpack", "load_images", "configure", "count_rows", "gate"):
+            assert up.kill_when(argv, host, up.began(step), err) == -signal.SIGKILL, (
+                err.read_text()[-2000:])  # (kill_when starts err afresh for each run)
+            last = up.journal(host)[-1]
+            assert (last["step"], last["event"]) == (step, "begin"), last
+            assert cut is None or f"stopped at {cut} before the data could change: resume" in (
+                err.read_text()), err.read_text()[-2000:]
+            cut = step
+        host.exec(f"rm /data/bed-faults/health-unhealthy && "
+                  f"echo v{NEW} > /data/bed-faults/core-unhealthy")
         again = _apply(argv, err)
     finally:
         host.exec("rm -rf /data/bed-faults")

@@ -14,8 +14,10 @@ What it does like Harbor's core (reference/harbor-facts.md §6, §10):
 * ``GET /api/v2.0/health`` -> each component's REAL state (SQL ``SELECT 1`` on the database,
   HTTP GET on the registry, a TCP connect to the others), sorted by name;
 * ``GET /api/v2.0/systeminfo`` -> ``harbor_version`` etc. only for an authenticated admin.
-Fault switch (tests): ``/data/bed-faults/core-unhealthy`` (see ``fault``): core migrates, then
-exits 1 at every start, so Harbor never becomes healthy.
+Fault switches (tests; see ``fault``): ``/data/bed-faults/core-unhealthy``: core migrates, then
+exits 1 at every start, so Harbor never becomes healthy; ``/data/bed-faults/health-unhealthy``:
+while it exists, health reports a component ``bed-fault`` unhealthy (read at each request, so
+a test can hold a health gate in its wait and let it pass later).
 Everything else is 404. Only the Python standard library, psql and openssl are used.
 """
 
@@ -198,6 +200,9 @@ def health() -> dict:
         if error is not None:
             item["error"] = error
         components.append(item)
+    if fault("health-unhealthy"):
+        components.append({"name": "bed-fault", "status": "unhealthy",
+                           "error": "harbor-bed fault health-unhealthy"})
     overall = all(c["status"] == "healthy" for c in components)
     return {"status": "healthy" if overall else "unhealthy", "components": components}
 
