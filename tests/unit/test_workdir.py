@@ -33,6 +33,18 @@ def _run_child(tmp: Path) -> tuple[subprocess.Popen[str], Path]:
     return proc, Path(proc.stdout.readline().strip())
 
 
+def _run_child_with_a_process(tmp: Path, start: str) -> tuple[subprocess.Popen[str], Path, int]:
+    """A run (CHILD) that also runs ``start``, which makes ``sleeper``; its folder, its pid."""
+    child = CHILD.replace("    print(work.path, flush=True)",
+                          f"    import subprocess\n    {start}\n"
+                          "    print(work.path, sleeper.pid, flush=True)")
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "TMPDIR": str(tmp)})
+    assert proc.stdout is not None
+    path, pid = proc.stdout.readline().split()
+    return proc, Path(path), int(pid)
+
+
 def _killed(proc: subprocess.Popen[str]) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
@@ -74,22 +86,13 @@ def test_the_folder_of_a_live_run_is_kept(tmp_path: Path) -> None:
 def test_a_lock_inherited_by_a_child_keeps_the_folder_after_the_run_died(
         tmp_path: Path) -> None:
     """The playbook a run started (it inherits the lock) still ends: its folder stays."""
-    child = CHILD.replace(
-        "    print(work.path, flush=True)",
-        "    import subprocess\n"
-        "    sleeper = subprocess.Popen(['sleep', '60'], pass_fds=(work.lock_fd,))\n"
-        "    print(work.path, sleeper.pid, flush=True)")
-    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "TMPDIR": str(tmp_path)})
-    assert proc.stdout is not None
-    path, pid = proc.stdout.readline().split()
-    folder, sleeper = Path(path), [pid]
+    proc, folder, pid = _run_child_with_a_process(
+        tmp_path, "sleeper = subprocess.Popen(['sleep', '60'], pass_fds=(work.lock_fd,))")
     _killed(proc)
     try:
         assert workdir.sweep_stale(tmp_path) == []
     finally:
-        for pid in sleeper:
-            os.kill(int(pid), signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and workdir.sweep_stale(tmp_path) == []:
         time.sleep(0.05)
@@ -162,26 +165,19 @@ def test_another_users_folder_is_kept(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_a_process_the_dead_run_adopted_is_ended_before_its_folder_goes(tmp_path: Path) -> None:
     """The drill's scratch server outlives a killed harborctl: the sweep ends it first."""
-    child = CHILD.replace(
-        "    print(work.path, flush=True)",
-        "    import subprocess\n"
-        "    server = subprocess.Popen(['sleep', '60'], start_new_session=True)\n"
-        "    work.adopt(server.pid, 'SIGTERM')\n"
-        "    print(work.path, server.pid, flush=True)")
-    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "TMPDIR": str(tmp_path)})
-    assert proc.stdout is not None
-    path, pid = proc.stdout.readline().split()
-    start = workdir._start_time(int(pid))
+    proc, path, pid = _run_child_with_a_process(
+        tmp_path, "sleeper = subprocess.Popen(['sleep', '60'], start_new_session=True); "
+        "work.adopt(sleeper.pid, 'SIGTERM')")
+    start = workdir._start_time(pid)
     assert start is not None
     try:
         _killed(proc)
-        assert workdir._running(int(pid), start)  # the kill left it running
-        assert workdir.sweep_stale(tmp_path) == [Path(path).name]
-        assert not workdir._running(int(pid), start)
+        assert workdir._running(pid, start)  # the kill left it running
+        assert workdir.sweep_stale(tmp_path) == [path.name]
+        assert not workdir._running(pid, start)
     finally:
-        if workdir._running(int(pid), start):
-            os.kill(int(pid), signal.SIGKILL)
+        if workdir._running(pid, start):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("child", [
