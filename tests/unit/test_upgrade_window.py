@@ -544,3 +544,22 @@ def test_compose_is_preloaded_only_where_it_is_v1s_python_script(tmp_path: Path)
     script.write_text("#!/usr/bin/python3 -s\nimport re\nimport sys\n"
                       "from compose.cli.main import main\nsys.exit(main())\n")
     assert uw.compose_python(str(script)) == ["/usr/bin/python3", "-s"]
+
+
+def test_a_network_whose_endpoints_are_still_being_released_is_removed_on_a_later_ask(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """dockerd releases a just-removed container's endpoint a moment later: ``network rm``
+    right after ``docker rm`` can fail with "has active endpoints" (seen once in CI)."""
+    calls = _fake_docker(tmp_path, monkeypatch, fails=3)
+    uw.remove_network("harbor_harbor")
+    assert calls.read_text().strip() == "4"
+
+
+def test_a_network_that_cannot_be_removed_fails_the_stop_in_bounded_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_docker(tmp_path, monkeypatch, fails=10 ** 6)
+    monkeypatch.setattr(uw, "NETWORK_RM_SECONDS", 0.5)
+    began = time.monotonic()
+    with pytest.raises(uw.StepFailed, match="docker network rm harbor_harbor"):
+        uw.remove_network("harbor_harbor")
+    assert time.monotonic() - began < 5
