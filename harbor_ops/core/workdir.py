@@ -248,25 +248,26 @@ def _alive(record: dict[str, object]) -> bool:
 
 def _running(pid: int, start: int) -> bool:
     """The process ``pid`` that started at ``start`` still runs (not ended, not a zombie)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return False
-    fields = text.rsplit(")", 1)[-1].split()
+    fields = _stat_fields(pid)
     return len(fields) > 19 and fields[0] != "Z" and fields[19] == str(start)
 
 
 def _start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (/proc/PID/stat, field 22)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return None
-    fields = text.rsplit(")", 1)[-1].split()
+    fields = _stat_fields(pid)
     try:
         return int(fields[19])
     except (IndexError, ValueError):
         return None
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name (state first); [] when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return []
+    return text.rsplit(")", 1)[-1].split()
 
 
 def _boot_id() -> str:

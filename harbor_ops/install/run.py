@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -27,6 +26,7 @@ from harbor_ops.core.errors import (
     RemoteError,
     UsageError,
 )
+from harbor_ops.core.fsutil import atomic_write
 from harbor_ops.core.hashing import sha256_file
 from harbor_ops.core.lock import job_lock
 from harbor_ops.core.paths import log_dir
@@ -262,13 +262,9 @@ class PreflightGate:
 
 
 def write_private_json(path: Path, data: dict[str, Any]) -> None:
-    """``data`` as JSON at ``path``, 0600, appearing whole (a rename): the role's wait reads
-    the file as soon as it exists."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh)
-    os.replace(tmp, path)
+    """``data`` as JSON at ``path``, 0600, appearing whole (the project's atomic writer):
+    the role's wait reads the file as soon as it exists."""
+    atomic_write(path, json.dumps(data), mode=0o600)
 
 
 def _render_and_run(site: Site, *, bundle: Path, digest: str, inventory: Path | None,
