@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import secrets
 import shutil
+import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +44,10 @@ PG_ROOT_ENV = "HARBORCTL_PG_ROOT"  # where postgresql-NN lives (tests point it e
 DB_IMAGE_SUFFIX = "harbor-db"
 START_SECONDS = 120
 DRILL_PREFIX = "harborctl-drill-"
+# Where a root drill's cluster goes when the temp dir is closed to postgres (a TMPDIR under
+# root's 0700 home): the FHS temp folder that outlives a reboot, as a copy of a database may
+# be too big for a RAM /tmp; a killed drill's folder there is swept like any other.
+FALLBACK_ROOT = Path("/var/tmp")
 DRILL_CONTAINER = re.compile(re.escape(DRILL_PREFIX) + "[0-9a-f]{12}")
 # Which run made a drill container (core.workdir.owner_token): a killed run's is removed.
 OWNER_LABEL = "io.harborctl.drill-owner"
@@ -77,6 +84,8 @@ def _local_cluster(bindir: Path, root: Path | None) -> Iterator[Scratch]:
     # SIGQUIT, PostgreSQL's immediate shutdown) to the next run's sweep. As root the server
     # runs as postgres in a subfolder of its own; the work folder only lets it through.
     as_root = os.geteuid() == 0
+    if as_root:
+        root = _root_postgres_enters(root)
     with private_workdir("drill", root=root, shared=as_root) as work:
         folder = work.path / "pg"
         folder.mkdir(mode=0o700)
@@ -98,6 +107,47 @@ def _local_cluster(bindir: Path, root: Path | None) -> Iterator[Scratch]:
             if (data / "postmaster.pid").exists():
                 _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
                               "-w", "stop"], "pg_ctl stop", check=False)
+
+
+def _root_postgres_enters(root: Path | None) -> Path:
+    """The folder a root drill's cluster goes in: ``root`` if given, else the temp dir
+    (TMPDIR), else ``FALLBACK_ROOT``; the server runs as postgres, which must pass through
+    every folder above its own. None of them: an environment problem naming TMPDIR."""
+    try:
+        user = pwd.getpwnam("postgres")
+    except KeyError:
+        raise EnvironmentMissing(
+            "no postgres user to run the restore drill's PostgreSQL as",
+            hint="install the postgresql-NN server package, which creates it") from None
+    groups = set(os.getgrouplist(user.pw_name, user.pw_gid))
+    tried = [root] if root is not None else [Path(tempfile.gettempdir()), FALLBACK_ROOT]
+    for place in tried:
+        if passable(place, user.pw_uid, groups):
+            return place
+    where = " nor ".join(str(p) for p in tried)
+    raise EnvironmentMissing(
+        f"the restore drill's PostgreSQL runs as postgres, which cannot pass through {where}",
+        hint="set TMPDIR to a folder every user may pass through (mode o+x on it and on each "
+             "folder above it), e.g. /var/tmp")
+
+
+def passable(path: Path, uid: int, groups: set[int]) -> bool:
+    """Whether a user ``uid`` in ``groups`` may pass through ``path`` and every folder above
+    it (the execute bit of its class: owner, group or other; ACLs are not read, so a folder
+    open to it through an ACL only counts as closed)."""
+    try:
+        real = Path(os.path.realpath(path))
+        for folder in (real, *real.parents):
+            st = os.stat(folder)
+            if not stat.S_ISDIR(st.st_mode):
+                return False
+            bit = (stat.S_IXUSR if st.st_uid == uid
+                   else stat.S_IXGRP if st.st_gid in groups else stat.S_IXOTH)
+            if not st.st_mode & bit:
+                return False
+    except OSError:
+        return False
+    return True
 
 
 def _postmaster_pid(data: Path) -> int:

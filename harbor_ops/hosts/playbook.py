@@ -28,6 +28,7 @@ import yaml
 
 from harbor_ops.core.assets import shipped_dir
 from harbor_ops.core.errors import RemoteError
+from harbor_ops.core.fsutil import atomic_write
 from harbor_ops.hosts import ssh
 from harbor_ops.site.model import HostEntry
 
@@ -84,16 +85,6 @@ def inventory_data(hosts: Sequence[HostEntry]) -> dict[str, Any]:
     return {"all": {"children": {HOST_GROUP: {"hosts": entries}}}}
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Create ``path`` readable by its owner only, from the first byte on (O_EXCL)."""
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 def user_config() -> Path | None:
     """The ansible.cfg Ansible itself would read in harborctl's private working folders
     ($ANSIBLE_CONFIG, ~/.ansible.cfg, /etc/ansible/ansible.cfg, in Ansible's order), or None."""
@@ -113,7 +104,8 @@ def write_config(path: Path) -> None:
 
     Written only where the user has none (:func:`user_config`): a user's file is never
     copied, since Ansible resolves its relative paths against where it lies."""
-    _write_private(path, f"[defaults]\ninternal_poll_interval = {INTERNAL_POLL_INTERVAL}\n")
+    atomic_write(path, f"[defaults]\ninternal_poll_interval = {INTERNAL_POLL_INTERVAL}\n",
+                 mode=0o600)
 
 
 def build_command(*, playbook: Path, work_dir: Path, log_path: Path,
@@ -136,10 +128,12 @@ def build_command(*, playbook: Path, work_dir: Path, log_path: Path,
         raise ValueError("build_command needs hosts or an inventory")
     work_dir.mkdir(parents=True, exist_ok=True)
     vars_file = work_dir / EXTRA_VARS_FILE
-    _write_private(vars_file, json.dumps(extra_vars, indent=2, sort_keys=True, default=str))
+    atomic_write(vars_file, json.dumps(extra_vars, indent=2, sort_keys=True, default=str),
+                 mode=0o600)
     if inventory is None:
         inventory = work_dir / INVENTORY_FILE
-        _write_private(inventory, yaml.safe_dump(inventory_data(hosts), sort_keys=True))
+        atomic_write(inventory, yaml.safe_dump(inventory_data(hosts), sort_keys=True),
+                     mode=0o600)
     if forks is None:
         forks = max(1, min(len(hosts) or 10, 20))
     argv = [ansible_playbook_executable(), "-i", str(inventory), "--forks", str(forks),

@@ -4,7 +4,8 @@ The drill's scratch cluster holds a whole copy of Harbor's database. The drill r
 private work folder (:mod:`harbor_ops.core.workdir`) whose owner record names the server, so
 after a ``kill -9`` of harborctl (no ``finally`` runs) the next run's sweep ends the server
 (SIGQUIT, PostgreSQL's immediate shutdown) and removes the folder; while the drill lives the
-sweep touches neither. Real PostgreSQL 15 server binaries, as root (the server runs as
+sweep touches neither. As root, the folder goes where postgres may pass through: the temp
+dir, else /var/tmp. Real PostgreSQL 15 server binaries, as root (the server runs as
 postgres).
 """
 
@@ -22,7 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from harbor_ops.backup import scratch
 from harbor_ops.core import workdir
+from harbor_ops.core.errors import EnvironmentMissing
 from tests.bed.fixtures import unavailable
 from tests.integration.pgfixture import available
 
@@ -36,6 +39,14 @@ from harbor_ops.backup.scratch import scratch_cluster
 with scratch_cluster("15", root=Path(sys.argv[1])) as scratch:
     print(scratch.admin.host, flush=True)
     time.sleep(300)
+"""
+
+
+# A drill left to choose its folder, which ends normally: says where its cluster was.
+CHOOSING = """
+from harbor_ops.backup.scratch import scratch_cluster
+with scratch_cluster("15") as scratch:
+    print(scratch.admin.host, flush=True)
 """
 
 
@@ -93,3 +104,30 @@ def test_a_killed_drills_server_and_folder_are_swept_by_the_next_run(root: Path)
             pid = int(pidfile.read_text().split()[0])
             if _running(pid):
                 os.kill(pid, signal.SIGQUIT)
+
+
+def test_a_tmpdir_closed_to_postgres_sends_the_cluster_to_var_tmp(root: Path) -> None:
+    """TMPDIR under root's own 0700 home: initdb as postgres could not enter it."""
+    home = root / "home"
+    (home / "tmp").mkdir(parents=True)
+    home.chmod(0o700)
+    proc = subprocess.run([sys.executable, "-c", CHOOSING], capture_output=True, text=True,
+                          env={**os.environ, "TMPDIR": str(home / "tmp")}, timeout=180,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cluster = Path(proc.stdout.strip())  # <work folder>/pg
+    assert cluster.parent.parent == scratch.FALLBACK_ROOT
+    assert cluster.parent.name.startswith("harborctl-drill-")
+    assert not cluster.parent.exists(), "the drill's folder outlived it"
+    assert list((home / "tmp").iterdir()) == []
+
+
+def test_a_folder_given_closed_to_postgres_is_refused_by_name(root: Path) -> None:
+    home = root / "home"
+    (home / "tmp").mkdir(parents=True)
+    home.chmod(0o700)
+    with pytest.raises(EnvironmentMissing) as refused, \
+            scratch.scratch_cluster("15", root=home / "tmp"):
+        pass
+    assert "cannot pass through " + str(home / "tmp") in str(refused.value)
+    assert "TMPDIR" in str(refused.value)
