@@ -497,6 +497,54 @@ def test_a_drill_in_the_hosts_image_holds_its_lock_until_it_ends(fleet_bed: Flee
     assert again.returncode == 0, again.stderr
 
 
+def _drill_containers(host: Host) -> list[str]:
+    """The host's containers (running or not) of a restore drill in its harbor-db image."""
+    out = host.exec("docker ps -a --no-trunc --format '{{.ID}} {{.Command}}'").stdout
+    return [line.split()[0] for line in out.splitlines() if "pg_restore" in line]
+
+
+def test_a_drill_in_the_hosts_image_killed_with_minus_9_leaves_nothing_there(
+        fleet_bed: Fleet, first: dict) -> None:
+    """harborctl killed with -9 while `verify --host h1` restores in h1's harbor-db image:
+    the SSH connection drops with it, the container's restore reads the end of its input and
+    fails, and the container (``--rm``) goes with its scratch volume; h1's lock is free."""
+    host = fleet_bed.hosts["h1"]
+    assert _drill_containers(host) == []
+    volumes = host.exec("docker volume ls -q").stdout.split()
+    env = {**os.environ, LOCK_ENV: str(fleet_bed.base / "harborctl.lock")}
+    verify = subprocess.Popen(
+        [sys.executable, "-m", "harbor_ops.cli.main", "backup", "verify", "--host", "h1",
+         "-o", "json", "-c", str(fleet_bed.config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for _ in range(1200):  # bounded (about 2 min): the drill's restore begins
+            if _pids(host, "pg_restore") or verify.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert _pids(host, "pg_restore"), f"no drill ran on h1: {verify.communicate()}"
+        assert _drill_containers(host), "the drill runs in no container of harbor-db's image"
+        verify.kill()  # no finally, no goodbye to sshd: only the kernel closes the socket
+        verify.wait(timeout=30)
+        left = _drill_containers(host)
+        for _ in range(600):  # bounded (about 60 s)
+            if not left and not _pids(host, "pg_restore"):
+                break
+            time.sleep(0.1)
+            left = _drill_containers(host)
+        assert left == [], "the killed drill's container stayed on h1"
+        assert host.exec("docker volume ls -q").stdout.split() == volumes
+        assert _host_lock_free(host)
+    finally:
+        if verify.poll() is None:
+            verify.kill()
+            verify.wait(timeout=30)
+        for container in _drill_containers(host):
+            host.exec(f"docker rm -f -v {container}", check=False)
+    again = fleet_bed.harborctl("backup", "verify", "--host", "h1", "-o", "json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["restore_ok"] is True
+
+
 def test_agent_backs_up_the_others_when_one_host_is_unreachable(
         fleet_bed: Fleet, first: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     site, bed = fleet_bed.site, fleet_bed.bed
