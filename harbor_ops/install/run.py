@@ -92,6 +92,8 @@ def default_log_dir() -> Path:
 def role_vars(site: Site, *, bundle: Path, bundle_sha256: str, staging: Path,
               compose: dict[str, str] | None = None) -> dict[str, Any]:
     """The harbor role's variables for this site (see roles/harbor/meta/argument_specs.yml)."""
+    from harbor_ops.render.engine import COMPOSE_PROJECT
+
     rel = site.release
     trivy = site.install.with_trivy and "--with-trivy" in rel.install_flags
     harbor = site.harbor
@@ -122,6 +124,9 @@ def role_vars(site: Site, *, bundle: Path, bundle_sha256: str, staging: Path,
         "harbor_tls_files": list(tls.values()),
         # Per host, the Compose preflight found there: the boot unit and cron line use it.
         "harbor_compose_commands": dict(compose or {}),
+        # The project install.sh, the boot cron line and the upgrade window run Harbor
+        # under: the one harborctl's rendered unit names (``-p``), never the role's default.
+        "harbor_compose_project": COMPOSE_PROJECT,
     }
 
 

@@ -45,7 +45,8 @@ HARBOR_UID = 10000  # owner of Harbor's log files (harbor-log runs as uid/gid 10
 UPSTREAM_NAME = "harborctl_harbor"
 # Per host, the Compose command of the boot unit (HARBOR_COMPOSE=...), written by the role.
 COMPOSE_ENV_FILE = "/etc/default/harbor"
-# The compose project install.sh runs Harbor under (the role's harbor_compose_project).
+# The compose project install.sh runs Harbor under: harborctl hands it to the role as
+# harbor_compose_project (install.run.role_vars), so the unit and the role agree.
 COMPOSE_PROJECT = "harbor"
 
 

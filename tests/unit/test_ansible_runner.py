@@ -12,6 +12,7 @@ import yaml
 
 from harbor_ops.hosts import playbook as runner
 from harbor_ops.install.run import role_vars
+from harbor_ops.render.engine import render_site
 from harbor_ops.site.load import load_site_text
 from harbor_ops.site.model import HostEntry
 
@@ -267,7 +268,8 @@ def test_every_default_is_prefixed_and_in_the_argument_spec() -> None:
     assert all(opt.get("description") for opt in spec.values())
 
 
-def test_role_vars_fit_the_contract(tmp_path: Path) -> None:
+def test_role_vars_fit_the_contract(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOPE", "it-throw-away-1")  # the two passwords: read to render
     site = load_site_text(textwrap.dedent("""\
         harbor:
           version: 2.15.2
@@ -293,6 +295,10 @@ def test_role_vars_fit_the_contract(tmp_path: Path) -> None:
     assert got["harbor_health_url"] == "http://127.0.0.1:8080/api/v2.0/health"
     assert got["harbor_nginx_cache_dir"] == "/var/cache/nginx/harbor"
     assert got["harbor_install_root"] == "/opt/harbor"
+    # the project install.sh and the boot cron line run under: the one the unit names
+    render_site(site, output_dir=tmp_path / "files", validate=False)
+    unit = (tmp_path / "files" / "systemd" / "harbor.service").read_text()
+    assert f"-p {got['harbor_compose_project']} up -d\"" in unit
 
 
 def test_the_run_gets_harborctls_poll_interval_where_the_user_has_no_ansible_cfg(
