@@ -40,7 +40,10 @@ if TYPE_CHECKING:
     from harbor_ops.preflight.run import PreflightReport
 
 PLAYBOOK = "install.yml"
-HEALTH_TASK = "Fail naming the components that are not healthy"
+# The gate: its own failure says "Harbor is not healthy after ..." (harbor_host_state's
+# fail_unhealthy); any other failure of that task (the stamp not written) is not that.
+HEALTH_TASK = "Wait until Harbor reports every component healthy"
+HEALTH_FAILURE = "Harbor is not healthy after "
 HOST_LOCK_TASK = "Fail because another harborctl job runs on this host"
 STAGING_KIND = "install"  # the staging folder: harborctl-install-XXXX in the temp dir
 VERDICT_FILE = "preflight-verdict.json"
@@ -346,7 +349,8 @@ def _raise_for(outcome: runner.PlaybookOutcome, log_path: Path, output_path: Pat
     where = f"full Ansible log: {log_path}"
     if outcome.failures:
         lines = "\n".join(f"  - {f}" for f in outcome.failures)
-        if any(f.task == HEALTH_TASK for f in outcome.failures):
+        if any(f.task == HEALTH_TASK and f.msg.startswith(HEALTH_FAILURE)
+               for f in outcome.failures):
             raise HealthError("Harbor did not become healthy:\n" + lines, hint=where)
         if any(f.task == HOST_LOCK_TASK for f in outcome.failures):
             raise LockHeld("a harborctl job runs on a target host:\n" + lines, hint=where)

@@ -123,6 +123,12 @@ options:
         Nothing is written when Harbor is not healthy, in check mode, or when empty.
     type: str
     default: ""
+  fail_unhealthy:
+    description:
+      - As the gate: fail, naming what was wrong (C(health_problem)), when Harbor is not
+        healthy after I(health_wait) s. The result carries every return value all the same.
+    type: bool
+    default: false
 author: harborctl
 """
 
@@ -326,6 +332,7 @@ def main() -> None:
             "health_wait": {"type": "float", "default": 0.0},
             "health_interval": {"type": "float", "default": 0.25},
             "stamp_content": {"type": "str", "default": ""},
+            "fail_unhealthy": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
@@ -356,7 +363,7 @@ def main() -> None:
                 module.fail_json(msg=f"cannot write the install stamp {p['install_stamp']}: "
                                  f"{exc}")
             stamp = wanted_stamp
-        module.exit_json(
+        result = dict(
             changed=written,
             stamp_written=written,
             systemd=systemd,
@@ -374,6 +381,10 @@ def main() -> None:
             health_problem=problem,
             health_seconds=seconds,
         )
+        if p["fail_unhealthy"] and problem:
+            module.fail_json(msg=f"Harbor is not healthy after {p['health_wait']} s at "
+                             f"{p['health_url']}: {problem}", **result)
+        module.exit_json(**result)
 
 
 if __name__ == "__main__":
