@@ -25,6 +25,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +269,28 @@ def test_every_row_survives_and_the_schema_matches(
     # pg_upgrade converted the data: only pg18 is left, owned by uid 999, mode 0700
     assert host.exec("ls /data/database").stdout.split() == ["pg18"]
     assert host.exec("stat -c '%u %a' /data/database/pg18").stdout.strip() == "999 700"
+
+
+def _started(host: Host, container: str) -> float:
+    out = host.exec(f"docker inspect -f '{{{{.State.StartedAt}}}}' {container}").stdout.strip()
+    whole, _, frac = out.rstrip("Z").partition(".")  # RFC 3339 with nanoseconds, UTC
+    when = datetime.fromisoformat(f"{whole}.{(frac + '000000')[:6]}+00:00")
+    return when.timestamp()
+
+
+def test_the_new_harbor_log_ran_before_the_snapshot_ended(
+        upgraded: tuple[ApplyResult, list[str], bool],
+        installed: tuple[Host, Path, str]) -> None:
+    """The last hop's window started its harbor-log as soon as it was created, inside the
+    snapshot step (it touches no Harbor data), so that its start step began with harbor-db;
+    nginx started after core, registry and portal (it resolves them at its start)."""
+    host = installed[0]
+    ends = [e for e in up.journal(host) if e["step"] == "snapshot" and e["event"] == "end"]
+    assert _started(host, "harbor-log") < float(ends[-1]["t"]), ends[-1]
+    begins = [e for e in up.journal(host) if e["step"] == "start" and e["event"] == "begin"]
+    assert _started(host, "harbor-db") > float(begins[-1]["t"])
+    nginx = _started(host, "nginx")
+    assert all(nginx > _started(host, c) for c in ("harbor-core", "registry", "harbor-portal"))
 
 
 def test_the_image_pushed_before_can_be_pulled(upgraded: tuple[ApplyResult, list[str], bool],

@@ -38,6 +38,7 @@ class Alive:
         return None
 
 
+
 def _config(tmp_path: Path) -> dict[str, Any]:
     return {"journal": str(tmp_path / "upgrade.journal"),
             "record": {"v": 1, "run": "18c0ffee00", "hop": "2", "from": "2.14.4",
@@ -563,3 +564,117 @@ def test_a_network_that_cannot_be_removed_fails_the_stop_in_bounded_time(
     with pytest.raises(uw.StepFailed, match="docker network rm harbor_harbor"):
         uw.remove_network("harbor_harbor")
     assert time.monotonic() - began < 5
+
+
+FAKE_DOCKER_START = """#!/bin/sh
+echo "$(date +%s.%N) $*" >> "$0.log"
+case "$1" in
+start) shift; for n in "$@"; do echo "$n"; done ;;
+*) echo "unexpected docker $*" >&2; exit 1 ;;
+esac
+"""
+
+CREATED = {"harbor-log": "log", "harbor-db": "postgresql", "redis": "redis",
+           "registry": "registry", "registryctl": "registryctl",
+           "harbor-portal": "portal", "harbor-core": "core", "nginx": "proxy",
+           "harbor-jobservice": "jobservice", "trivy-adapter": "trivy-adapter"}
+
+
+def test_the_new_release_starts_with_docker_start_in_its_dependency_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the containers snapshot created, ``start`` starts harbor-db (its log container
+    already runs), then the others at once in compose's depends_on order (nginx after core,
+    registry and portal; a service it does not know last): never with compose."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    docker.write_text(FAKE_DOCKER_START)
+    docker.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    cfg = {**_config(tmp_path), "new_dir": str(tmp_path / "new"), "compose": ["false"]}
+    window = uw.Window(cfg, Alive())
+    window.created = dict(CREATED)
+    window.log_started = ["harbor-log"]
+    window.start()
+    calls = (bin_dir / "docker.log").read_text().splitlines()
+    assert [c.split()[1:] for c in calls] == [
+        ["start", "harbor-db"],
+        ["start", "redis", "registry", "registryctl", "harbor-portal", "harbor-core", "nginx",
+         "harbor-jobservice", "trivy-adapter"]]
+
+
+def test_a_container_that_cannot_be_started_leaves_the_start_to_compose(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One ``docker start`` fails (a container removed meanwhile): ``up -d`` creates and
+    starts what is missing, as without the head start."""
+    ran: list[list[str]] = []
+    window = uw.Window({**_config(tmp_path), "new_dir": str(tmp_path / "new"),
+                        "compose": ["docker-compose"]}, Alive())
+    window.created = dict(CREATED)
+
+    def ordered(found: dict[str, str]) -> None:
+        raise uw.StepFailed("docker start harbor-db exited with 1 (No such container)")
+
+    monkeypatch.setattr(window, "start_ordered", ordered)
+    monkeypatch.setattr(window, "compose", lambda folder, *args: ran.append([folder, *args]))
+    window.start()
+    assert ran == [[str(tmp_path / "new"), "up", "-d"]]
+
+
+def test_a_snapshot_whose_copy_failed_fails_and_is_never_renamed_complete(
+        tmp_path: Path) -> None:
+    """The copy stop began in its thread fails (no room): snapshot fails with its error and
+    leaves no complete snapshot."""
+    cfg = _config(tmp_path)
+    _harbor_data(tmp_path / "data")
+    window = uw.Window(cfg, Alive())
+
+    def full() -> None:
+        os.makedirs(cfg["snapshot"] + ".partial")
+        raise OSError(28, "No space left on device")
+
+    window.copying = uw.Copier(full)
+    with pytest.raises(uw.StepFailed, match="No space left on device"):
+        window.run_steps(["snapshot"])
+    assert not os.path.exists(cfg["snapshot"])
+    assert json.loads(Path(cfg["journal"]).read_text().splitlines()[-1])["event"] == "fail"
+
+
+FAKE_DOCKER_EVENTS = """#!/bin/sh
+echo "$*" >> "$0.log"
+case "$1" in
+events) [ -z "$REPORT" ] || { sleep 0.2; echo other; echo "$REPORT"; }; exec sleep 30 ;;
+start) echo "$2" ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("report", ["harbor-log", ""])
+def test_harbor_log_starts_as_soon_as_dockerd_reports_its_creation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, report: str) -> None:
+    """``EarlyStart`` starts the named container when dockerd's events report its creation
+    (bounded in time: ``--since`` before, ``--until`` after), nothing else; without such
+    an event its watch is ended at ``stop`` and nothing is started."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    docker.write_text(FAKE_DOCKER_EVENTS)
+    docker.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("REPORT", report)
+    since = time.time()
+    early = uw.EarlyStart("harbor-log", since)
+    deadline = time.monotonic() + 10
+    log = bin_dir / "docker.log"
+    while (not log.exists() or (report and not early.started)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    began = time.monotonic()
+    early.stop()
+    assert time.monotonic() - began < 5
+    calls = log.read_text().splitlines()
+    events = calls[0].split()
+    assert events[:5] == ["events", "--since", "%.6f" % (since - 1), "--until",
+                          "%.6f" % (since + uw.EVENTS_SECONDS)]
+    assert "container=harbor-log" in events and "event=create" in events
+    assert early.started == bool(report)
+    assert calls[1:] == (["start harbor-log"] if report else [])
