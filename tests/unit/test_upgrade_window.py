@@ -467,16 +467,21 @@ echo 27.5.1
 """
 
 
-def _fake_docker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: int) -> Path:
-    """A ``docker`` first on PATH that fails its first ``fails`` calls (dockerd starting)."""
+def _docker_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str) -> Path:
+    """``script`` as the ``docker`` first on PATH; the folder it lies in."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     docker = bin_dir / "docker"
-    docker.write_text(FAKE_DOCKER)
+    docker.write_text(script)
     docker.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return bin_dir
+
+
+def _fake_docker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: int) -> Path:
+    """A ``docker`` first on PATH that fails its first ``fails`` calls (dockerd starting)."""
     monkeypatch.setenv("FAILS", str(fails))
-    return bin_dir / "docker.calls"
+    return _docker_on_path(tmp_path, monkeypatch, FAKE_DOCKER) / "docker.calls"
 
 
 def test_a_window_waits_for_dockerd_before_its_first_step(
@@ -585,12 +590,7 @@ def test_the_new_release_starts_with_docker_start_in_its_dependency_order(
     """With the containers snapshot created, ``start`` starts harbor-db (its log container
     already runs), then the others at once in compose's depends_on order (nginx after core,
     registry and portal; a service it does not know last): never with compose."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    docker = bin_dir / "docker"
-    docker.write_text(FAKE_DOCKER_START)
-    docker.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    bin_dir = _docker_on_path(tmp_path, monkeypatch, FAKE_DOCKER_START)
     cfg = {**_config(tmp_path), "new_dir": str(tmp_path / "new"), "compose": ["false"]}
     window = uw.Window(cfg, Alive())
     window.created = dict(CREATED)
@@ -633,7 +633,7 @@ def test_a_snapshot_whose_copy_failed_fails_and_is_never_renamed_complete(
         os.makedirs(cfg["snapshot"] + ".partial")
         raise OSError(28, "No space left on device")
 
-    window.copying = uw.Copier(full)
+    window.copying = uw.Threaded(full)
     with pytest.raises(uw.StepFailed, match="No space left on device"):
         window.run_steps(["snapshot"])
     assert not os.path.exists(cfg["snapshot"])
@@ -655,12 +655,7 @@ def test_harbor_log_starts_as_soon_as_dockerd_reports_its_creation(
     """``EarlyStart`` starts the named container when dockerd's events report its creation
     (bounded in time: ``--since`` before, ``--until`` after), nothing else; without such
     an event its watch is ended at ``stop`` and nothing is started."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    docker = bin_dir / "docker"
-    docker.write_text(FAKE_DOCKER_EVENTS)
-    docker.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    bin_dir = _docker_on_path(tmp_path, monkeypatch, FAKE_DOCKER_EVENTS)
     monkeypatch.setenv("REPORT", report)
     since = time.time()
     early = uw.EarlyStart("harbor-log", since)
