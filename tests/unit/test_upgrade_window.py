@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -36,6 +38,9 @@ class Alive:
 
     def check(self) -> None:
         return None
+
+    def gone(self) -> bool:
+        return False
 
 
 
@@ -575,6 +580,14 @@ FAKE_DOCKER_START = """#!/bin/sh
 echo "$(date +%s.%N) $*" >> "$0.log"
 case "$1" in
 start) shift; for n in "$@"; do echo "$n"; done ;;
+inspect) case "$3" in
+    *Paused*) cat "$0.paused" 2>/dev/null || echo false ;;
+    *) echo "$DB_PID 127.0.0.1" ;;
+    esac ;;
+pause) cp "$JOURNAL" "$0.journal-at-pause"; echo true > "$0.paused" ;;
+unpause) [ -z "$UNPAUSE_FAILS" ] || { echo "Error response from daemon: $UNPAUSE_FAILS" >&2
+    exit 1; }
+    echo false > "$0.paused" ;;
 *) echo "unexpected docker $*" >&2; exit 1 ;;
 esac
 """
@@ -591,16 +604,161 @@ def test_the_new_release_starts_with_docker_start_in_its_dependency_order(
     already runs), then the others at once in compose's depends_on order (nginx after core,
     registry and portal; a service it does not know last): never with compose."""
     bin_dir = _docker_on_path(tmp_path, monkeypatch, FAKE_DOCKER_START)
+    monkeypatch.setenv("DB_PID", str(os.getpid()))
+    monkeypatch.setattr(uw, "DB_PORT", _PostgresLike(delay=0).port)  # accepts at once
     cfg = {**_config(tmp_path), "new_dir": str(tmp_path / "new"), "compose": ["false"]}
     window = uw.Window(cfg, Alive())
     window.created = dict(CREATED)
     window.log_started = ["harbor-log"]
     window.start()
     calls = (bin_dir / "docker.log").read_text().splitlines()
-    assert [c.split()[1:] for c in calls] == [
+    assert [c.split()[1:] for c in calls][:2] == [
         ["start", "harbor-db"],
         ["start", "redis", "registry", "registryctl", "harbor-portal", "harbor-core", "nginx",
          "harbor-jobservice", "trivy-adapter"]]
+    # a database that accepts already: core is not held
+    assert not any(c.split()[1] in ("pause", "unpause") for c in calls)
+
+
+class _PostgresLike:
+    """A loopback port that refuses connections for ``delay`` s, then answers a startup
+    message as PostgreSQL does once it accepts (an authentication request)."""
+
+    def __init__(self, delay: float) -> None:
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.accepting_since: float | None = None
+        threading.Thread(target=self._serve, args=(delay,), daemon=True).start()
+        if delay == 0:
+            while self.accepting_since is None:
+                time.sleep(0.01)
+
+    def _serve(self, delay: float) -> None:
+        time.sleep(delay)
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(8)
+        self.accepting_since = time.time()
+        while True:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"R" + struct.pack("!II", 8, 0))
+
+
+def _held_window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                 delay: float | None) -> tuple[Any, Path, _PostgresLike | None]:
+    """A window whose ``start`` finds the containers created, its harbor-db converting:
+    accepting connections after ``delay`` s (None: never)."""
+    bin_dir = _docker_on_path(tmp_path, monkeypatch, FAKE_DOCKER_START)
+    cfg = {**_config(tmp_path), "new_dir": str(tmp_path / "new"), "compose": ["false"],
+           "health_timeout": 30}
+    monkeypatch.setenv("DB_PID", str(os.getpid()))
+    monkeypatch.setenv("JOURNAL", cfg["journal"])
+    db = _PostgresLike(delay) if delay is not None else None
+    if db is not None:
+        monkeypatch.setattr(uw, "DB_PORT", db.port)
+    else:
+        monkeypatch.setattr(uw, "DB_PORT", _PostgresLike(3600).port)
+    window = uw.Window(cfg, Alive())
+    window.created = dict(CREATED)
+    window.log_started = ["harbor-log"]
+    return window, bin_dir, db
+
+
+def _calls(bin_dir: Path) -> list[tuple[float, list[str]]]:
+    out = []
+    for line in (bin_dir / "docker.log").read_text().splitlines():
+        stamp, *argv = line.split()
+        out.append((float(stamp), argv))
+    return out
+
+
+def test_core_is_paused_while_harbor_db_converts_and_runs_the_moment_it_accepts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """harbor-core starts with the others, then is paused (the pause on disk in the
+    journal before ``docker pause``) until the converted database accepts connections, and
+    unpaused at once then: the step ends with it running and the journal says so. harborctl's
+    journal reader ignores both lines (its decisions are those without them)."""
+    window, bin_dir, db = _held_window(tmp_path, monkeypatch, delay=1.0)
+    assert db is not None
+    window.run_steps(["start"])
+    calls = _calls(bin_dir)
+    verbs = [argv[0] for _, argv in calls]
+    assert verbs[:2] == ["start", "start"]
+    assert verbs.index("pause") < verbs.index("unpause")
+    assert [argv for _, argv in calls if argv[0] in ("pause", "unpause")] == [
+        ["pause", "harbor-core"], ["unpause", "harbor-core"]]
+    paused_at = next(t for t, argv in calls if argv[0] == "pause")
+    unpaused_at = next(t for t, argv in calls if argv[0] == "unpause")
+    assert db.accepting_since is not None
+    assert paused_at < db.accepting_since <= unpaused_at < db.accepting_since + 0.5
+    at_pause = (bin_dir / "docker.journal-at-pause").read_text().splitlines()
+    assert (json.loads(at_pause[-1])["event"], json.loads(at_pause[-1])["msg"]) == (
+        "pause", "harbor-core")
+    lines = (tmp_path / "upgrade.journal").read_text().splitlines()
+    assert [(json.loads(x)["step"], json.loads(x)["event"]) for x in lines] == [
+        ("start", "begin"), ("start", "pause"), ("start", "unpause"), ("start", "end")]
+    plain = [x for x in lines if json.loads(x)["event"] in ("begin", "end")]
+    assert state.fold(lines) == state.fold(plain)
+    assert (bin_dir / "docker.paused").read_text().strip() == "false"
+
+
+def test_core_paused_for_a_database_that_never_accepts_runs_again_at_the_bound(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The database never accepts: core is unpaused after ``health_timeout`` s and the
+    step ends (the gate then fails the hop and the rollback runs, as before)."""
+    window, bin_dir, _ = _held_window(tmp_path, monkeypatch, delay=None)
+    window.cfg["health_timeout"] = 1
+    began = time.monotonic()
+    window.run_steps(["start"])
+    assert 1 <= time.monotonic() - began < 5
+    assert [argv for _, argv in _calls(bin_dir) if argv[0] in ("pause", "unpause")] == [
+        ["pause", "harbor-core"], ["unpause", "harbor-core"]]
+    assert (bin_dir / "docker.paused").read_text().strip() == "false"
+
+
+def test_a_failed_unpause_fails_the_step_naming_the_container(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    window, bin_dir, _ = _held_window(tmp_path, monkeypatch, delay=0.3)
+    monkeypatch.setenv("UNPAUSE_FAILS", "cgroup thaw failed")
+    with pytest.raises(uw.StepFailed) as failed:
+        window.run_steps(["start"])
+    report = json.loads(str(failed.value))
+    assert report["failed_step"] == "start"
+    assert "harbor-core stays paused" in report["msg"] and "cgroup thaw failed" in report["msg"]
+    events = [json.loads(x)["event"]
+              for x in (tmp_path / "upgrade.journal").read_text().splitlines()]
+    assert events == ["begin", "pause", "fail"]  # never journaled as unpaused
+
+
+def test_the_next_helper_unpauses_what_a_dead_helper_left_paused_before_its_step(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A helper killed while core was paused left the journal's ``pause`` line: the next
+    helper (a rollback here) unpauses core inside its first step, before that step's work,
+    and journals it; a name that is no container name is never passed to docker; a later
+    helper finds nothing left to unpause."""
+    bin_dir = _docker_on_path(tmp_path, monkeypatch, FAKE_DOCKER_START)
+    cfg = {**_config(tmp_path), "new_dir": str(tmp_path / "new"), "compose": ["false"]}
+    dead = uw.Window(cfg, Alive())
+    dead.journal("start", "begin")
+    dead.journal("start", "pause", "harbor-core --help")
+    (bin_dir / "docker.paused").write_text("true\n")
+    rb_stop_ran: list[bool] = []
+    window = uw.Window(cfg, Alive())
+    monkeypatch.setattr(window, "rb_stop", lambda: rb_stop_ran.append(
+        (bin_dir / "docker.paused").read_text().strip() == "false"))
+    window.run_steps(["rb_stop"])
+    assert rb_stop_ran == [True]  # unpaused before the step's own work
+    assert [argv for _, argv in _calls(bin_dir)] == [["unpause", "harbor-core"]]
+    lines = [json.loads(x) for x in (tmp_path / "upgrade.journal").read_text().splitlines()]
+    assert [(x["step"], x["event"]) for x in lines][-3:] == [
+        ("rb_stop", "begin"), ("rb_stop", "unpause"), ("rb_stop", "end")]
+    uw.Window(cfg, Alive()).run_steps(["rb_stop"])
+    assert len(_calls(bin_dir)) == 1
 
 
 def test_a_container_that_cannot_be_started_leaves_the_start_to_compose(
