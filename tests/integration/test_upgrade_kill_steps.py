@@ -13,14 +13,17 @@ the step that was cut; one chain, which ends with a kill at ``gate`` and a retry
 fails: the double's ``core-unhealthy`` switch set before that `apply`, exit 11, back on
 2.14.4), every window step not covered elsewhere: ``stop``, ``switch``, ``gate``, ``finish``
 (``snapshot`` and ``start`` are killed in test_upgrade_switch_faults.py and
-test_upgrade_apply.py); and the SSH session of the window dropped while harborctl lives: the
-same run reconnects and ends on a healthy release.
+test_upgrade_apply.py); the window helper itself killed (with harborctl) while it holds
+harbor-core paused during harbor-db's conversion: the next `apply` unpauses it first; and
+the SSH session of the window dropped while harborctl lives: the same run reconnects and
+ends on a healthy release.
 """
 
 from __future__ import annotations
 
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -33,6 +36,7 @@ pytestmark = pytest.mark.integration
 OLD, NEW = "2.14.4", "2.15.2"
 LABEL = "kill-steps-2.14.4-with-rows"
 ROLLED_BACK = 11  # UpgradeRolledBack's exit code
+WINDOW_LOCK = "/run/harborctl-upgrade-window.lock"  # the role's harbor_upgrade_window_lock
 
 bundles, snapshot = up.one_hop_fixtures(OLD, NEW, LABEL)
 run_tmpdir = up.run_tmpdir
@@ -71,6 +75,55 @@ def test_kill_at_a_step_then_apply_again_ends_healthy(
         up.healthy_with_every_row(host, OLD, counts)
         again = _apply(argv, err)
     assert again == 0, err.read_text()[-3000:]
+    up.healthy_with_every_row(host, NEW, counts, snapshot_dropped=True)
+    assert up.staging_left(run_tmpdir) == []
+
+
+def test_a_helper_killed_while_core_is_paused_leaves_it_to_the_next_apply(
+        testbed: TestBed, snapshot: tuple[Path, str], bundles: Path, run_tmpdir: Path
+) -> None:
+    """The window pauses harbor-core while harbor-db converts. Here the window helper (by its
+    pid, from the window lock's holder line) and then harborctl are SIGKILLed while core is
+    paused: nothing thaws it on its own (it is still paused once both are gone). The next
+    `apply` unpauses it in its helper's first step, before that step's work (the rollback's
+    ``rb_stop``: the hop was cut at ``start``), rolls back, tries the hop again and ends on
+    2.15.2 with every row and no container paused."""
+    site_dir, counts = snapshot
+    host = up.restored(testbed, "h1", LABEL)
+    site = up.site_at(site_dir, host, testbed.client_key, NEW)
+    argv = up.apply_argv(site, testbed, site_dir, bundles, "--health-retries", "12",
+                         tmpdir=run_tmpdir)
+    err = site_dir / "kill-paused.err"
+
+    def held(j: list[up.Entry]) -> bool:
+        return [e["event"] for e in j if e["event"] in ("pause", "unpause")] == ["pause"]
+
+    killed = ""
+    with open(err, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=out)
+        try:
+            deadline = time.monotonic() + 900
+            while time.monotonic() < deadline and proc.poll() is None:
+                if held(up.journal(host)) and up.paused(host) == ["harbor-core"]:
+                    holder = host.exec(f"cat {WINDOW_LOCK}").stdout
+                    pid = int(holder.split("pid=", 1)[1].split()[0])
+                    host.exec(f"kill -9 {pid}")
+                    killed = holder
+                    break
+                time.sleep(0.05)
+        finally:
+            proc.kill()
+            proc.wait()
+    text = err.read_text()
+    assert killed and "step=start" in killed, (killed, text[-2000:])
+    time.sleep(2)  # long enough for a pending retry of core, were it running
+    assert up.paused(host) == ["harbor-core"]
+    assert held(up.journal(host))
+    again = _apply(argv, err)
+    assert again == 0, err.read_text()[-3000:]
+    steps = [(e["step"], e["event"]) for e in up.journal(host)]
+    first = steps.index(("rb_stop", "begin"))
+    assert steps[first + 1] == ("rb_stop", "unpause"), steps
     up.healthy_with_every_row(host, NEW, counts, snapshot_dropped=True)
     assert up.staging_left(run_tmpdir) == []
 

@@ -88,12 +88,14 @@ LEFTOVERS = ("find /data /opt/harbor -maxdepth 3 \\( -name '*.partial' -o -name 
 def healthy_with_every_row(host: Host, release: str, counts: str,
                            snapshot_dropped: bool = False) -> None:
     """:func:`on_release_with_every_row`, Harbor healthy, no partial snapshot, pg_upgrade
-    folder or staging file left, no window helper running; ``snapshot_dropped``: the hop's
-    snapshot is gone too (a hop that reached its target)."""
+    folder or staging file left, no window helper running, no container paused (the window
+    pauses harbor-core while harbor-db converts); ``snapshot_dropped``: the hop's snapshot
+    is gone too (a hop that reached its target)."""
     on_release_with_every_row(host, release, counts)
     wait_healthy(health_url(host))
     assert host.exec(LEFTOVERS).stdout.strip() == ""
     assert host.exec("pgrep -f '[u]pgrade-window'", check=False).returncode != 0
+    assert paused(host) == []
     if snapshot_dropped:
         assert host.exec("ls -A /data/.harborctl-upgrade").stdout.strip() == ""
 
@@ -251,6 +253,11 @@ def drop_window_session(host: Host) -> str:
     got = host.exec(DROP_SESSION, check=False)
     assert got.returncode == 0, (got.stdout, got.stderr)
     return got.stdout.strip()
+
+
+def paused(host: Host) -> list[str]:
+    """The names of the host's paused containers."""
+    return host.exec("docker ps --filter status=paused --format '{{.Names}}'").stdout.split()
 
 
 def began(step: str) -> Callable[[list[Entry]], bool]:
