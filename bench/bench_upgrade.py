@@ -181,7 +181,7 @@ def run_harborctl(bed: TestBed, site: Site, bundle_dir: Path, work: Path) -> flo
     return s.downtime()
 
 
-TIMELINE_EVENTS = ("create", "start", "die", "destroy")
+TIMELINE_EVENTS = ("create", "start", "die", "destroy", "pause", "unpause")
 # The log lines that mark the conversion (entrypoint, initdb, pg_upgrade) and core's start.
 LOG_LINES = {
     "harbor-db": ("upgrade DB", "init DB", "Success.", "server started", "server stopped",
@@ -227,6 +227,12 @@ def timeline(host: Host, s: Sampler) -> None:
     for when, what in sorted(marks):
         if when <= until:
             print(f"    {when - t0:7.2f}  {what}")
+    ready = [w for w, what in marks if "harbor-db:" in what and "ready to accept" in what]
+    connected = [w for w, what in marks if "harbor-core:" in what and (
+        "upgrading schema" in what or "schema is up to date" in what)]
+    if ready and connected:  # the last ready is the converted cluster's own server
+        print(f"  core's retry lost {max(connected[0] - ready[-1], 0):.2f} s (connected "
+              f"{connected[0] - t0:.2f}, harbor-db ready {ready[-1] - t0:.2f})")
 
 
 FLOOR = """set -e

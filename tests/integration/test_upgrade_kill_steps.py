@@ -36,7 +36,6 @@ pytestmark = pytest.mark.integration
 OLD, NEW = "2.14.4", "2.15.2"
 LABEL = "kill-steps-2.14.4-with-rows"
 ROLLED_BACK = 11  # UpgradeRolledBack's exit code
-WINDOW_LOCK = "/run/harborctl-upgrade-window.lock"  # the role's harbor_upgrade_window_lock
 
 bundles, snapshot = up.one_hop_fixtures(OLD, NEW, LABEL)
 run_tmpdir = up.run_tmpdir
@@ -94,31 +93,11 @@ def test_a_helper_killed_while_core_is_paused_leaves_it_to_the_next_apply(
     argv = up.apply_argv(site, testbed, site_dir, bundles, "--health-retries", "12",
                          tmpdir=run_tmpdir)
     err = site_dir / "kill-paused.err"
-
-    def held(j: list[up.Entry]) -> bool:
-        return [e["event"] for e in j if e["event"] in ("pause", "unpause")] == ["pause"]
-
-    killed = ""
-    with open(err, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=out)
-        try:
-            deadline = time.monotonic() + 900
-            while time.monotonic() < deadline and proc.poll() is None:
-                if held(up.journal(host)) and up.paused(host) == ["harbor-core"]:
-                    holder = host.exec(f"cat {WINDOW_LOCK}").stdout
-                    pid = int(holder.split("pid=", 1)[1].split()[0])
-                    host.exec(f"kill -9 {pid}")
-                    killed = holder
-                    break
-                time.sleep(0.05)
-        finally:
-            proc.kill()
-            proc.wait()
-    text = err.read_text()
-    assert killed and "step=start" in killed, (killed, text[-2000:])
+    killed = up.kill_while_paused(argv, host, err)
+    assert "step=start" in killed, killed
     time.sleep(2)  # long enough for a pending retry of core, were it running
     assert up.paused(host) == ["harbor-core"]
-    assert held(up.journal(host))
+    assert up.held(up.journal(host))
     again = _apply(argv, err)
     assert again == 0, err.read_text()[-3000:]
     steps = [(e["step"], e["event"]) for e in up.journal(host)]

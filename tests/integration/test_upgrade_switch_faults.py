@@ -67,6 +67,34 @@ def test_a_failing_new_release_is_rolled_back(testbed: TestBed, snapshot: tuple[
     up.on_release_with_every_row(host, OLD, counts)
 
 
+def test_a_reboot_while_core_is_paused_then_apply_again_reaches_the_target(
+        testbed: TestBed, snapshot: tuple[Path, str], bundles: Path, run_tmpdir: Path
+) -> None:
+    """The window pauses harbor-core while harbor-db converts; here the helper and harborctl
+    are SIGKILLed then (nothing left to unpause it) and the host reboots: no container comes
+    back paused (a pause does not outlive the container's processes), and the next `apply`
+    (whose first step finds the journal's pause and sees core is not paused) rolls the hop
+    back, tries it again and reaches 2.15.2 with every row, nothing paused."""
+    site_dir, counts = snapshot
+    host = up.restored(testbed, "h1", LABEL)
+    site = up.site_at(site_dir, host, testbed.client_key, NEW)
+    argv = up.apply_argv(site, testbed, site_dir, bundles, tmpdir=run_tmpdir)
+    up.kill_while_paused(argv, host, site_dir / "killed-paused.err")
+    assert up.paused(host) == ["harbor-core"]
+    testbed.snapshot("h1", "rebooted-while-paused")  # halt (dockerd stopped), then boot
+    boot = host.exec("grep '^@reboot' /etc/cron.d/harbor").stdout.split(None, 2)[2]
+    host.exec(boot, check=False)
+    states = host.exec("docker ps -a --format '{{.Names}} {{.State}}'").stdout
+    print("after the reboot:", states.replace("\n", "; "))  # shown with -s
+    assert up.paused(host) == [], states
+    result = _apply(testbed, site_dir, bundles, host)
+    assert result.error is None, _whole_error(result, host)
+    assert (result.hosts[0].outcome, result.hosts[0].on_release) == ("done", NEW)
+    steps = [(e["step"], e["event"]) for e in up.journal(host)]
+    assert steps[steps.index(("rb_stop", "begin")) + 1] == ("rb_stop", "unpause"), steps
+    up.healthy_with_every_row(host, NEW, counts, snapshot_dropped=True)
+
+
 def _whole_error(result: ApplyResult, host: Host) -> str:
     """All a failed run says: its error, each host's message, and the window's ``fail``
     lines in the host's journal (the step's whole error and the containers' last lines)."""

@@ -260,6 +260,36 @@ def paused(host: Host) -> list[str]:
     return host.exec("docker ps --filter status=paused --format '{{.Names}}'").stdout.split()
 
 
+WINDOW_LOCK = "/run/harborctl-upgrade-window.lock"  # the role's harbor_upgrade_window_lock
+
+
+def held(j: list[Entry]) -> bool:
+    """True of a journal whose window paused a container and never unpaused it."""
+    return [e["event"] for e in j if e["event"] in ("pause", "unpause")] == ["pause"]
+
+
+def kill_while_paused(argv: list[str], host: Host, stderr: Path) -> str:
+    """Run ``argv``; once its window paused harbor-core (journaled, and paused indeed),
+    SIGKILL the window helper (its pid from the window lock's holder line) and then
+    ``argv``: nothing is left to unpause core. The holder line (pid, run, hop, step); the
+    journal is polled every 50 ms, at most 900 s."""
+    with open(stderr, "wb") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.monotonic() + 900
+            while time.monotonic() < deadline and proc.poll() is None:
+                if held(journal(host)) and paused(host) == ["harbor-core"]:
+                    holder = host.exec(f"cat {WINDOW_LOCK}").stdout
+                    host.exec(f"kill -9 {int(holder.split('pid=', 1)[1].split()[0])}")
+                    return holder
+                time.sleep(0.05)
+        finally:
+            proc.kill()
+            proc.wait()
+    raise AssertionError("the window never held harbor-core paused: "
+                         + stderr.read_text()[-2000:])
+
+
 def began(step: str) -> Callable[[list[Entry]], bool]:
     """True of a journal in which ``step`` began."""
     return lambda j: any(e["step"] == step and e["event"] == "begin" for e in j)
