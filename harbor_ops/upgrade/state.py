@@ -20,6 +20,9 @@ from typing import Any
 from harbor_ops.upgrade import steps as st
 
 JOURNAL_FORMAT = 1
+# The window helper also journals ``pause``/``unpause`` lines (harbor-core held paused while
+# harbor-db converts; the helper itself unpauses what they leave paused): not a step's
+# event, so ignored here.
 EVENTS = ("begin", "end", "fail")
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 _RUN = re.compile(r"^[0-9a-f]{8,32}$")
