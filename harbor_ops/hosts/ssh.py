@@ -16,6 +16,7 @@ does) and reported. harborctl never turns the check off on its own.
 from __future__ import annotations
 
 import base64
+import glob
 import hashlib
 import logging
 import os
@@ -256,6 +257,51 @@ def reason(exc: BaseException) -> str:
 
 # OpenSSH's keepalive under Ansible: a probe every 15 s, the link given up after 4 unanswered.
 KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 15, 4
+# The ciphers OpenSSH under Ansible puts first, with `^` (OpenSSH's "at the head of the
+# default list"): the rest of its defaults stay offered after them, so a server without
+# AES-GCM still negotiates. OpenSSH's client default puts chacha20-poly1305 first; with the
+# CPU's AES instructions AES-GCM is cheaper at both ends, and the bundle (hundreds of MB per
+# host, a fleet's copies at once) goes over these connections: on the test bed one 104 MB copy
+# cost 0.42 CPU-s of both ends together against 0.53 with chacha20-poly1305.
+ANSIBLE_CIPHERS = "^" + ",".join(_GCM_FIRST)
+SYSTEM_SSH_CONFIG = Path("/etc/ssh/ssh_config")
+_INCLUDE_DEPTH = 16  # as OpenSSH's READCONF_MAX_DEPTH
+
+
+def _sets_ciphers(path: Path, relative_to: Path, depth: int = 0) -> bool:
+    """Whether the ssh config ``path`` (or a file it includes) has a ``Ciphers`` line, in
+    any Host or Match block: a user's choice of ciphers is theirs, harborctl adds none then.
+    ``Include`` paths that are relative are taken from ``relative_to`` (~/.ssh for a user's
+    file, /etc/ssh for the system's), as OpenSSH does."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        words = line.replace("=", " ", 1).split()
+        if not words:
+            continue
+        keyword = words[0].lower()
+        if keyword == "ciphers":
+            return True
+        if keyword == "include" and depth < _INCLUDE_DEPTH:
+            for word in words[1:]:
+                pattern = Path(os.path.expanduser(word.strip('"')))
+                if not pattern.is_absolute():
+                    pattern = relative_to / pattern
+                for found in sorted(glob.glob(str(pattern))):
+                    if _sets_ciphers(Path(found), relative_to, depth + 1):
+                        return True
+    return False
+
+
+def _user_sets_ciphers(ssh_config: Path | None) -> bool:
+    """The files OpenSSH reads: the ``-F`` file alone, else ~/.ssh/config and the system's."""
+    user_dir = Path.home() / ".ssh"
+    if ssh_config is not None:
+        return _sets_ciphers(ssh_config, user_dir)
+    return (_sets_ciphers(user_dir / "config", user_dir)
+            or _sets_ciphers(SYSTEM_SSH_CONFIG, SYSTEM_SSH_CONFIG.parent))
 
 
 def ansible_ssh_args(ssh_config: Path | None, *, accept_new_host_keys: bool = False) -> str:
@@ -263,7 +309,8 @@ def ansible_ssh_args(ssh_config: Path | None, *, accept_new_host_keys: bool = Fa
 
     ``BatchMode yes`` turns OpenSSH's default "ask" into a refusal (nobody can answer a
     prompt here) while ``accept-new``/``no`` written in the user's config still apply;
-    the option, when given, is passed as ``StrictHostKeyChecking accept-new``.
+    the option, when given, is passed as ``StrictHostKeyChecking accept-new``. AES-GCM is
+    preferred (``ANSIBLE_CIPHERS``) unless the user's ssh config chooses ciphers itself.
     """
     # No -C (Ansible's default has it): the bundle is gzip already, and compressing it again
     # costs both ends CPU for nothing. Keepalives: a link that goes down and stays down is
@@ -275,4 +322,8 @@ def ansible_ssh_args(ssh_config: Path | None, *, accept_new_host_keys: bool = Fa
         f"-o ServerAliveInterval={KEEPALIVE_INTERVAL}", f"-o ServerAliveCountMax={KEEPALIVE_COUNT}"]
     if accept_new_host_keys:
         args.append("-o StrictHostKeyChecking=accept-new")
+    # A -o on the command line would override the user's own Ciphers line (OpenSSH keeps
+    # the first value it reads): where their config has one, it applies as written.
+    if not _user_sets_ciphers(ssh_config):
+        args.append(f"-o Ciphers={ANSIBLE_CIPHERS}")
     return " ".join(args)

@@ -114,3 +114,79 @@ def test_ansible_ssh_args_are_what_openssh_applies() -> None:
     assert got["batchmode"] == "yes" and got["controlmaster"] == "auto"
     assert got["serveraliveinterval"] == "15" and got["serveralivecountmax"] == "4"
     assert int(got["serveraliveinterval"]) * int(got["serveralivecountmax"]) <= 60
+
+
+def _openssh_reads(args: str) -> dict[str, str]:
+    argv = ["ssh", "-G", *shlex.split(args), "h1.invalid"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=10).stdout
+    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+
+def test_ansible_ssh_args_put_aes_gcm_first_and_keep_the_rest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenSSH (`ssh -G`) offers AES-GCM first and still every other default cipher after
+    it (the `^` form), so a server without AES-GCM negotiates one of those."""
+    monkeypatch.setattr(ssh.Path, "home", lambda: tmp_path)  # no ~/.ssh/config of the user
+    monkeypatch.setattr(ssh, "SYSTEM_SSH_CONFIG", tmp_path / "none")
+    plain = tmp_path / "plain"
+    plain.write_text("Host *\n  User deploy\n")
+    default = _openssh_reads(f"-F {plain}")["ciphers"].split(",")
+    for config in (None, plain):
+        args = ssh.ansible_ssh_args(config)
+        assert "-o Ciphers=^aes128-gcm@openssh.com,aes256-gcm@openssh.com" in args
+        offered = _openssh_reads(args if config else f"-F {plain} {args}")["ciphers"].split(",")
+        assert offered[:2] == ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
+        assert set(offered) == set(default)  # nothing dropped, nothing added
+        assert "chacha20-poly1305@openssh.com" in offered
+
+
+@pytest.mark.parametrize("where", ["own", "included", "home", "system"])
+def test_ansible_ssh_args_leave_the_users_ciphers_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """A Ciphers line in the user's ssh config (or a file it includes, or, without -F, in
+    ~/.ssh/config or the system's file) is what OpenSSH applies: harborctl adds none."""
+    home = tmp_path / "home"
+    (home / ".ssh" / "conf.d").mkdir(parents=True)
+    monkeypatch.setattr(ssh.Path, "home", lambda: home)
+    system = tmp_path / "ssh_config"
+    system.write_text("Host *\n#   Ciphers aes128-ctr\n")  # a comment chooses nothing
+    monkeypatch.setattr(ssh, "SYSTEM_SSH_CONFIG", system)
+    own = tmp_path / "config"
+    own.write_text("Host *\n  User deploy\n")
+    choice = "Host h1.invalid\n  Ciphers=aes256-ctr\n"
+    config: Path | None = own
+    if where == "own":
+        own.write_text(own.read_text() + choice)
+    elif where == "included":
+        (home / ".ssh" / "conf.d" / "fleet.conf").write_text(choice)
+        # absolute here, for `ssh -G` below (OpenSSH takes relative ones from the real ~/.ssh)
+        own.write_text(f"Include {home}/.ssh/conf.d/*.conf\n" + own.read_text())
+    elif where == "home":
+        (home / ".ssh" / "config").write_text(choice)
+        config = None
+    else:
+        system.write_text(system.read_text() + "  Ciphers aes256-ctr\n")
+        config = None
+    args = ssh.ansible_ssh_args(config)
+    assert "Ciphers" not in args
+    if config is not None:
+        assert _openssh_reads(args)["ciphers"] == "aes256-ctr"
+    # and without the choice, the preference is back
+    for path in (own, home / ".ssh" / "config", home / ".ssh" / "conf.d" / "fleet.conf",
+                 system):
+        if path.exists():
+            path.write_text(path.read_text().replace("Ciphers", "# Ciphers"))
+    assert "-o Ciphers=^" in ssh.ansible_ssh_args(config)
+
+
+def test_relative_includes_are_read_from_the_users_ssh_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    (home / ".ssh" / "conf.d").mkdir(parents=True)
+    monkeypatch.setattr(ssh.Path, "home", lambda: home)
+    (home / ".ssh" / "conf.d" / "a.conf").write_text("Host x\n  Ciphers aes256-ctr\n")
+    own = tmp_path / "config"
+    own.write_text("Include conf.d/*.conf\n")
+    assert "Ciphers" not in ssh.ansible_ssh_args(own)
+    own.write_text("Include other.d/*.conf\n")  # nothing there: harborctl's preference
+    assert "-o Ciphers=^" in ssh.ansible_ssh_args(own)
