@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bed.hosts import TestBed
+from tests.bed.hosts import Host, TestBed
 from tests.integration import upgradefixture as up
 
 pytestmark = pytest.mark.integration
@@ -47,17 +47,25 @@ def _apply(argv: list[str], err: Path) -> int:
                               timeout=1800, check=False).returncode
 
 
+def _restored(testbed: TestBed, snapshot: tuple[Path, str], bundles: Path, run_tmpdir: Path,
+              retries: str = "12") -> tuple[Path, str, Host, list[str]]:
+    """h1 back at the kept 2.14.4-with-rows snapshot, and the `apply` to 2.15.2 a user
+    types for it (``retries`` x 5 s: the gate's wait)."""
+    site_dir, counts = snapshot
+    host = up.restored(testbed, "h1", LABEL)
+    site = up.site_at(site_dir, host, testbed.client_key, NEW)
+    argv = up.apply_argv(site, testbed, site_dir, bundles, "--health-retries", retries,
+                         tmpdir=run_tmpdir)
+    return site_dir, counts, host, argv
+
+
 @pytest.mark.parametrize("step", ["stop", "switch", "gate", "finish"])
 def test_kill_at_a_step_then_apply_again_ends_healthy(
         testbed: TestBed, snapshot: tuple[Path, str], bundles: Path, step: str,
         run_tmpdir: Path) -> None:
     """... and the killed run's staging folder (0700, the rendered harbor.yml in it) is
     swept by the next run, which leaves none of its own."""
-    site_dir, counts = snapshot
-    host = up.restored(testbed, "h1", LABEL)
-    site = up.site_at(site_dir, host, testbed.client_key, NEW)
-    argv = up.apply_argv(site, testbed, site_dir, bundles, "--health-retries", "12",
-                         tmpdir=run_tmpdir)
+    site_dir, counts, host, argv = _restored(testbed, snapshot, bundles, run_tmpdir)
     err = site_dir / f"kill-{step}.err"
     code = up.kill_when(argv, host, up.began(step), err)
     assert code == -signal.SIGKILL, err.read_text()[-2000:]
@@ -87,11 +95,7 @@ def test_a_helper_killed_while_core_is_paused_leaves_it_to_the_next_apply(
     `apply` unpauses it in its helper's first step, before that step's work (the rollback's
     ``rb_stop``: the hop was cut at ``start``), rolls back, tries the hop again and ends on
     2.15.2 with every row and no container paused."""
-    site_dir, counts = snapshot
-    host = up.restored(testbed, "h1", LABEL)
-    site = up.site_at(site_dir, host, testbed.client_key, NEW)
-    argv = up.apply_argv(site, testbed, site_dir, bundles, "--health-retries", "12",
-                         tmpdir=run_tmpdir)
+    site_dir, counts, host, argv = _restored(testbed, snapshot, bundles, run_tmpdir)
     err = site_dir / "kill-paused.err"
     killed = up.kill_while_paused(argv, host, err)
     assert "step=start" in killed, killed
@@ -121,12 +125,8 @@ def test_kills_before_the_window_then_a_retry_that_fails_is_rolled_back(
     ``core-unhealthy`` is set (core reads it only at its start: the retry's), so the `apply`
     after it rolls the hop back, tries it again, and that try fails: exit 11, back on 2.14.4
     with every row."""
-    site_dir, counts = snapshot
-    host = up.restored(testbed, "h1", LABEL)
-    site = up.site_at(site_dir, host, testbed.client_key, NEW)
     # 6 x 5 s: the failing gate's wait; the old release comes back well inside it
-    argv = up.apply_argv(site, testbed, site_dir, bundles, "--health-retries", "6",
-                         tmpdir=run_tmpdir)
+    site_dir, counts, host, argv = _restored(testbed, snapshot, bundles, run_tmpdir, "6")
     err = site_dir / "kill-before-the-window.err"
     err.touch()
     code = up.kill_when(argv, host, lambda _: f"-> {NEW}: backup ...\n" in err.read_text(), err)
@@ -172,11 +172,7 @@ def test_an_ssh_drop_in_the_window_is_recovered_by_the_same_run(
     this, the run ended with exit 12 and Harbor down. (A drop after ``switch`` takes the
     rollback-and-retry path a killed run takes; that path is the previous test's; cutting
     at ``gate`` here passed too, at about twice this case's time.)"""
-    site_dir, counts = snapshot
-    host = up.restored(testbed, "h1", LABEL)
-    site = up.site_at(site_dir, host, testbed.client_key, NEW)
-    argv = up.apply_argv(site, testbed, site_dir, bundles, "--health-retries", "12",
-                         tmpdir=run_tmpdir)
+    site_dir, counts, host, argv = _restored(testbed, snapshot, bundles, run_tmpdir)
     err = site_dir / "ssh-drop.err"
     with open(err, "wb") as out:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=out)
