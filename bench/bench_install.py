@@ -15,7 +15,9 @@ Harbor-shaped offline installer once (tests/bed/bundle), then times, in the same
 Goals (issue 8): 1 host under 1.5x bare, N hosts under 1.3x bare on N hosts, re-run under
 4 s; local no slower than SSH (issue 13). Each harborctl run also prints where its time
 went: the preflight, and the playbook's tasks on the critical path (from the progress lines
-of the event stream). Everything is torn down at the end, whatever happens. Run as root
+of the event stream); every timed run, bare or not, prints where the machine's CPU went
+(bench/cpu_split.py: the controller's processes, the hosts', their containers', idle).
+Everything is torn down at the end, whatever happens. Run as root
 from the repository:
 
     .venv/bin/python -m bench.bench_install [--hosts 8] [--version 2.15.2] [--wheelhouse W]
@@ -35,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench import local_install
+from bench.cpu_split import Measure, Split
 from harbor_ops.install.run import InstallResult, install
 from harbor_ops.render.engine import render_site
 from harbor_ops.site.load import load_site
@@ -99,18 +102,30 @@ def bare_install(host: Host, bundle: Path, harbor_yml: Path) -> float:
 
 
 def timed_bare(hosts: list[Host], bundle: Path, harbor_yml: Path, what: str) -> float:
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
-        per_host = list(pool.map(lambda h: bare_install(h, bundle, harbor_yml), hosts))
-    elapsed = time.perf_counter() - t0
+    with Measure([h.netns for h in hosts]) as cpu:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+            per_host = list(pool.map(lambda h: bare_install(h, bundle, harbor_yml), hosts))
+        elapsed = time.perf_counter() - t0
     print(f"  {what:<34} {elapsed:7.1f} s  (slowest host {max(per_host):.1f} s)", flush=True)
+    print_split(cpu.split)
     return elapsed
+
+
+def print_split(split: Split, tail: tuple[str, float] | None = None) -> None:
+    """The run's CPU: the controller's processes, the hosts' (the rest), idle."""
+    for line in split.lines():
+        print(f"      {line}")
+    if tail is not None:
+        idle, seconds = split.idle_after(tail[1])
+        print(f"      idle after {tail[0]}: {idle:.1f} CPU-s in the last {seconds:.1f} s")
 
 
 # ------------------------------------------------------------------------------ harborctl
 
 
 GATE_TASK = "Wait until Harbor reports every component healthy"
+INSTALL_SH_TASK = "Run Harbor's install.sh"
 
 
 def step_spans(lines: list[str]) -> list[tuple[str, float]]:
@@ -137,17 +152,22 @@ def timed_install(site: Site, bundle: Path, bed: TestBed, log_dir: Path, what: s
     preflight and the health gate's wait on the critical path)."""
     lines: list[str] = []
     rendered_at = 0.0
+    install_sh_done = 0.0  # when the last host's install.sh result arrived
 
     def progress(line: str) -> None:
-        nonlocal rendered_at
+        nonlocal rendered_at, install_sh_done
         if line.startswith("preflight: passed"):  # the verdict (probes beside the start)
             rendered_at = time.perf_counter()
+        m = STEP.match(line)
+        if m and m.group(3) == INSTALL_SH_TASK:
+            install_sh_done = time.perf_counter()
         lines.append(line)
 
-    t0 = time.perf_counter()
-    result = install(site, bundle=bundle, log_dir=log_dir, ssh_config=bed.ssh_config_path,
-                     progress=progress, timeout=1800)
-    elapsed = time.perf_counter() - t0
+    with Measure([bed.hosts[h.name].netns for h in site.hosts]) as cpu:
+        t0 = time.perf_counter()
+        result = install(site, bundle=bundle, log_dir=log_dir, ssh_config=bed.ssh_config_path,
+                         progress=progress, timeout=1800)
+        elapsed = time.perf_counter() - t0
     bad = {h: t for h, t in result.hosts.items() if t.failed or t.unreachable}
     if bad or len(result.hosts) != len(site.hosts):
         sys.exit(f"{what}: install did not succeed on every host: {result}")
@@ -161,6 +181,8 @@ def timed_install(site: Site, bundle: Path, bed: TestBed, log_dir: Path, what: s
           "steps:")
     for task, span in slowest_steps(lines, top=top):
         print(f"        {span:6.1f} s  {task}")
+    print_split(cpu.split, ("the last host's install.sh", install_sh_done - t0)
+                if install_sh_done else None)
     extra = (rendered_at - t0) + sum(span for task, span in step_spans(lines)
                                      if task == GATE_TASK)
     return elapsed, result, extra
