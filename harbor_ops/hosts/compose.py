@@ -53,7 +53,7 @@ def _safe(reported: object, default: str) -> str:
 def local_facts() -> dict[str, Any]:
     """The Compose facts of THIS host, gathered as the probe gathers them on a remote one."""
     return {"compose_v2": probe.run(["docker", "compose", "version", "--short"]),
-            "compose_v1": probe.compose_v1(),
+            "compose_v1": probe.run(["docker-compose", "version", "--short"]),
             "paths": probe.tool_paths()}
 
 

@@ -98,42 +98,6 @@ def tool_paths() -> dict[str, str | None]:
     return {tool: shutil.which(tool) for tool in ("docker", "docker-compose")}
 
 
-# What `docker-compose version --short` prints for Compose v1: its package's __version__.
-COMPOSE_V1_VERSION = re.compile(r"1\.\d+\.\d+")
-
-
-def compose_v1_python(path: str | None) -> list[str] | None:
-    """The interpreter (``#!`` words) of Compose v1's Python console script at ``path``;
-    None for anything else (Compose v2, a frozen binary, a wrapper)."""
-    try:
-        with open(path or "", "rb") as f:
-            head = f.read(4096).decode("utf-8", "replace")
-    except OSError:
-        return None
-    first = head.splitlines()[0] if head else ""
-    entry = ("'docker-compose'" in head and "console_scripts" in head) or (
-        "from compose.cli.main import main" in head)
-    if not first.startswith("#!") or "python" not in first or not entry:
-        return None
-    return first[2:].split()
-
-
-def compose_v1() -> dict[str, Any]:
-    """``docker-compose version --short``, as it answers.
-
-    Where docker-compose is v1's Python script, its own interpreter reads the version from
-    the ``compose`` package the script runs (0.01 CPU-s, where the command loads the whole
-    CLI first: 0.28 CPU-s on every host at every preflight, and install.sh runs it again).
-    ``-I``: nothing from the working folder or the environment is imported. Anything else,
-    or an answer that is not a v1 version, is asked of the command itself."""
-    python = compose_v1_python(shutil.which("docker-compose"))
-    if python:
-        got = run([*python, "-I", "-c", "import compose; print(compose.__version__)"])
-        if got["rc"] == 0 and COMPOSE_V1_VERSION.fullmatch(got["out"]):
-            return got
-    return run(["docker-compose", "version", "--short"])
-
-
 def docker() -> dict[str, Any]:
     """Docker and Compose versions, the running containers, Harbor's schema version."""
     # Independent commands at once: docker-compose v1 alone is a slow Python start-up.
@@ -141,8 +105,8 @@ def docker() -> dict[str, Any]:
         jobs = {key: pool.submit(run, argv) for key, argv in (
             ("docker", ["docker", "version", "--format", "{{.Server.Version}}"]),
             ("compose_v2", ["docker", "compose", "version", "--short"]),
+            ("compose_v1", ["docker-compose", "version", "--short"]),
             ("ps", ["docker", "ps", "--format", "{{.Names}}\t{{.Image}}\t{{.Ports}}"]))}
-        jobs["compose_v1"] = pool.submit(compose_v1)
     out: dict[str, Any] = {key: job.result() for key, job in jobs.items()}
     ps = out.pop("ps")
     out["paths"] = tool_paths()

@@ -1,18 +1,12 @@
-"""The one way to find the Compose command (hosts.compose.pick), over probe facts, and the
-probe's Compose v1 version."""
+"""The one way to find the Compose command (hosts.compose.pick), over probe facts."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harbor_ops.hosts import compose, probe
-from tests.bed.fixtures import unavailable
+from harbor_ops.hosts import compose
 
 OK, MISSING = {"rc": 0, "out": "2.26.1"}, {"rc": 127, "out": "", "err": "not found"}
 PATHS = {"docker": "/usr/local/bin/docker", "docker-compose": "/usr/bin/docker-compose"}
@@ -50,47 +44,3 @@ def test_a_plain_path_with_dots_plus_and_dashes_is_kept() -> None:
     facts = {"compose_v2": OK, "compose_v1": MISSING,
              "paths": {"docker": "/opt/docker-24.0_1+deb/bin/docker"}}
     assert compose.pick(facts) == "/opt/docker-24.0_1+deb/bin/docker compose"
-
-
-def _script(folder: Path, head: str, body: str) -> Path:
-    folder.mkdir(exist_ok=True)
-    path = folder / "docker-compose"
-    path.write_text(f"#!{sys.executable}\n{head}\n{body}\n")
-    path.chmod(0o755)
-    return path
-
-
-ENTRY = "# EASY-INSTALL-ENTRY-SCRIPT: 'docker-compose==1.29.2','console_scripts','docker-compose'"
-
-
-def test_compose_v1s_python_is_the_entry_scripts_interpreter_and_nothing_else(
-        tmp_path: Path) -> None:
-    assert probe.compose_v1_python(str(_script(tmp_path / "a", ENTRY, ""))) == [sys.executable]
-    assert probe.compose_v1_python(str(_script(tmp_path / "b", "# a wrapper", ""))) is None
-    binary = tmp_path / "v2"
-    binary.write_bytes(b"\x7fELF\x02\x01\x01 docker-compose console_scripts")
-    assert probe.compose_v1_python(str(binary)) is None
-    assert probe.compose_v1_python(str(tmp_path / "missing")) is None
-    assert probe.compose_v1_python(None) is None
-
-
-def test_a_v1_script_whose_interpreter_cannot_import_compose_is_asked_itself(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """This test's interpreter has no `compose` package: the command answers, as before."""
-    _script(tmp_path / "bin", ENTRY, "import sys; print('1.29.1' if sys.argv[1:] == "
-            "['version', '--short'] else 'wrong arguments')")
-    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
-    assert probe.compose_v1() == {"rc": 0, "out": "1.29.1", "err": ""}
-
-
-def test_the_installed_compose_v1_gives_the_version_its_command_prints(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Read by its interpreter, never from a `compose` in the working folder."""
-    path = shutil.which("docker-compose")
-    if not path or not probe.compose_v1_python(path):
-        unavailable("needs compose v1's Python script (docker-compose 1.x)")
-    asked = probe.run(["docker-compose", "version", "--short"])
-    assert asked["rc"] == 0
-    (tmp_path / "compose.py").write_text("__version__ = '1.0.0'\n")
-    monkeypatch.chdir(tmp_path)
-    assert probe.compose_v1()["out"] == asked["out"]
