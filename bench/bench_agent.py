@@ -25,8 +25,9 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from bench.cpu_split import process_stat
+
 RSS_GOAL_MB = 50.0
-TICKS = os.sysconf("SC_CLK_TCK")
 JOBS = ("backup", "drill", "upgrade_check", "health", "certificates", "disk_and_logs")
 
 
@@ -35,10 +36,7 @@ def proc_sample(pid: int) -> tuple[float, float, float]:
     status = Path(f"/proc/{pid}/status").read_text()
     rss = int(re.search(r"^VmRSS:\s+(\d+)", status, re.M).group(1)) / 1024  # type: ignore[union-attr]
     hwm = int(re.search(r"^VmHWM:\s+(\d+)", status, re.M).group(1)) / 1024  # type: ignore[union-attr]
-    # Fields after the ")" of comm: utime and stime are the 12th and 13th.
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / TICKS
-    return rss, hwm, cpu
+    return rss, hwm, process_stat(pid)[2]
 
 
 def write_site(folder: Path) -> tuple[Path, str]:

@@ -38,6 +38,16 @@ def machine_ticks() -> tuple[int, int]:
     return user + nice + system + irq + softirq + steal, idle + iowait
 
 
+def process_stat(pid: int | str) -> tuple[str, int, float, str]:
+    """(command name, parent pid, CPU-seconds used: utime + stime, start time in ticks) of a
+    live process, from /proc/<pid>/stat (the name may hold spaces and parentheses: the
+    fields are read after its last ")")."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    comm = raw[raw.index("(") + 1:raw.rindex(")")]
+    rest = raw[raw.rindex(")") + 2:].split()
+    return comm, int(rest[1]), (int(rest[11]) + int(rest[12])) / TICK, rest[19]
+
+
 def unified_mount() -> Path | None:
     """Where the cgroup v2 hierarchy is mounted, if it is."""
     with contextlib.suppress(OSError):
@@ -158,10 +168,7 @@ class Measure:
             pids = (self._cgroup / "cgroup.procs").read_text().split()
             for pid in pids:
                 with contextlib.suppress(OSError, ValueError, IndexError):
-                    raw = Path(f"/proc/{pid}/stat").read_text()
-                    comm = raw[raw.index("(") + 1:raw.rindex(")")]
-                    rest = raw[raw.rindex(")") + 2:].split()
-                    ppid, cpu, start = int(rest[1]), int(rest[11]) + int(rest[12]), rest[19]
+                    comm, ppid, cpu, start = process_stat(pid)
                     if ppid == os.getpid() and comm.startswith("ansible-playboo"):
                         kind = "ansible-playbook's main process"
                     elif comm == "ssh" and Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(
@@ -169,7 +176,7 @@ class Measure:
                         kind = "SSH masters"
                     else:
                         continue
-                    self._seen[(pid, start)] = (kind, cpu / TICK)
+                    self._seen[(pid, start)] = (kind, cpu)
 
     def __enter__(self) -> Measure:
         mount = unified_mount()
