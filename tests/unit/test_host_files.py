@@ -5,15 +5,12 @@ validator refuses never replaces the installed one (nor leaves a temporary file 
 from __future__ import annotations
 
 import grp
-import json
 import os
 import pwd
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from harbor_ops.hosts.playbook import playbook_dir
+from tests.unit.adhoc import run_role_module
 
 OWNER = pwd.getpwuid(os.getuid()).pw_name
 GROUP = grp.getgrgid(os.getgid()).gr_name
@@ -21,21 +18,7 @@ GROUP = grp.getgrgid(os.getgid()).gr_name
 
 def run_module(tmp_path: Path, files: list[dict[str, Any]], check: bool = False,
                diff: bool = False) -> dict[str, Any]:
-    env = {**os.environ, "ANSIBLE_LIBRARY": str(playbook_dir() / "roles/harbor/library"),
-           "ANSIBLE_MODULE_UTILS": str(playbook_dir() / "roles/harbor/module_utils"),
-           "ANSIBLE_LOAD_CALLBACK_PLUGINS": "true", "ANSIBLE_STDOUT_CALLBACK": "json",
-           "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"), "ANSIBLE_NOCOLOR": "true"}
-    argv = [str(Path(sys.executable).with_name("ansible")), "localhost", "-c", "local",
-            "-e", f"ansible_python_interpreter={sys.executable}",
-            "-m", "harbor_host_files", "-a", json.dumps({"files": files})]
-    if check:
-        argv.append("--check")
-    if diff:
-        argv.append("--diff")
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
-    out = json.loads(proc.stdout)
-    result: dict[str, Any] = out["plays"][0]["tasks"][0]["hosts"]["localhost"]
-    return result
+    return run_role_module("harbor_host_files", {"files": files}, tmp_path, check, diff)
 
 
 def entry(path: Path, content: str, mode: str = "0644", **more: Any) -> dict[str, Any]:

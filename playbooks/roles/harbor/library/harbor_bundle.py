@@ -18,14 +18,13 @@ import os
 import shutil
 import subprocess
 
-from ansible.module_utils.basic import AnsibleModule
-
 try:  # the role inside the collection harborctl.harbor
     from ansible_collections.harborctl.harbor.plugins.module_utils.harbor_host_common import (
+        HostModule,
         sha256_of,
     )
 except ImportError:  # the role from playbooks/ (the role's module_utils/)
-    from ansible.module_utils.harbor_host_common import sha256_of
+    from ansible.module_utils.harbor_host_common import HostModule, sha256_of
 
 DOCUMENTATION = r"""
 module: harbor_bundle
@@ -86,7 +85,7 @@ def write_marker(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def check_digest(module: AnsibleModule, path: str, expected: str, found: str | None,
+def check_digest(module: HostModule, path: str, expected: str, found: str | None,
                  error: str, sent: bool) -> None:
     """Fail unless ``path`` had the controller's digest; a sent copy that had not is deleted."""
     if found is None:
@@ -119,18 +118,19 @@ def unpack_beside_hash(path: str, into: str) -> tuple[str | None, str, int, str]
     return found, error, proc.returncode, stderr
 
 
+# Checked on the controller (harbor_host_run), as Ansible checks a module's arguments.
+ARGUMENT_SPEC = {
+    "src": {"type": "path", "required": True},
+    "dest": {"type": "path", "required": True},
+    "sha256": {"type": "str", "required": True},
+    "host_sha256": {"type": "str", "default": ""},
+    "release_dir": {"type": "path", "required": True},
+    "marker": {"type": "path", "required": True},
+}
+
+
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
-            "src": {"type": "path", "required": True},
-            "dest": {"type": "path", "required": True},
-            "sha256": {"type": "str", "required": True},
-            "host_sha256": {"type": "str", "default": ""},
-            "release_dir": {"type": "path", "required": True},
-            "marker": {"type": "path", "required": True},
-        },
-        supports_check_mode=True,
-    )
+    module = HostModule()
     p = module.params
     if os.path.exists(p["marker"]):
         module.exit_json(changed=False, sent=False, sha256=p["sha256"])

@@ -25,15 +25,13 @@ import stat
 import tempfile
 from typing import Any
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.common.text.converters import to_bytes, to_text
-
 try:  # the role inside the collection harborctl.harbor
     from ansible_collections.harborctl.harbor.plugins.module_utils.harbor_host_common import (
+        HostModule,
         swap_link,
     )
 except ImportError:  # the role from playbooks/ (the role's module_utils/)
-    from ansible.module_utils.harbor_host_common import swap_link
+    from ansible.module_utils.harbor_host_common import HostModule, swap_link
 
 DOCUMENTATION = r"""
 module: harbor_host_files
@@ -85,6 +83,16 @@ started:
 DIFF_LIMIT = 64 * 1024  # bytes of text shown per file; a bigger one is named, not shown
 
 
+def content_bytes(item: dict[str, Any]) -> bytes:
+    """A file entry's content as the bytes written (undecodable bytes kept as they came)."""
+    return str(item["content"]).encode("utf-8", "surrogateescape")
+
+
+def text_of(data: bytes) -> str:
+    """Bytes shown in a diff."""
+    return data.decode("utf-8", "replace")
+
+
 def link_up_to_date(item: dict[str, Any]) -> bool:
     try:
         return bool(os.readlink(item["path"]) == item["target"])
@@ -134,7 +142,7 @@ def up_to_date(item: dict[str, Any], ids: tuple[int, int], st: os.stat_result | 
         return False
     if (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) != (int(item["mode"], 8), *ids):
         return False
-    return directory or data == to_bytes(item["content"], errors="surrogate_or_strict")
+    return directory or data == content_bytes(item)
 
 
 def diff_of(item: dict[str, Any], ids: tuple[int, int], st: os.stat_result | None,
@@ -147,7 +155,7 @@ def diff_of(item: dict[str, Any], ids: tuple[int, int], st: os.stat_result | Non
             attributes(st) if stat.S_ISDIR(st.st_mode) else "not a folder\n")
         return {"before_header": path, "after_header": path,
                 "before": before, "after": "folder, " + wanted_attrs}
-    after = to_bytes(item["content"], errors="surrogate_or_strict")
+    after = content_bytes(item)
     if data == after and st is not None:
         return {"before_header": path, "after_header": path,
                 "before": attributes(st), "after": wanted_attrs}
@@ -155,8 +163,8 @@ def diff_of(item: dict[str, Any], ids: tuple[int, int], st: os.stat_result | Non
         return {"before_header": path, "after_header": path,
                 "before": "(content not shown: too big)\n", "after": "(new content)\n"}
     return {"before_header": path, "after_header": path,
-            "before": to_text(data or b"", errors="surrogate_or_replace"),
-            "after": to_text(after, errors="surrogate_or_replace")}
+            "before": text_of(data or b""),
+            "after": text_of(after)}
 
 
 def make_folder(item: dict[str, Any], ids: tuple[int, int]) -> None:
@@ -168,13 +176,13 @@ def make_folder(item: dict[str, Any], ids: tuple[int, int]) -> None:
     os.chmod(path, int(item["mode"], 8))
 
 
-def write(module: AnsibleModule, item: dict[str, Any], ids: tuple[int, int]) -> None:
+def write(module: HostModule, item: dict[str, Any], ids: tuple[int, int]) -> None:
     """Temporary file beside the target, validated, then renamed over it."""
     path = item["path"]
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".harborctl-")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(to_bytes(item["content"], errors="surrogate_or_strict"))
+            fh.write(content_bytes(item))
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, int(item["mode"], 8))
@@ -191,7 +199,7 @@ def write(module: AnsibleModule, item: dict[str, Any], ids: tuple[int, int]) -> 
             os.unlink(tmp)
 
 
-def ensure_account(module: AnsibleModule, account: dict[str, Any] | None) -> list[str]:
+def ensure_account(module: HostModule, account: dict[str, Any] | None) -> list[str]:
     """The system group (gid = uid) and user, where the host has none with that id."""
     if not account:
         return []
@@ -236,7 +244,7 @@ def mark_boot_jobs_run() -> None:
                              0o644))
 
 
-def start(module: AnsibleModule, names: list[str]) -> list[str]:
+def start(module: HostModule, names: list[str]) -> list[str]:
     systemd = os.path.isdir("/run/systemd/system")
     for name in names if not module.check_mode else []:
         if name == "cron" and not systemd:
@@ -248,7 +256,7 @@ def start(module: AnsibleModule, names: list[str]) -> list[str]:
     return list(names)
 
 
-def apply(module: AnsibleModule, item: dict[str, Any], diffs: list[dict[str, str]]) -> bool:
+def apply(module: HostModule, item: dict[str, Any], diffs: list[dict[str, str]]) -> bool:
     """Put one symlink, folder or file in place where it differs; whether it did (would)."""
     if item.get("state") == "link":
         if link_up_to_date(item):
@@ -268,13 +276,16 @@ def apply(module: AnsibleModule, item: dict[str, Any], diffs: list[dict[str, str
     return True
 
 
+# Checked on the controller (harbor_host_run), as Ansible checks a module's arguments.
+ARGUMENT_SPEC = {
+    "files": {"type": "list", "elements": "dict", "default": []},
+    "account": {"type": "dict"},
+    "start": {"type": "list", "elements": "str", "default": []},
+}
+
+
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec={"files": {"type": "list", "elements": "dict", "default": []},
-                       "account": {"type": "dict"},
-                       "start": {"type": "list", "elements": "str", "default": []}},
-        supports_check_mode=True,
-    )
+    module = HostModule()
     account = ensure_account(module, module.params["account"])
     written: list[str] = []
     diffs: list[dict[str, str]] = []

@@ -25,16 +25,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ansible.module_utils.basic import AnsibleModule
-
 try:  # the role inside the collection harborctl.harbor
     from ansible_collections.harborctl.harbor.plugins.module_utils.harbor_host_common import (
+        HostModule,
         ask_health,
         health_problem,
         sha256_of,
     )
 except ImportError:  # the role from playbooks/ (the role's module_utils/)
     from ansible.module_utils.harbor_host_common import (
+        HostModule,
         ask_health,
         health_problem,
         sha256_of,
@@ -234,7 +234,7 @@ def link_target(path: str) -> str:
         return ""
 
 
-def core_running(module: AnsibleModule) -> bool:
+def core_running(module: HostModule) -> bool:
     """Like `docker ps`: an interrupted install or lost containers make install.sh run again."""
     rc, out, err = module.run_command(
         ["docker", "ps", "--quiet", "--filter", "name=^/?harbor-core$",
@@ -244,7 +244,7 @@ def core_running(module: AnsibleModule) -> bool:
     return bool(str(out).strip())
 
 
-def bundle_digest(module: AnsibleModule, bundle: str, unpacked: bool) -> str:
+def bundle_digest(module: HostModule, bundle: str, unpacked: bool) -> str:
     """The bundle's SHA-256 while its release is not unpacked; '' when missing or unpacked."""
     digest = ""
     if not unpacked and os.path.isfile(bundle):
@@ -283,7 +283,7 @@ def differs(item: dict[str, Any]) -> bool:
         return True
 
 
-def service_off(module: AnsibleModule, item: dict[str, Any], systemd: bool) -> bool:
+def service_off(module: HostModule, item: dict[str, Any], systemd: bool) -> bool:
     """A wanted service that does not run, or (systemd) is not enabled at boot."""
     name = item["name"]
     if systemd:
@@ -315,27 +315,28 @@ def wait_healthy(url: str, validate_certs: bool, components: list[str], wait: fl
         time.sleep(interval)
 
 
+# Checked on the controller (harbor_host_run), as Ansible checks a module's arguments.
+ARGUMENT_SPEC = {
+    "bundle": {"type": "path", "required": True},
+    "unpacked_marker": {"type": "path", "required": True},
+    "install_stamp": {"type": "path", "required": True},
+    "uid": {"type": "int", "required": True},
+    "active_link": {"type": "path", "required": True},
+    "paths": {"type": "list", "elements": "str", "default": []},
+    "files": {"type": "list", "elements": "dict", "default": []},
+    "services": {"type": "list", "elements": "dict", "default": []},
+    "health_url": {"type": "str", "default": ""},
+    "health_validate_certs": {"type": "bool", "default": False},
+    "health_components": {"type": "list", "elements": "str", "default": []},
+    "health_wait": {"type": "float", "default": 0.0},
+    "health_interval": {"type": "float", "default": 0.25},
+    "stamp_content": {"type": "str", "default": ""},
+    "fail_unhealthy": {"type": "bool", "default": False},
+}
+
+
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
-            "bundle": {"type": "path", "required": True},
-            "unpacked_marker": {"type": "path", "required": True},
-            "install_stamp": {"type": "path", "required": True},
-            "uid": {"type": "int", "required": True},
-            "active_link": {"type": "path", "required": True},
-            "paths": {"type": "list", "elements": "str", "default": []},
-            "files": {"type": "list", "elements": "dict", "default": []},
-            "services": {"type": "list", "elements": "dict", "default": []},
-            "health_url": {"type": "str", "default": ""},
-            "health_validate_certs": {"type": "bool", "default": False},
-            "health_components": {"type": "list", "elements": "str", "default": []},
-            "health_wait": {"type": "float", "default": 0.0},
-            "health_interval": {"type": "float", "default": 0.25},
-            "stamp_content": {"type": "str", "default": ""},
-            "fail_unhealthy": {"type": "bool", "default": False},
-        },
-        supports_check_mode=True,
-    )
+    module = HostModule()
     p = module.params
     systemd = os.path.isdir("/run/systemd/system")
     unpacked = os.path.exists(p["unpacked_marker"])
