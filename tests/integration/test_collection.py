@@ -115,3 +115,21 @@ hosts:
     assert "failed=0" in out and "unreachable=0" in out
     # Check mode changed nothing on the host.
     assert fresh_host.exec("test -e /opt/harbor", check=False).returncode != 0
+
+
+def test_the_collections_modules_run_where_ansible_discovers_the_interpreter(
+        collections: Path, testbed: TestBed, fresh_host: Host, tmp_path: Path) -> None:
+    """harbor_host_run asks Ansible's interpreter discovery, as any module does, and
+    records what it found as the same fact; the module then runs on that Python."""
+    env = {**ansible_env(collections, tmp_path), "ANSIBLE_STDOUT_CALLBACK": "json",
+           "ANSIBLE_LOAD_CALLBACK_PLUGINS": "true"}
+    p = subprocess.run([ansible_tool("ansible"), "-i", str(testbed.inventory_path),
+                        fresh_host.name, "-e", "ansible_python_interpreter=auto_silent",
+                        "-m", "harborctl.harbor.harbor_host_files", "-a",
+                        json.dumps({"start": []})], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    result = json.loads(p.stdout)["plays"][0]["tasks"][0]["hosts"][fresh_host.name]
+    assert result["written"] == [] and not result["changed"], result
+    found = result["ansible_facts"]["discovered_interpreter_python"]
+    assert found.startswith("/usr/bin/python3"), found

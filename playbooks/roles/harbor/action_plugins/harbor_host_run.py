@@ -35,6 +35,10 @@ from ansible.module_utils.errors import UnsupportedError
 from ansible.plugins.action import ActionBase
 from ansible.utils.collection_loader import resource_from_fqcr
 
+# The module_utils every module of the role imports; the first is their runtime (HostModule).
+RUNTIME = "harbor_host_common"
+UTILS = (RUNTIME,)
+
 # Run by the host's Python with -c: read the payload (stdin, or the file named), load the
 # module_utils under the names the modules import them by, hand the call to the runtime
 # and run the module as a script. Constant: nothing from the payload is shell text.
@@ -47,12 +51,9 @@ BOOTSTRAP = "\n".join([
     "    unit.__file__ = name + '.py'",
     "    sys.modules[unit.__name__] = unit",
     "    exec(compile(source, unit.__file__, 'exec'), unit.__dict__)",
-    f"sys.modules['ansible.module_utils.{'harbor_host_common'}'].CALL = call",
+    f"sys.modules['ansible.module_utils.{RUNTIME}'].CALL = call",
     "exec(compile(call['module'], call['name'] + '.py', 'exec'), {'__name__': '__main__'})",
 ])
-
-# The module_utils every module of the role imports (their runtime among them).
-UTILS = ("harbor_host_common",)
 
 
 def argument_spec(source: str, path: str) -> dict[str, Any]:
