@@ -36,7 +36,6 @@ import contextlib
 import json
 import os
 import shutil
-import statistics
 import tempfile
 import threading
 import time
@@ -45,6 +44,7 @@ import urllib.request
 from datetime import datetime
 from pathlib import Path
 
+from bench.pairs import medians
 from harbor_ops.install.run import install
 from harbor_ops.site.load import load_site
 from harbor_ops.site.model import Site
@@ -332,14 +332,12 @@ def main() -> None:
             manual = run_manual(bed, prepared_host(bed, bundles, work, args.db_mb),
                                 bundles[NEW], work)
             pairs.append((ours, manual))
-        ratios = [ours / manual if manual else float("inf") for ours, manual in pairs]
+        ours, manual, ratio, ratios = medians(pairs)
         if args.runs > 1:
-            for number, ((ours, manual), ratio) in enumerate(zip(pairs, ratios, strict=True), 1):
-                print(f"  pair {number}: harborctl {ours:.1f} s, manual {manual:.1f} s, "
-                      f"ratio {ratio:.2f}")
-        ours = statistics.median(o for o, _ in pairs)
-        manual = statistics.median(m for _, m in pairs)
-        ratio = statistics.median(ratios)
+            for number, ((one, by_hand), each) in enumerate(zip(pairs, ratios, strict=True),
+                                                            1):
+                print(f"  pair {number}: harborctl {one:.1f} s, manual {by_hand:.1f} s, "
+                      f"ratio {each:.2f}")
         which = f", medians of {args.runs} pairs" if args.runs > 1 else ""
         print(f"downtime: harborctl {ours:.1f} s, manual {manual:.1f} s, ratio {ratio:.2f}"
               f"{which} (goal < {GOAL}): {'MET' if ratio < GOAL else 'NOT MET'}")

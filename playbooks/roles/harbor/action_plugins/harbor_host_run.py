@@ -81,19 +81,24 @@ class ActionModule(ActionBase):  # type: ignore[misc]  # Ansible ships no type h
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         result: dict[str, Any] = super().run(tmp, task_vars)
         try:
-            result.update(self.run_on_host(resource_from_fqcr(self._task.action),
-                                           dict(self._task.args), task_vars or {}))
+            result.update(self.run_on_host(self._task.action, dict(self._task.args),
+                                           task_vars or {}))
         except AnsibleError as exc:
             result.update(failed=True, msg=str(exc))
         return result
 
     def run_on_host(self, name: str, args: dict[str, Any],
                     task_vars: dict[str, Any]) -> dict[str, Any]:
-        """Run the role's module ``name`` with ``args`` on the host: its result."""
+        """Run the role's module ``name`` with ``args`` on the host: its result. A short
+        name is looked up where the task's own action was (its collection, if named)."""
+        collection, _, _ = self._task.action.rpartition(".")
+        if "." not in name and collection:
+            name = f"{collection}.{name}"
         found = self._shared_loader_obj.module_loader.find_plugin_with_context(
             name, collection_list=self._task.collections)
         if not found.resolved:
             raise AnsibleError(f"the module {name} was not found beside its action plugin")
+        name = resource_from_fqcr(name)
         path = Path(found.plugin_resolved_path)
         source = path.read_text(encoding="utf-8")
         checked = ArgumentSpecValidator(argument_spec(source, str(path))).validate(args)
