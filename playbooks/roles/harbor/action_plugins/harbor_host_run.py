@@ -11,6 +11,9 @@ harbor_host_common). The payload (the module's source, the role's module_utils a
 arguments) travels on the connection's stdin, as Ansible's pipelining sends a module; with
 pipelining off it is written to the task's temporary folder and removed after.
 
+harbor_host_state.py and harbor_host_files.py beside this file are symlinks to it: the
+module it runs is the one the task names. harbor_bundle's action subclasses it.
+
 What stays Ansible's: become, the interpreter (ansible_python_interpreter or its discovery,
 recorded as a fact as for any module), the task's environment, check and diff mode, no_log
 (of the task) and the parsing of the answer.
