@@ -122,3 +122,24 @@ def test_atomic_move_across_file_systems_leaves_no_partial_file(tmp_path: Path) 
         assert sorted(p.name for p in dest.parent.iterdir()) == ["harbor.tgz"]
     finally:
         shutil.rmtree(src.parent, ignore_errors=True)
+
+
+def test_harbor_command_runs_an_argv_in_its_folder_and_reports_like_command(
+        tmp_path: Path) -> None:
+    """install.sh's task: the exit code and output come back; a non-zero one fails the task
+    as with ansible.builtin.command (the role's task judges it with failed_when); a program
+    that cannot start fails with rc 127; check mode runs nothing."""
+    script = tmp_path / "install.sh"
+    script.write_text("#!/bin/sh\necho \"in $(pwd)\"\necho 'prepare: bad hostname' >&2\n"
+                      "touch ran\nexit 3\n")
+    script.chmod(0o755)
+    args = {"argv": ["./install.sh", "--with-trivy"], "chdir": str(tmp_path)}
+    checked = run_role_module("harbor_command", args, tmp_path, check=True)
+    assert checked.get("skipped") and not (tmp_path / "ran").exists()
+    done = run_role_module("harbor_command", args, tmp_path)
+    assert done["rc"] == 3 and done["changed"] and (tmp_path / "ran").exists()
+    assert done["stdout"] == f"in {tmp_path}\n" and done["stderr"] == "prepare: bad hostname\n"
+    assert done["failed"]  # Ansible's verdict on rc 3 without a failed_when, as for command
+    missing = run_role_module("harbor_command", {**args, "argv": ["./no-such-script"]},
+                              tmp_path)
+    assert missing["failed"] and missing["rc"] == 127 and "no-such-script" in missing["msg"]

@@ -1,6 +1,7 @@
 """The controller half of the role's host modules (harbor_host_state, harbor_host_files,
-harbor_bundle): their arguments are validated here, against the module's own ARGUMENT_SPEC,
-and the host's Python runs the module's source with nothing of Ansible's module runtime.
+harbor_bundle, harbor_command): their arguments are validated here, against the module's
+own ARGUMENT_SPEC, and the host's Python runs the module's source with nothing of Ansible's
+module runtime.
 
 Why: a module run through Ansible's runtime (AnsiballZ) starts by importing
 ansible.module_utils.basic from a zip of sources, compiled anew on every run: 0.12 of the
@@ -11,8 +12,9 @@ harbor_host_common). The payload (the module's source, the role's module_utils a
 arguments) travels on the connection's stdin, as Ansible's pipelining sends a module; with
 pipelining off it is written to the task's temporary folder and removed after.
 
-harbor_host_state.py and harbor_host_files.py beside this file are symlinks to it: the
-module it runs is the one the task names. harbor_bundle's action subclasses it.
+harbor_host_state.py, harbor_host_files.py and harbor_command.py beside this file are
+symlinks to it: the module it runs is the one the task names. harbor_bundle's action
+subclasses it.
 
 What stays Ansible's: become, the interpreter (ansible_python_interpreter or its discovery,
 recorded as a fact as for any module), the task's environment, check and diff mode, no_log
