@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 import testinfra
 
-from harbor_ops.core.errors import PreflightFailed
+from harbor_ops.core.errors import LockHeld, PreflightFailed
+from harbor_ops.hosts import joblock
 from harbor_ops.install.run import InstallResult, install
 from harbor_ops.preflight.run import run_preflight
 from harbor_ops.site.load import load_site
@@ -303,6 +304,24 @@ def test_lost_containers_converge(runner: Runner, bundle: Path, h1: Host,
                                   ti: testinfra.host.Host) -> None:
     """An interrupted install (here: the project half gone) is repaired by a re-run."""
     ti.run_expect([0], "docker rm -f harbor-core")
+    runner.lines.clear()
+    result = runner(bundle)
+    assert any("Run Harbor's install.sh ... changed" in line for line in runner.lines)
+    assert result.hosts["h1"].failed == 0
+    wait_healthy(health_url(h1))
+
+
+def test_install_sh_does_not_run_while_another_job_holds_the_hosts_lock(
+        runner: Runner, bundle: Path, h1: Host, ti: testinfra.host.Host) -> None:
+    """A backup running on the host holds its job lock: install.sh is not run (flock's exit
+    75, through harbor_command and the task's failed_when), the install stops with LockHeld,
+    and the next run, the lock free, installs."""
+    ti.run_expect([0], "docker rm -f harbor-core")
+    with (joblock.hold_on_host(runner.site.hosts[0], job="backup create",
+                               ssh_config=runner.bed.ssh_config_path),
+          pytest.raises(LockHeld, match="a harborctl job runs on a target host")):
+        runner(bundle)
+    assert "harbor-core" not in ti.check_output("docker ps --format '{{.Names}}'")
     runner.lines.clear()
     result = runner(bundle)
     assert any("Run Harbor's install.sh ... changed" in line for line in runner.lines)
