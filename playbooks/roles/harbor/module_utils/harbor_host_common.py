@@ -2,11 +2,11 @@
 Harbor's health answer judged, the release symlink swapped, a file's SHA-256.
 
 One file, two ways onto the host: the role's modules (harbor_host_state, harbor_host_files,
-harbor_bundle) import it as module_utils, and their action plugin (harbor_host_run) sends
-it with the module's source and arguments to the host's Python in one payload; the role
-copies it beside the upgrade-window helper, which imports it from its own folder (the
-window runs as a plain script). Standard library only, for the Python Ansible runs on the
-host.
+harbor_bundle, harbor_command) import it as module_utils, and their action plugin
+(harbor_host_run) sends it with the module's source and arguments to the host's Python in
+one payload; the role copies it beside the upgrade-window helper, which imports it from
+its own folder (the window runs as a plain script). Standard library only, for the Python
+Ansible runs on the host.
 """
 
 from __future__ import annotations
