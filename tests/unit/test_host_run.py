@@ -128,7 +128,7 @@ def test_harbor_command_runs_an_argv_in_its_folder_and_reports_like_command(
         tmp_path: Path) -> None:
     """install.sh's task: the exit code and output come back; a non-zero one fails the task
     as with ansible.builtin.command (the role's task judges it with failed_when); a program
-    that cannot start fails with rc 127; check mode runs nothing."""
+    that cannot start is rc 127, the reason on stderr; check mode runs nothing."""
     script = tmp_path / "install.sh"
     script.write_text("#!/bin/sh\necho \"in $(pwd)\"\necho 'prepare: bad hostname' >&2\n"
                       "touch ran\nexit 3\n")
@@ -142,4 +142,4 @@ def test_harbor_command_runs_an_argv_in_its_folder_and_reports_like_command(
     assert done["failed"]  # Ansible's verdict on rc 3 without a failed_when, as for command
     missing = run_role_module("harbor_command", {**args, "argv": ["./no-such-script"]},
                               tmp_path)
-    assert missing["failed"] and missing["rc"] == 127 and "no-such-script" in missing["msg"]
+    assert missing["failed"] and missing["rc"] == 127 and "no-such-script" in missing["stderr"]

@@ -8,12 +8,12 @@ ansible.builtin.command each run first imported ansible.module_utils.basic on th
 harbor_host_run like the role's other modules, the host runs this file and nothing else.
 Like ansible.builtin.command it never runs in check mode, reports changed, and returns the
 exit code: Ansible fails the task on a non-zero one unless the task's failed_when says
-otherwise (install.sh's 75: the job lock was held).
+otherwise (install.sh's 75: the job lock was held). A program or folder that is not there
+is rc 127 with the reason on stderr, as a shell would report it.
 """
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 try:  # the role inside the collection harborctl.harbor
@@ -83,14 +83,9 @@ def main() -> None:
     if not argv:
         module.fail_json(msg="argv is empty: name the program to run", cmd=argv)
     began = time.monotonic()
-    try:
-        proc = subprocess.run(argv, cwd=chdir, stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, errors="surrogateescape", check=False)
-    except OSError as exc:  # no such program, or no such folder
-        # rc 127, as a shell reports a missing program: the task's failed_when reads rc.
-        module.fail_json(msg=f"cannot run {argv[0]} in {chdir}: {exc}", cmd=argv, rc=127)
-    module.exit_json(changed=True, cmd=argv, rc=proc.returncode, stdout=proc.stdout,
-                     stderr=proc.stderr, delta=round(time.monotonic() - began, 3))
+    rc, out, err = module.run_command(argv, cwd=chdir)
+    module.exit_json(changed=True, cmd=argv, rc=rc, stdout=out, stderr=err,
+                     delta=round(time.monotonic() - began, 3))
 
 
 if __name__ == "__main__":

@@ -61,12 +61,13 @@ class HostModule:
         raise SystemExit(code)
 
     @staticmethod
-    def run_command(argv: list[str]) -> tuple[int, str, str]:
-        """argv run without a shell, stdin closed: (exit code, stdout, stderr)."""
+    def run_command(argv: list[str], cwd: str | None = None) -> tuple[int, str, str]:
+        """argv run without a shell, stdin closed, in ``cwd``: (exit code, stdout, stderr).
+        A program (or folder) that is not there: 127, as a shell reports it, and why."""
         try:
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+            proc = subprocess.run(argv, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True,
                                   text=True, errors="surrogateescape", check=False)
-        except OSError as exc:  # no such program
+        except OSError as exc:  # no such program, or no such folder
             return 127, "", str(exc)
         return proc.returncode, proc.stdout, proc.stderr
 
