@@ -42,7 +42,7 @@ from pathlib import Path
 
 from bench import local_install
 from bench.cpu_split import Measure, Split
-from bench.pairs import medians
+from bench.pairs import medians, run_count
 from harbor_ops.install.run import InstallResult, install
 from harbor_ops.render.engine import render_site
 from harbor_ops.site.load import load_site
@@ -300,12 +300,10 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=6, help="slowest playbook steps shown per run")
     ap.add_argument("--wheelhouse", type=Path, help="scripts/wheelhouse's archive (default: "
                     "built for the run)")
-    ap.add_argument("--runs", type=int, default=1, metavar="N",
+    ap.add_argument("--runs", type=run_count, default=1, metavar="N",
                     help="pairs of wide runs (bare, then harborctl), interleaved and judged "
                     "by their median; 1 to 9")
     args = ap.parse_args()
-    if not 1 <= args.runs <= 9:
-        ap.error(f"--runs: {args.runs} is not a number of pairs from 1 to 9")
     if os.geteuid() != 0:
         sys.exit("bench_install needs root (it starts test hosts in network namespaces)")
     work = Path(tempfile.mkdtemp(prefix="harborctl-bench-install-"))

@@ -44,7 +44,7 @@ import urllib.request
 from datetime import datetime
 from pathlib import Path
 
-from bench.pairs import medians
+from bench.pairs import medians, run_count
 from harbor_ops.install.run import install
 from harbor_ops.site.load import load_site
 from harbor_ops.site.model import Site
@@ -307,11 +307,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pad-mb", type=int, default=650)
     ap.add_argument("--db-mb", type=int, default=250)
-    ap.add_argument("--runs", type=int, default=1, metavar="N",
+    ap.add_argument("--runs", type=run_count, default=1, metavar="N",
                     help="pairs of runs (harborctl, then manual), interleaved; 1 to 9")
     args = ap.parse_args()
-    if not 1 <= args.runs <= 9:
-        ap.error(f"--runs: {args.runs} is not a number of pairs from 1 to 9")
     work = Path(tempfile.mkdtemp(prefix="bench-upgrade-"))
     os.environ["HARBORCTL_LOCK_FILE"] = str(work / "harborctl.lock")
     bed = TestBed.allocate(work / "bed")
